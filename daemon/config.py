@@ -1,0 +1,331 @@
+"""Load and validate the TOML config into frozen objects.
+
+Every problem is a `ConfigError` whose message is one line naming the key, raised before the daemon
+touches any file (DESIGN.md: unknown keys, wrong types and impossible values are refused at start).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
+MODES = ("tiny", "small", "base", "large", "gundam")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class ConfigError(ValueError):
+    """A config problem, in one line that names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "mlx-community/DeepSeek-OCR-8bit"
+    prompt: str = "<image>\n<|grounding|>Convert the document to markdown."
+    mode: str = "gundam"
+    max_tokens: int = 8192
+    page_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int | None = None                  # None: "auto"
+    memory_budget: int | float | None = None  # None: "auto"; int: bytes; float in (0, 1]: fraction
+    max_pages_per_worker: int = 500
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class PdfConfig:
+    dpi: int = 144
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    path: Path
+    outbox: Path
+    archive: Path | None          # None: delete originals after success
+    failed: Path
+    recursive: bool = True
+    polling: bool = False
+    stable_for_s: float = 2.0
+    ignore: tuple[str, ...] = ()
+    on_duplicate: str = "skip"
+    prompt: str | None = None
+    mode: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What the ledger stores in `jobs.inbox`."""
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    ledger_url: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
+    inboxes: tuple[InboxConfig, ...] = ()
+    source: Path | None = None    # the file this came from
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "ocrd.lock"
+
+    @property
+    def db_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.ledger_path}"
+
+    def inbox_for(self, key: str) -> InboxConfig | None:
+        return next((i for i in self.inboxes if i.key == key), None)
+
+    def prompt_for(self, inbox: InboxConfig | None) -> str:
+        return (inbox and inbox.prompt) or self.model.prompt
+
+    def mode_for(self, inbox: InboxConfig | None) -> str:
+        return (inbox and inbox.mode) or self.model.mode
+
+
+def default_state_dir() -> Path:
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "ocrd"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ocrd"
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """--config, else OCRD_CONFIG, else the shipped defaults."""
+    chosen = explicit or os.environ.get("OCRD_CONFIG")
+    return Path(chosen).expanduser() if chosen else DEFAULT_CONFIG
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate a config file (see `config_path` for which one)."""
+    source = config_path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {source}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {source} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+    return parse_config(raw, source=source)
+
+
+def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
+    r = _Reader(raw, "")
+    state_dir = r.str("state_dir", "")
+    ledger = r.table("ledger")
+    model = r.table("model")
+    workers = r.table("workers")
+    pdf = r.table("pdf")
+    inbox_list = raw.get("inbox", [])
+    if not isinstance(inbox_list, list) or not all(isinstance(t, dict) for t in inbox_list):
+        raise ConfigError("inbox: must be an array of tables ([[inbox]])")
+    r.done(extra={"inbox"})
+
+    model_cfg = ModelConfig(
+        path=model.str("path", ModelConfig.path, nonempty=True),
+        prompt=model.str("prompt", ModelConfig.prompt, nonempty=True),
+        mode=model.choice("mode", ModelConfig.mode, MODES),
+        max_tokens=model.int("max_tokens", ModelConfig.max_tokens, low=1),
+        page_timeout_s=model.num("page_timeout_s", ModelConfig.page_timeout_s, low=1),
+    )
+    model.done()
+    workers_cfg = WorkersConfig(
+        count=workers.count(),
+        memory_budget=workers.budget(),
+        max_pages_per_worker=workers.int("max_pages_per_worker", 500, low=1),
+        max_attempts=workers.int("max_attempts", 3, low=1),
+    )
+    workers.done()
+    pdf_cfg = PdfConfig(dpi=pdf.int("dpi", 144, low=36, high=1200))
+    pdf.done()
+    url = ledger.str("url", "")
+    if url and not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(f"ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..., not {url!r}")
+    ledger.done()
+
+    inboxes = tuple(_parse_inbox(t, n) for n, t in enumerate(inbox_list))
+    _check_inboxes(inboxes)
+    return Config(
+        state_dir=_path(state_dir) if state_dir else default_state_dir(),
+        ledger_url=url,
+        model=model_cfg,
+        workers=workers_cfg,
+        pdf=pdf_cfg,
+        inboxes=inboxes,
+        source=source,
+    )
+
+
+def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:
+    t = _Reader(raw, f"inbox[{n}].")
+    path = _path(t.str("path", None, nonempty=True))
+    archive = t.str("archive", "~/OCR/archive")
+    inbox = InboxConfig(
+        path=path,
+        outbox=_path(t.str("outbox", None, nonempty=True)),
+        archive=_path(archive) if archive else None,
+        failed=_path(t.str("failed", None, nonempty=True)),
+        recursive=t.bool("recursive", True),
+        polling=t.bool("polling", False),
+        stable_for_s=t.num("stable_for_s", 2.0, low=0),
+        ignore=tuple(t.str_list("ignore")),
+        on_duplicate=t.choice("on_duplicate", "skip", ("skip", "process")),
+        prompt=t.str("prompt", None, nonempty=True),
+        mode=t.choice("mode", None, MODES),
+    )
+    t.done()
+    return inbox
+
+
+def _check_inboxes(inboxes: tuple[InboxConfig, ...]) -> None:
+    seen: dict[Path, str] = {}
+    for n, inbox in enumerate(inboxes):
+        for name in ("path", "outbox", "archive", "failed"):
+            p = getattr(inbox, name)
+            if p is None:
+                continue
+            if p in seen:
+                raise ConfigError(f"inbox[{n}].{name}: {p} is already used as {seen[p]}")
+            seen[p] = f"inbox[{n}].{name}"
+        for name in ("outbox", "archive", "failed"):
+            p = getattr(inbox, name)
+            if p is not None and p.is_relative_to(inbox.path):
+                raise ConfigError(f"inbox[{n}].{name}: {p} must not be inside the inbox {inbox.path}")
+
+
+def _path(value: str) -> Path:
+    return Path(os.path.expandvars(value)).expanduser().absolute()
+
+
+def parse_bytes(value: str) -> int:
+    """'12GB' -> 12_000_000_000; '512 MiB' -> 536870912; raises ValueError."""
+    text = value.strip().upper().replace(" ", "")
+    digits = text.rstrip("KMGTIB")
+    unit = text[len(digits):]
+    if unit not in _UNITS or not digits:
+        raise ValueError(value)
+    return int(float(digits) * _UNITS[unit])
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, raw: Any, prefix: str):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{prefix.rstrip('.')}: must be a table")
+        self.raw, self.prefix, self.seen = raw, prefix, set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        value = self.raw.get(key, _MISSING)
+        if value is _MISSING:
+            if default is None and key in ("path", "outbox", "failed"):
+                raise ConfigError(f"{self.prefix}{key}: is required")
+            return default
+        return value
+
+    def fail(self, key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"{self.prefix}{key}: {what}, not {value!r}")
+
+    def table(self, key: str) -> _Reader:
+        self.seen.add(key)
+        return _Reader(self.raw.get(key, {}), f"{self.prefix}{key}.")
+
+    def str(self, key: str, default: Any, nonempty: bool = False) -> Any:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or (nonempty and not value.strip()):
+            raise self.fail(key, "must be a non-empty string" if nonempty else "must be a string", value)
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false", value)
+        return value
+
+    def int(self, key: str, default: int, low: int | None = None, high: int | None = None) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, "must be an integer", value)
+        self._range(key, value, low, high)
+        return value
+
+    def num(self, key: str, default: float, low: float | None = None) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, "must be a number", value)
+        self._range(key, value, low, None)
+        return float(value)
+
+    def _range(self, key: str, value: float, low: float | None, high: float | None) -> None:
+        if low is not None and value < low:
+            raise self.fail(key, f"must be at least {low}", value)
+        if high is not None and value > high:
+            raise self.fail(key, f"must be at most {high}", value)
+
+    def choice(self, key: str, default: Any, choices: tuple[str, ...]) -> Any:
+        value = self._get(key, default)
+        if value is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)}", value)
+        return value
+
+    def str_list(self, key: str) -> list[str]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be a list of strings", value)
+        return value
+
+    def count(self) -> int | None:
+        value = self._get("count", "auto")
+        if value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail("count", 'must be "auto" or an integer of at least 1', value)
+        return value
+
+    def budget(self) -> int | float | None:
+        value = self._get("memory_budget", "auto")
+        if value == "auto":
+            return None
+        if isinstance(value, float) and 0 < value <= 1:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_bytes(value)
+            except ValueError:
+                pass
+        raise self.fail("memory_budget", 'must be "auto", a size such as "12GB", or a fraction in (0, 1]', value)
+
+    def done(self, extra: set[str] = frozenset()) -> None:
+        unknown = sorted(set(self.raw) - self.seen - set(extra))
+        if unknown:
+            raise ConfigError(f"{self.prefix}{unknown[0]}: unknown key")

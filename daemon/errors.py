@@ -1,0 +1,41 @@
+"""Typed failures, each carrying a kind; `retryable` decides the outcome in one place."""
+
+from __future__ import annotations
+
+
+class OcrdError(Exception):
+    """Base class: `kind` is a short machine name, str(exc) the one-line reason for people."""
+
+    kind = "error"
+    retryable = False
+
+    def __init__(self, message: str, *, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class InputError(OcrdError):
+    """The file itself is bad: unsupported, corrupt, encrypted, empty, too large. Never retried."""
+
+    kind = "input"
+
+
+class EngineError(OcrdError):
+    """Inference failed for this page; may work on another attempt."""
+
+    kind = "engine"
+    retryable = True
+
+
+class PageTimeout(OcrdError):
+    """The supervisor killed a worker stuck on a page past page_timeout_s."""
+
+    kind = "timeout"
+    retryable = True
+
+
+class ModelUnavailable(OcrdError):
+    """The model could not be loaded (no network, wrong path). Pages wait; they never fail for it."""
+
+    kind = "model"
+    retryable = True
