@@ -5,6 +5,9 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 - Every write transaction begins with BEGIN IMMEDIATE on SQLite (retry with jitter on SQLITE_BUSY).
 - Every state change goes through `_transition_job` / `_transition_page` (conditional UPDATE ...
   WHERE state = :from) and appends an `events` row in the same transaction.
+- `jobs.spool_path` always holds where the original lies NOW: the spool while queued/running, the
+  archive path once done (None if deleted), the failed/ path once failed. Whoever moves the file
+  calls `set_job_paths` right after the move; the supervisor reconciles at start.
 - `now` parameters are timezone-aware UTC datetimes (default: datetime.now(UTC)); stored as ISO-8601.
 """
 
@@ -106,6 +109,12 @@ class Ledger:
         failed at ingest (no pages) are returned in the list too, left failed, with an event
         `retry_ingest` so the caller can move the original back into its inbox. Returns the ids
         that were requeued or need re-ingest."""
+        raise NotImplementedError
+
+    def reopen_job(self, job_id: int, *, spool_path: str, sha256: str, size_bytes: int,
+                   pages_total: int, now: datetime | None = None) -> bool:
+        """A job that failed at ingest (no pages) was fixed and re-checked: failed -> queued with
+        `pages_total` new page rows, in one transaction. False if it was not failed."""
         raise NotImplementedError
 
     # -- pages ----------------------------------------------------------------------------------

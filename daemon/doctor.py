@@ -1,0 +1,167 @@
+"""`ocrd doctor`: check what the daemon needs before it needs it, and name the fix.
+
+Checks never import mlx for the model (a missing download is a warning: the daemon fetches it on
+first run) and never change anything except a probe file they create and remove at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+# Folders under these are guarded by macOS privacy controls (TCC): a daemon started by launchd gets
+# EPERM there unless its interpreter has Full Disk Access.
+_MAC_PROTECTED = ("Documents", "Desktop", "Downloads", "Library/Mobile Documents")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warn: bool = False       # ok, but worth reading (model not downloaded yet, CPU mode...)
+
+
+def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
+    """Every check for a loaded config (the caller reports a config that does not load)."""
+    platform = platform or sys.platform
+    checks = [Check("config", True, str(config.source) if config.source else "built-in defaults")]
+    for n, inbox in enumerate(config.inboxes):
+        for role in ("path", "outbox", "archive", "failed"):
+            folder = getattr(inbox, role)
+            if folder is not None:
+                name = f"inbox[{n}].{'inbox' if role == 'path' else role}"
+                checks.append(check_folder(name, folder, platform=platform))
+    if not config.inboxes:
+        checks.append(Check("inboxes", False, "no [[inbox]] configured", "add an [[inbox]] table"))
+    if not config.ledger_url:
+        checks.append(check_folder("state_dir", config.state_dir, platform=platform))
+    checks.append(check_model(config.model.path))
+    checks.append(check_ledger(config))
+    checks.append(check_daemon(config))
+    checks.append(check_device())
+    return checks
+
+
+def check_folder(name: str, folder: Path, *, platform: str | None = None) -> Check:
+    """The folder exists (or its nearest existing parent lets us create it), is a directory, and
+    a file can really be created and removed in it (os.access lies under macOS TCC)."""
+    platform = platform or sys.platform
+    probe_in = folder
+    while not probe_in.exists():
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        what = "is not a folder" if probe_in == folder else f"cannot be created: {probe_in} is not a folder"
+        return Check(name, False, f"{folder} {what}", f"remove or rename {probe_in}, or point {name} elsewhere")
+    try:
+        os.listdir(probe_in)
+        fd, tmp = tempfile.mkstemp(dir=probe_in, prefix=".ocrd-doctor-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return Check(name, False, f"{probe_in}: {exc.strerror or exc}", folder_fix(exc, folder, platform))
+    detail = str(folder) if probe_in == folder else f"{folder} (will be created)"
+    return Check(name, True, detail)
+
+
+def folder_fix(exc: OSError, folder: Path, platform: str) -> str:
+    """The remedy for a folder the daemon cannot use."""
+    if exc.errno in (errno.EPERM, errno.EACCES) and platform == "darwin":
+        return (f"give Full Disk Access to {sys.executable} (System Settings > Privacy & Security > "
+                "Full Disk Access), or move the folder out of ~/Documents, ~/Desktop, ~/Downloads "
+                "and iCloud Drive")
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return f"let user {_user()} read and write {folder} (chown/chmod), or point the config elsewhere"
+    if exc.errno == errno.EROFS:
+        return f"{folder} is on a read-only volume: point the config elsewhere"
+    return f"make {folder} a readable, writable folder"
+
+
+def _user() -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def check_model(model_path: str) -> Check:
+    """A local model folder with config.json and weights, or a Hugging Face id in the local cache."""
+    local = Path(model_path).expanduser()
+    if local.exists() or model_path.startswith(("/", ".", "~")):
+        if not local.is_dir():
+            return Check("model", False, f"{local} is not a folder", "set model.path to a model folder or a Hugging Face id")
+        missing = [what for what, ok in (("config.json", (local / "config.json").is_file()),
+                                         ("*.safetensors", any(local.glob("*.safetensors")))) if not ok]
+        if missing:
+            return Check("model", False, f"{local} has no {' or '.join(missing)}",
+                         "point model.path at a complete mlx model folder")
+        return Check("model", True, f"local folder {local}")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(model_path, "config.json")
+    except Exception as exc:  # a malformed id or a broken cache: report, don't crash doctor
+        return Check("model", False, f"{model_path}: {exc}", "set model.path to a Hugging Face id or a local folder")
+    if isinstance(cached, str) and any(Path(cached).parent.glob("*.safetensors")):
+        return Check("model", True, f"{model_path} (in the Hugging Face cache)")
+    return Check("model", True, f"{model_path}: not downloaded yet: the daemon will download it on "
+                 "first run (needs network)", warn=True)
+
+
+def check_ledger(config: Config) -> Check:
+    if not config.ledger_url and not config.ledger_path.exists():
+        return Check("ledger", True, f"{config.ledger_path} (created on first run)")
+    try:
+        from ocrd.ledger.store import Ledger
+        ledger = Ledger(config.db_url)
+        try:
+            result = ledger.integrity_check()
+            status = ledger.get_meta("model_status")
+        finally:
+            ledger.close()
+    except Exception as exc:
+        return Check("ledger", False, f"cannot open {_safe_url(config)}: {exc}",
+                     "check ledger.url / the state dir; restore the database from a backup")
+    if result != "ok":
+        return Check("ledger", False, f"integrity check: {result}",
+                     "stop the daemon and restore ledger.db from a backup (sqlite3 .recover)")
+    if status and status != "ok":
+        return Check("ledger", True, f"integrity ok; the daemon last reported the model {status}", warn=True)
+    return Check("ledger", True, f"{_safe_url(config)}: integrity ok")
+
+
+def _safe_url(config: Config) -> str:
+    url = config.db_url
+    if "@" in url:  # keep a password out of the report
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def check_daemon(config: Config) -> Check:
+    from .lockfile import running_pid
+    pid = running_pid(config.lock_path)
+    if pid:
+        return Check("daemon", True, f"running (pid {pid})")
+    return Check("daemon", True, "not running", "start it with `ocrd run` or `ocrd service install`", warn=True)
+
+
+def check_device() -> Check:
+    try:
+        from .device import CPU_WARNING, detect_device
+        device = detect_device()
+    except Exception as exc:
+        return Check("device", False, f"cannot detect the device: {exc}", "check the mlx installation")
+    detail = f"{device.backend} ({device.name})"
+    if device.backend == "cpu":
+        return Check("device", True, f"{detail}: {CPU_WARNING}", warn=True)
+    return Check("device", True, detail)

@@ -1,0 +1,71 @@
+"""structlog set-up: JSON lines to a rotating file in the state dir, readable lines on a terminal.
+
+Worker processes do not write the log themselves: they send JSON event lines to the supervisor
+over a pipe (`configure_worker_logging`), and the supervisor logs them with the worker bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+_SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
+                      level: int = logging.INFO) -> None:
+    """Log to `log_dir/ocrd.log` (JSON, rotated at 10 MB x 5) and to `stream` (default stderr):
+    coloured key=value lines on a terminal, JSON lines otherwise (launchd/systemd capture)."""
+    stream = stream or sys.stderr
+    handlers: list[logging.Handler] = []
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_dir / "ocrd.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
+        file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
+        handlers.append(file_handler)
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    console = structlog.dev.ConsoleRenderer(colors=tty) if tty else structlog.processors.JSONRenderer()
+    stream_handler = logging.StreamHandler(stream)
+    stream_handler.setFormatter(_formatter(console))
+    handlers.append(stream_handler)
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def _formatter(renderer: structlog.types.Processor) -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=_SHARED,
+    )
+
+
+def configure_worker_logging(channel: IO[str]) -> None:
+    """In a worker process: every event becomes one JSON line on `channel` (a pipe to the
+    supervisor), flushed at once so the supervisor sees page starts as they happen."""
+    structlog.configure(
+        processors=[*_SHARED, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(channel),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,108 @@
+"""Finishing a document: the outbox file, the original's move to archive/ or failed/, the job state.
+
+Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the supervisor can run
+`finish_document` again for a job whose finisher died part-way:
+  reserve output path in the ledger -> write outbox file atomically -> move original to archive
+  -> record its new place -> job running -> done.
+A crash before the last step leaves a running job with every page done; the next start finishes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import structlog
+
+from ..ledger.states import JobState
+from ..ledger.store import Ledger
+from .config import Config, InboxConfig
+from .files import atomic_write_text, move_file, unique_path, write_error_file
+
+log = structlog.get_logger()
+
+_DET = re.compile(r"<\|det\|>.*?<\|/det\|>", re.S)
+_REF = re.compile(r"<\|/?ref\|>")
+
+
+def relative_source(inbox: InboxConfig | None, source_path: str) -> Path:
+    """The source's path below its inbox (just its name when it came from elsewhere)."""
+    source = Path(source_path)
+    if inbox is not None and source.is_relative_to(inbox.path):
+        return source.relative_to(inbox.path)
+    return Path(source.name)
+
+
+def clean_markdown(text: str) -> str:
+    """Drop DeepSeek-OCR's grounding boxes (`<|det|>[[x,y,..]]<|/det|>`), keep the referenced text."""
+    return _REF.sub("", _DET.sub("", text)).strip()
+
+
+def assemble(texts: list[str]) -> str:
+    """One markdown document; every page starts with a marker so pages stay findable."""
+    total = len(texts)
+    parts = [f"<!-- page {n} of {total} -->\n\n{clean_markdown(t)}\n" for n, t in enumerate(texts, 1)]
+    return "\n".join(parts)
+
+
+@contextmanager
+def _outbox_lock(config: Config) -> Iterator[None]:
+    # Two workers finishing `a.pdf` and `a.png` at once must not both pick `a.md`.
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.state_dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
+    """Write the outbox file of a job whose pages are all done, archive the original, mark it done."""
+    job = ledger.job(job_id)
+    if job is None or job["state"] != JobState.RUNNING:
+        return None
+    inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
+    if inbox is None:
+        log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job["inbox"])
+        return None
+    rel = relative_source(config.inbox_for(job["inbox"]), job["source_path"])
+    texts = ledger.page_texts(job_id)
+    with _outbox_lock(config):
+        out = Path(job["output_path"]) if job["output_path"] else unique_path(
+            inbox.outbox / rel.with_suffix(".md"))
+        ledger.set_job_paths(job_id, output_path=str(out))
+        atomic_write_text(out, assemble(texts))
+    original = Path(job["spool_path"]) if job["spool_path"] else None
+    if original is not None and original.is_relative_to(config.spool_dir) and original.exists():
+        if inbox.archive is None:
+            original.unlink()
+            ledger.set_job_paths(job_id, spool_path="")
+        else:
+            moved = move_file(original, inbox.archive / rel)
+            ledger.set_job_paths(job_id, spool_path=str(moved))
+    ledger.finish_job(job_id, str(out))
+    log.info("job_done", job_id=job_id, output=str(out), pages=len(texts))
+    return out
+
+
+def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, details: str = "") -> None:
+    """After the ledger failed a job: move its original to failed/<rel> with `<name>.error.txt`."""
+    job = ledger.job(job_id)
+    if job is None or job["state"] != JobState.FAILED:
+        return
+    original = Path(job["spool_path"]) if job["spool_path"] else None
+    if original is None or not original.is_relative_to(config.spool_dir) or not original.exists():
+        return
+    inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
+    if inbox is None:
+        return
+    moved = move_file(original, inbox.failed / relative_source(config.inbox_for(job["inbox"]),
+                                                                job["source_path"]))
+    ledger.set_job_paths(job_id, spool_path=str(moved))
+    write_error_file(moved, job["error"] or reason, details)
+    log.warning("job_failed", job_id=job_id, reason=job["error"] or reason, moved_to=str(moved))

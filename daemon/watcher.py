@@ -1,0 +1,346 @@
+"""Notice files in the inboxes and tell when each one is ready to ingest.
+
+Three sources feed one stability tracker: watchdog events (FSEvents/inotify, or polling for network
+shares), an initial scan of every inbox, and a periodic full rescan as a safety net for events the
+OS dropped. The watchdog handler only records candidate paths; `tick()` (called by the ingest
+thread) stats them and returns the files whose size and mtime have not changed for `stable_for_s`.
+The watcher never hashes, renders or moves anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .config import InboxConfig
+
+log = structlog.get_logger()
+
+# Partial downloads, editor lock files and sync placeholders: never ours to touch.
+_IGNORED_NAMES = ("~$*", "*.part", "*.crdownload", "*.download", "*.tmp", "*.icloud")
+# macOS: the file's content lives only in iCloud; reading it would block on a download.
+SF_DATALESS = 0x40000000
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+           DirCreatedEvent, DirMovedEvent]
+
+
+def is_ignored(inbox: InboxConfig, path: Path) -> bool:
+    """Hidden files and folders, partial downloads, lock files, iCloud placeholders and the
+    inbox's own `ignore` globs (matched against the name and the path relative to the inbox)."""
+    try:
+        rel = path.relative_to(inbox.path)
+    except ValueError:
+        rel = Path(path.name)
+    if any(part.startswith(".") for part in rel.parts):
+        return True  # also .DS_Store, ._AppleDouble and `.name.pdf.icloud`
+    name = path.name
+    lowered = name.lower()
+    if any(fnmatch.fnmatchcase(lowered, pattern) for pattern in _IGNORED_NAMES):
+        return True
+    rel_text = rel.as_posix()
+    return any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel_text, g) for g in inbox.ignore)
+
+
+def refusal(inbox: InboxConfig, path: Path) -> str | None:
+    """Why `path` must not be read or moved (a symlink, or it resolves outside the inbox), else
+    None. Raises OSError (FileNotFoundError, PermissionError) from lstat."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(os.path.realpath(inbox.path)):
+        return "outside inbox"
+    return None
+
+
+def permission_fix(path: Path) -> str:
+    """One line telling a person how to let the daemon read `path`."""
+    if sys.platform == "darwin":
+        return (f"grant Full Disk Access to {sys.executable} in System Settings > Privacy & Security, "
+                "or move the inbox out of ~/Documents, ~/Desktop, ~/Downloads, iCloud Drive")
+    return f"give the daemon's user read and write access to {path} (check `ls -ld {path.parent}`)"
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)
+
+
+@dataclass
+class _Track:
+    inbox: InboxConfig
+    sig: tuple[int, int] | None = None   # (size, mtime_ns) when last seen
+    since: float = 0.0                   # monotonic time sig last changed
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on the observer thread: record paths, nothing else."""
+
+    def __init__(self, watcher: Watcher, key: str) -> None:
+        self._watcher, self._key = watcher, key
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+        self._watcher._note(self._key, [os.fsdecode(p) for p in paths if p])
+
+
+class Watcher:
+    """Tracks candidate files in every inbox; `tick()` returns the ones that became ready."""
+
+    def __init__(self, inboxes: tuple[InboxConfig, ...], *, rescan_s: float = 60.0,
+                 empty_grace_s: float = 60.0) -> None:
+        self.rescan_s = rescan_s
+        self.empty_grace_s = empty_grace_s
+        self._inboxes: dict[str, InboxConfig] = {i.key: i for i in inboxes}
+        self._observers: dict[str, BaseObserver] = {}
+        self._lock = threading.Lock()
+        self._candidates: set[tuple[str, str]] = set()
+        self._pending: dict[Path, _Track] = {}
+        self._returned: dict[Path, tuple[int, int]] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._to_scan: set[str] = set(self._inboxes)
+        self._next_rescan: float | None = None
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create missing inbox folders and start one observer per inbox; the first tick scans."""
+        self._started = True
+        for inbox in self._inboxes.values():
+            self._start_observer(inbox)
+
+    def stop(self) -> None:
+        """Stop and join every observer thread."""
+        self._started = False
+        observers, self._observers = list(self._observers.values()), {}
+        for obs in observers:
+            obs.stop()
+        for obs in observers:
+            obs.join(timeout=5)
+
+    def set_inboxes(self, inboxes: tuple[InboxConfig, ...]) -> None:
+        """Apply a reloaded config (SIGHUP); unchanged inboxes keep their observer and tracking.
+        Call from the thread that calls tick()."""
+        new = {i.key: i for i in inboxes}
+        for key, old in list(self._inboxes.items()):
+            if new.get(key) != old:
+                self._drop_inbox(key)
+        for key, inbox in new.items():
+            if self._inboxes.get(key) != inbox:
+                self._inboxes[key] = inbox
+                self._to_scan.add(key)
+                if self._started:
+                    self._start_observer(inbox)
+
+    def _drop_inbox(self, key: str) -> None:
+        obs = self._observers.pop(key, None)
+        if obs is not None:
+            obs.stop()
+            obs.join(timeout=5)
+        del self._inboxes[key]
+        self._to_scan.discard(key)
+        for table in (self._pending, self._returned):
+            for path in [p for p in table if self._owner(p) is None]:
+                del table[path]
+        with self._lock:
+            self._candidates = {c for c in self._candidates if c[0] != key}
+
+    def _start_observer(self, inbox: InboxConfig) -> None:
+        if inbox.key in self._observers:
+            return
+        try:
+            if not inbox.path.is_dir():
+                inbox.path.mkdir(parents=True, exist_ok=True)
+                log.info("inbox_created", inbox=inbox.key)
+            obs = PollingObserver(timeout=1.0) if inbox.polling else Observer()
+            obs.schedule(_Handler(self, inbox.key), str(inbox.path), recursive=inbox.recursive,
+                         event_filter=_EVENTS)
+            obs.daemon = True
+            obs.start()
+        except OSError as exc:
+            # Not fatal: the periodic rescan retries, and the folder may appear later.
+            self._report_os_error(inbox, inbox.path, exc, "inbox_unavailable")
+            return
+        self._observers[inbox.key] = obs
+
+    # -- the observer side ----------------------------------------------------------------------
+    def _note(self, key: str, paths: list[str]) -> None:
+        with self._lock:
+            for p in paths:
+                self._candidates.add((key, p))
+
+    # -- the tick -------------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> list[tuple[InboxConfig, Path]]:
+        """Fold in new events (and a full rescan when due); return files that became ready."""
+        now = time.monotonic() if now is None else now
+        if self._next_rescan is None or now >= self._next_rescan:
+            self._next_rescan = now + self.rescan_s
+            self._to_scan.update(self._inboxes)
+            if self._started:
+                for inbox in self._inboxes.values():
+                    self._start_observer(inbox)
+        for key in list(self._to_scan):
+            self._to_scan.discard(key)
+            inbox = self._inboxes.get(key)
+            if inbox is not None:
+                self._scan(inbox, inbox.path, prune=True, now=now)
+        with self._lock:
+            candidates, self._candidates = self._candidates, set()
+        for key, text in candidates:
+            inbox = self._inboxes.get(key)
+            if inbox is not None:
+                self._consider(inbox, Path(text), now)
+        return self._check_pending(now)
+
+    def _consider(self, inbox: InboxConfig, path: Path, now: float) -> None:
+        if path == inbox.path or not path.is_relative_to(inbox.path) or is_ignored(inbox, path):
+            return
+        if self._owner(path) is not inbox:
+            return  # an inbox nested inside another one owns this path
+        if path.is_dir() and not path.is_symlink():
+            if inbox.recursive:  # a folder created or moved in: events for its content may be lost
+                self._scan(inbox, path, prune=False, now=now)
+            return
+        if not inbox.recursive and path.parent != inbox.path:
+            return
+        self._pending.setdefault(path, _Track(inbox))
+
+    def _owner(self, path: Path) -> InboxConfig | None:
+        """The innermost inbox that holds `path`."""
+        best = None
+        for inbox in self._inboxes.values():
+            if path.is_relative_to(inbox.path) and (best is None or inbox.path.is_relative_to(best.path)):
+                best = inbox
+        return best
+
+    def _scan(self, inbox: InboxConfig, top: Path, *, prune: bool, now: float) -> None:
+        seen: set[Path] = set()
+        others = {i.path for i in self._inboxes.values() if i is not inbox}
+        errors: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append, followlinks=False):
+            base = Path(dirpath)
+            keep = []
+            for d in dirnames:
+                sub = base / d
+                if sub in others or is_ignored(inbox, sub):
+                    continue
+                if sub.is_symlink():
+                    self._report_once("refused", sub, "file_refused", inbox=inbox.key, path=str(sub),
+                                      reason="symlink folder")
+                    continue
+                keep.append(d)
+            dirnames[:] = keep if inbox.recursive else []
+            for name in filenames:
+                path = base / name
+                if not is_ignored(inbox, path):
+                    seen.add(path)
+                    self._pending.setdefault(path, _Track(inbox))
+        for exc in errors:
+            self._report_os_error(inbox, Path(exc.filename or top), exc, "scan_failed")
+        if prune and not errors:
+            for path in [p for p, _ in self._returned.items() if p.is_relative_to(top) and p not in seen]:
+                del self._returned[path]
+
+    def _check_pending(self, now: float) -> list[tuple[InboxConfig, Path]]:
+        ready: list[tuple[InboxConfig, Path]] = []
+        for path, track in list(self._pending.items()):
+            inbox = track.inbox
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self._forget(path)
+                continue
+            except OSError as exc:
+                self._report_os_error(inbox, path, exc, "stat_failed")
+                del self._pending[path]
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                self._refuse(inbox, path, "symlink")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                del self._pending[path]
+                continue
+            if getattr(st, "st_flags", 0) & SF_DATALESS:
+                self._report_once("dataless", path, "file_not_local", path=str(path))
+                continue  # keep watching until the sync tool brings the content down
+            sig = (st.st_size, st.st_mtime_ns)
+            if self._returned.get(path) == sig:
+                del self._pending[path]
+                continue
+            if sig != track.sig:
+                track.sig, track.since = sig, now
+                continue
+            needed = self.empty_grace_s if st.st_size == 0 else inbox.stable_for_s
+            if now - track.since < needed:
+                continue
+            try:
+                why = refusal(inbox, path)  # a parent folder may be a symlink out of the inbox
+                if why is not None:
+                    self._refuse(inbox, path, why)
+                    continue
+                with open(path, "rb"):
+                    pass
+            except FileNotFoundError:
+                self._forget(path)
+                continue
+            except OSError as exc:
+                if is_permission_error(exc):
+                    self._report_os_error(inbox, path, exc, "open_failed")
+                    del self._pending[path]
+                continue  # e.g. locked by a writer on a network share: try again next tick
+            del self._pending[path]
+            self._returned[path] = sig
+            log.info("file_ready", inbox=inbox.key, path=str(path), size=st.st_size)
+            ready.append((inbox, path))
+        return ready
+
+    def _refuse(self, inbox: InboxConfig, path: Path, why: str) -> None:
+        self._report_once("refused", path, "file_refused", inbox=inbox.key, path=str(path), reason=why)
+        del self._pending[path]
+
+    def _forget(self, path: Path) -> None:
+        self._pending.pop(path, None)
+        self._returned.pop(path, None)
+        if self._reported:  # a path that comes back later is reported again
+            self._reported = {r for r in self._reported if r[1] != str(path)}
+
+    # -- reporting, once per path ---------------------------------------------------------------
+    def _report_once(self, kind: str, path: Path, event: str, **fields: object) -> None:
+        key = (kind, str(path))
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning(event, **fields)
+
+    def _report_os_error(self, inbox: InboxConfig, path: Path, exc: OSError, event: str) -> None:
+        if is_permission_error(exc):
+            self._report_once("eperm", path, "permission_denied", inbox=inbox.key, path=str(path),
+                              error=exc.strerror, fix=permission_fix(path))
+        else:
+            self._report_once(event, path, event, inbox=inbox.key, path=str(path), error=str(exc))
+
+    # -- for tests and status -------------------------------------------------------------------
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)

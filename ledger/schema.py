@@ -1,0 +1,134 @@
+"""The ledger's tables (SQLAlchemy Core), as of the newest migration.
+
+Columns are the ones DESIGN.md documents for users, plus a few that the queries need:
+`jobs.duplicate_of`, `pages.id` (the claim's row key), `pages.priority` (a copy of the job's, so
+the claim walks one index in order instead of sorting every queued page), `pages.started_at` and
+`pages.finished_at` (pages/min), `workers.error`, `events.page_no`, and the `meta` key/value table.
+Times are UTC ISO-8601 text of one fixed width, so text order is time order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (CheckConstraint, Column, Float, ForeignKey, Index, Integer, MetaData, Table,
+                        Text, UniqueConstraint)
+
+from .states import JobState, PageState
+
+metadata = MetaData()
+
+
+def _in(column: str, values: type) -> CheckConstraint:
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"ck_{column}_valid")
+
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("inbox", Text, nullable=False),
+    Column("source_path", Text, nullable=False),
+    Column("spool_path", Text),                # where the original lies now (see store.py)
+    Column("sha256", Text),
+    Column("size_bytes", Integer),
+    Column("state", Text, nullable=False),
+    Column("pages_total", Integer, nullable=False, default=0),
+    Column("pages_done", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("created_at", Text, nullable=False),
+    Column("updated_at", Text, nullable=False),
+    Column("finished_at", Text),
+    Column("output_path", Text),
+    Column("error", Text),
+    Column("duplicate_of", Integer, ForeignKey("jobs.id")),
+    _in("state", JobState),
+)
+
+pages = Table(
+    "pages", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("page_no", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("run_after", Text),                 # NULL: claimable now
+    Column("lease_owner", Text),
+    Column("lease_expires_at", Text),
+    Column("started_at", Text),
+    Column("finished_at", Text),               # set only when done
+    Column("text", Text),
+    Column("prompt_tokens", Integer),
+    Column("generation_tokens", Integer),
+    Column("seconds", Float),
+    Column("finish_reason", Text),
+    Column("error", Text),
+    UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
+    _in("state", PageState),
+)
+
+workers = Table(
+    "workers", metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("backend", Text),
+    Column("device_name", Text),
+    Column("state", Text, nullable=False),
+    Column("started_at", Text, nullable=False),
+    Column("last_heartbeat_at", Text),
+    Column("current_page", Text),
+    Column("pages_done", Integer, nullable=False, default=0),
+    Column("error", Text),
+)
+
+heartbeats = Table(
+    "heartbeats", metadata,
+    Column("id", Integer, primary_key=True),
+    # no foreign key: a heartbeat must never fail because of worker bookkeeping
+    Column("worker_id", Text, nullable=False),
+    Column("at", Text, nullable=False),
+    Column("backend", Text),
+    Column("active_memory_bytes", Integer),
+    Column("peak_memory_bytes", Integer),
+    Column("cache_memory_bytes", Integer),
+    Column("memory_limit_bytes", Integer),
+    Column("pages_done", Integer),
+    Column("tokens_per_s", Float),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE")),
+    Column("page_no", Integer),
+    Column("at", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Text, nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+meta = Table(
+    "meta", metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# The claim walks this index in ORDER BY order and filters run_after from it without touching rows;
+# its `state` prefix also serves the counts and the lease rescue.
+Index("ix_pages_claim", pages.c.state, pages.c.priority.desc(), pages.c.job_id, pages.c.page_no,
+      pages.c.run_after)
+Index("ix_pages_finished_at", pages.c.finished_at)
+Index("ix_jobs_state", jobs.c.state)
+Index("ix_jobs_sha256", jobs.c.sha256)
+Index("ix_jobs_spool_path", jobs.c.spool_path)
+Index("ix_heartbeats_worker_at", heartbeats.c.worker_id, heartbeats.c.at)
+Index("ix_heartbeats_at", heartbeats.c.at)               # the 24 h retention delete
+Index("ix_events_job_id", events.c.job_id)
+Index("ix_workers_host_pid", workers.c.host, workers.c.pid)
