@@ -152,8 +152,9 @@ class MlxVlmEngine:
     and cannot stop a looping page early. The protocol takes a list so batching can come later.
     """
 
-    def __init__(self, model: ModelConfig):
+    def __init__(self, model: ModelConfig, *, repeat_min_chars: int = REPEAT_MIN_CHARS):
         self.config = model
+        self.repeat_min_chars = repeat_min_chars
         self.model: Any = None
         self.processor: Any = None
 
@@ -194,6 +195,10 @@ class MlxVlmEngine:
         if "<image>" not in prompt:
             prompt = mlx_vlm.apply_chat_template(self.processor, self.model.config, prompt, num_images=1)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        # mlx-vlm's streaming BPE detokenizer raises KeyError on a special token spelled with
+        # non-byte-level characters ("<｜▁pad▁｜>"); bos and pad are never valid output anyway.
+        banned = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "pad_token_id", None)}
+        kwargs["logit_bias"] = {int(t): -1e9 for t in banned if t is not None}
         started = time.perf_counter()
         mx.reset_peak_memory()
         text, last, finish, cut = "", None, None, None
@@ -207,7 +212,7 @@ class MlxVlmEngine:
                         text += chunk.text
                         last = chunk
                         finish = chunk.finish_reason or finish
-                        if n % REPEAT_CHECK_EVERY == 0 and (cut := find_repetition(text)) is not None:
+                        if n % REPEAT_CHECK_EVERY == 0 and (cut := self._find_loop(text)) is not None:
                             finish = "repetition"
                             break
                 finally:
@@ -216,7 +221,7 @@ class MlxVlmEngine:
             raise EngineError(f"generate failed: {_one_line(exc)}") from exc
         finally:
             mx.clear_cache()
-        if finish == "length" and (cut := find_repetition(text)) is not None:
+        if finish == "length" and (cut := self._find_loop(text)) is not None:
             finish = "repetition"   # the loop ran into max_tokens between two checks
         if finish == "repetition" and cut is not None:
             text = text[:cut]
@@ -231,6 +236,9 @@ class MlxVlmEngine:
             finish_reason=finish or "length",
             peak_memory_bytes=int(mx.get_peak_memory()),
         )
+
+    def _find_loop(self, text: str) -> int | None:
+        return find_repetition(text, min_chars=self.repeat_min_chars)
 
 
 def _one_line(exc: BaseException) -> str:

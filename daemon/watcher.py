@@ -327,8 +327,8 @@ class Watcher:
             self._reported = {r for r in self._reported if r[1] != str(path)}
 
     # -- reporting, once per path ---------------------------------------------------------------
-    def _report_once(self, kind: str, path: Path, event: str, **fields: object) -> None:
-        key = (kind, str(path))
+    def _report_once(self, kind: str, target: Path, event: str, **fields: object) -> None:
+        key = (kind, str(target))
         if key not in self._reported:
             self._reported.add(key)
             log.warning(event, **fields)

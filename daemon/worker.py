@@ -138,7 +138,7 @@ class Worker:
             ledger.close()
 
     def _loop(self, ledger: Ledger, engine) -> None:
-        from .device import memory_stats
+        from .engine import memory_stats
 
         idle = 0.1
         while not self.stop.is_set():
@@ -217,7 +217,8 @@ class Worker:
             fail_document(self.config, ledger, page.job_id, str(exc), exc.details)
 
     def _heartbeats(self, ledger: Ledger) -> None:
-        from .device import CPU_WARNING, memory_stats
+        from .device import CPU_WARNING
+        from .engine import memory_stats
 
         parent = os.getppid()
         while True:

@@ -207,10 +207,10 @@ def test_set_inboxes_keeps_state_of_unchanged_inboxes(tmp_path: Path, watcher_fa
 
 _EPERM_CHILD = """
 import json, os, sys, pathlib
-os.setgid(65534); os.setuid(65534)
 from structlog.testing import capture_logs
 from ocrd.daemon.config import InboxConfig
 from ocrd.daemon.watcher import Watcher
+os.setgid(65534); os.setuid(65534)  # after the imports: the interpreter's files may be root-only
 root = pathlib.Path(sys.argv[1])
 box = InboxConfig(path=root / "inbox", outbox=root / "o", archive=None, failed=root / "f", stable_for_s=0)
 w = Watcher((box,), rescan_s=0.0)

@@ -1,0 +1,51 @@
+"""Helpers for tests/cli/: a temp config, an in-process runner, and a recording service runner."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from ocrd.cli.main import main
+
+OCRD = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "ocrd"
+
+
+def write_config(tmp_path: Path, *, extra: str = "", outbox: Path | None = None,
+                 name: str = "ocrd.toml") -> Path:
+    """A config with its state dir and one inbox under tmp_path."""
+    root = tmp_path / "ocr"
+    outbox = outbox or root / "outbox"
+    path = tmp_path / name
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f"{extra}\n"
+        "[[inbox]]\n"
+        f'path = "{root / "inbox"}"\n'
+        f'outbox = "{outbox}"\n'
+        f'archive = "{root / "archive"}"\n'
+        f'failed = "{root / "failed"}"\n'
+    )
+    return path
+
+
+class Recorder:
+    """The service runner seam: records command lines, answers with canned return codes."""
+
+    def __init__(self, codes: dict[str, int] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.codes = codes or {}
+
+    def __call__(self, cmd: list[str]) -> subprocess.CompletedProcess:
+        self.calls.append(list(cmd))
+        code = next((c for word, c in self.codes.items() if word in cmd), 0)
+        return subprocess.CompletedProcess(cmd, code, f"out of {cmd[-1]}\n", "oops\n" if code else "")
+
+
+def invoke(config: Path | None, *args: str, obj: dict[str, Any] | None = None,
+           env: dict[str, str] | None = None) -> Result:
+    """Run `ocrd [--config config] args...` in-process."""
+    argv = (["--config", str(config)] if config else []) + list(args)
+    return CliRunner().invoke(main, argv, obj=obj, env=env, catch_exceptions=False)

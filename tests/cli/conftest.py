@@ -1,0 +1,16 @@
+"""Fixtures for tests/cli/ (helpers live in cli_support.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli_support import write_config
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A valid config under tmp_path; OCRD_CONFIG cleared so nothing else leaks in."""
+    monkeypatch.delenv("OCRD_CONFIG", raising=False)
+    return write_config(tmp_path)

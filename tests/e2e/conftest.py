@@ -1,0 +1,125 @@
+"""End-to-end fixtures: a real `ocrd run` subprocess on temp folders with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers import wait_for
+
+OCRD = str(Path(sys.executable).parent / "ocrd")
+
+
+class Daemon:
+    """One `ocrd run` process and the folders of its single inbox."""
+
+    def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
+                 max_attempts: int = 3, extra: str = "") -> None:
+        self.root = root
+        self.inbox, self.outbox = root / "inbox", root / "outbox"
+        self.archive, self.failed = root / "archive", root / "failed"
+        self.state = root / "state"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.config = root / "ocrd.toml"
+        self.config.write_text(f"""
+state_dir = "{self.state}"
+[model]
+path = "{model}"
+mode = "tiny"
+max_tokens = 12
+page_timeout_s = {page_timeout_s}
+[workers]
+count = {workers}
+max_attempts = {max_attempts}
+[pdf]
+dpi = 72
+[[inbox]]
+path = "{self.inbox}"
+outbox = "{self.outbox}"
+archive = "{self.archive}"
+failed = "{self.failed}"
+stable_for_s = 0.3
+{extra}
+""")
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "daemon.out"
+
+    def start(self) -> subprocess.Popen:
+        env = {**os.environ, "OCRD_CONFIG": str(self.config)}
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([OCRD, "run"], stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env)
+        out.close()
+        return self.proc
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([OCRD, "--config", str(self.config), *args], capture_output=True,
+                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ocrd {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        db = self.state / "ledger.db"
+        if not db.exists():
+            return []
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            return []  # the schema is not there yet
+        finally:
+            con.close()
+
+    def job_states(self) -> dict[str, str]:
+        """source file name -> job state."""
+        return {Path(src).name: state for src, state in self.query("SELECT source_path, state FROM jobs")}
+
+    def wait_settled(self, count: int, timeout: float = 180) -> dict[str, str]:
+        def settled() -> dict[str, str] | None:
+            states = self.job_states()
+            done = [s for s in states.values() if s in ("done", "failed", "duplicate")]
+            return states if len(done) >= count else None
+        return wait_for(settled, timeout, interval=0.2, message=f"{count} jobs to settle ({self.log})")
+
+    def stop(self, timeout: float = 40) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, tiny_model: Path) -> Iterator:
+    made: list[Daemon] = []
+
+    def make(**kwargs) -> Daemon:
+        daemon = Daemon(tmp_path / f"d{len(made)}", kwargs.pop("model", tiny_model), **kwargs)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.kill()
+        pids = [p for (p,) in daemon.query("SELECT pid FROM workers WHERE state NOT IN ('stopped','dead')")]
+        for pid in pids:  # never leak a worker, whatever the test did
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, TypeError):
+                pass

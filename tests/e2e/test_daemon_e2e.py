@@ -1,0 +1,154 @@
+"""`ocrd run` as a user runs it: real subprocess, real folders, the real mlx-vlm path (tiny model)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import shutil
+import time
+from pathlib import Path
+
+import samples
+from helpers import wait_for
+
+# These spawn the daemon and its model workers: each takes 10-60 s on this 2-core machine.
+
+
+def test_mixed_files_end_to_end(make_daemon) -> None:
+    d = make_daemon(workers=2)
+    d.start()
+    samples.write_pdf(d.inbox / "report.pdf", 3)
+    samples.write_image(d.inbox / "photo.png", "PNG")
+    samples.write_image(d.inbox / "scan.jpg", "JPEG")
+    samples.write_image(d.inbox / "fax.tiff", "TIFF", frames=2)
+    samples.write_image(d.inbox / "sub" / "deep" / "note.png", "PNG", n=5)
+    samples.write_image(d.inbox / "web.webp", "WEBP")
+    samples.write_image(d.inbox / "old.bmp", "BMP")
+    samples.write_image(d.inbox / "anim.gif", "GIF", frames=3)
+    samples.write_corrupt_pdf(d.inbox / "broken.pdf")
+    samples.write_docx(d.inbox / "letter.docx")
+    (d.inbox / ".DS_Store").write_bytes(b"junk")
+    (d.inbox / "download.pdf.part").write_bytes(b"%PDF-1.4 partial")
+
+    # Live workers with heartbeats while pages run.
+    status = wait_for(lambda: (s := d.status())["workers"] and s, 120, 0.5, "live workers")
+    assert status["daemon"]["running"] and status["daemon"]["pid"] == d.proc.pid
+    assert status["device"]["backend"] == "cpu"
+    for key in ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page",
+                "active_memory_bytes", "peak_memory_bytes", "pages_done"):
+        assert key in status["workers"][0]
+
+    states = d.wait_settled(10)
+    assert states == {
+        "report.pdf": "done", "photo.png": "done", "scan.jpg": "done", "fax.tiff": "done",
+        "note.png": "done", "web.webp": "done", "old.bmp": "done", "anim.gif": "done",
+        "broken.pdf": "failed", "letter.docx": "failed",
+    }
+    outputs = sorted(str(p.relative_to(d.outbox)) for p in d.outbox.rglob("*.md"))
+    assert outputs == ["anim.md", "fax.md", "old.md", "photo.md", "report.md", "scan.md",
+                       "sub/deep/note.md", "web.md"]
+    pages = {p: (d.outbox / p).read_text().count("<!-- page ") for p in outputs}
+    assert pages["report.md"] == 3 and pages["fax.md"] == 2 and pages["anim.md"] == 1
+    assert sorted(str(p.relative_to(d.archive)) for p in d.archive.rglob("*") if p.is_file()) == [
+        "anim.gif", "fax.tiff", "old.bmp", "photo.png", "report.pdf", "scan.jpg", "sub/deep/note.png",
+        "web.webp"]
+    assert (d.failed / "broken.pdf").exists() and (d.failed / "letter.docx").exists()
+    assert "unsupported file type" in (d.failed / "letter.docx.error.txt").read_text().splitlines()[0]
+    assert "pdf" in (d.failed / "broken.pdf.error.txt").read_text().splitlines()[0].lower()
+    assert (d.inbox / ".DS_Store").exists() and (d.inbox / "download.pdf.part").exists()
+    assert list((d.state / "spool").iterdir()) == []
+
+    # Each worker loaded the model exactly once, shown by the ledger.
+    loads = [detail for (detail,) in d.query("SELECT detail FROM events WHERE kind = 'model_loaded'")]
+    workers = [w for (w,) in d.query("SELECT id FROM workers")]
+    assert len(loads) == len(workers) == 2
+    assert sorted(detail.split()[0] for detail in loads) == sorted(f"worker={w}" for w in workers)
+    hb = d.query("SELECT COUNT(*), MIN(backend), MAX(peak_memory_bytes) FROM heartbeats")[0]
+    assert hb[0] >= 2 and hb[1] == "cpu" and hb[2] > 0
+
+    started = time.monotonic()
+    assert d.stop(timeout=40) == 0
+    assert time.monotonic() - started < 30
+    assert d.query("SELECT COUNT(*) FROM workers WHERE state NOT IN ('stopped', 'dead')") == [(0,)]
+
+
+def test_second_daemon_refused_and_sigterm_in_time(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    wait_for(lambda: d.status()["daemon"]["running"], 60, 0.2, "daemon up")
+    second = d.cli("run", check=False)
+    assert second.returncode == 1
+    assert str(d.proc.pid) in second.stderr
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 30
+
+
+def test_kill_worker_page_is_redone_and_document_completes_once(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    samples.write_pdf(d.inbox / "long.pdf", 12)
+    busy = wait_for(lambda: d.query(
+        "SELECT pid FROM workers WHERE current_page IS NOT NULL AND state = 'busy'"), 120, 0.1, "busy worker")
+    os.kill(busy[0][0], signal.SIGKILL)
+    assert d.wait_settled(1, timeout=240) == {"long.pdf": "done"}
+    assert [p.name for p in d.outbox.iterdir()] == ["long.md"]
+    assert (d.outbox / "long.md").read_text().count("<!-- page ") == 12
+    assert d.query("SELECT MAX(attempts) FROM pages")[0][0] >= 2
+    assert d.query("SELECT COUNT(*) FROM workers WHERE state = 'dead'") == [(1,)]
+    assert d.stop() == 0
+
+
+def test_kill_daemon_mid_run_then_restart_completes_each_document_once(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    for n in range(3):
+        samples.write_pdf(d.inbox / f"doc{n}.pdf", 4)
+    for n in range(4):
+        samples.write_image(d.inbox / f"img{n}.png", "PNG", n=n)
+    wait_for(lambda: d.query("SELECT COUNT(*) FROM pages WHERE state = 'done'")[0][0] >= 2, 180, 0.1,
+             "some pages done")
+    d.kill()  # kill -9 of the supervisor; its workers die with it (PDEATHSIG)
+    d.start()
+    states = d.wait_settled(7, timeout=240)
+    assert set(states.values()) == {"done"}, states
+    assert sorted(p.name for p in d.outbox.iterdir()) == sorted(
+        [f"doc{n}.md" for n in range(3)] + [f"img{n}.md" for n in range(4)])
+    assert list((d.state / "spool").iterdir()) == []
+    assert d.query("SELECT COUNT(*) FROM jobs") == [(7,)]
+    assert d.stop() == 0
+
+
+def test_retry_failed_job(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    samples.write_corrupt_pdf(d.inbox / "scan.pdf")
+    assert d.wait_settled(1) == {"scan.pdf": "failed"}
+    job_id = d.query("SELECT id FROM jobs")[0][0]
+
+    # Still broken: it fails again, cleanly, back in failed/ with its reason.
+    d.cli("retry", "--failed", check=False)
+    wait_for(lambda: d.job_states() == {"scan.pdf": "failed"} and (d.failed / "scan.pdf").exists()
+             and (d.failed / "scan.pdf.error.txt").exists(), 60, 0.2, "failed again")
+
+    # Fixed by the user: the retry brings it back and it completes under the same job id.
+    samples.write_pdf(d.failed / "scan.pdf", 2)
+    d.cli("retry", str(job_id))
+    wait_for(lambda: d.job_states() == {"scan.pdf": "done"}, 180, 0.2, "retried job done")
+    assert d.query("SELECT id FROM jobs") == [(job_id,)]
+    assert (d.outbox / "scan.md").read_text().count("<!-- page ") == 2
+    assert not (d.failed / "scan.pdf").exists()
+    assert d.stop() == 0
+
+
+def test_model_unavailable_keeps_queueing(make_daemon, tmp_path: Path) -> None:
+    d = make_daemon(model=tmp_path / "no-such-model")
+    d.start()
+    samples.write_image(d.inbox / "page.png", "PNG")
+    wait_for(lambda: d.query("SELECT state FROM jobs") == [("queued",)], 60, 0.2, "job queued")
+    status = wait_for(lambda: (s := d.status())["model_status"].startswith("unavailable") and s,
+                      60, 0.3, "model unavailable in status")
+    assert "no-such-model" in status["model_status"]
+    assert status["pages"]["queued"] == 1 and status["pages"]["failed"] == 0
+    assert d.stop() == 0
+    assert d.query("SELECT state FROM pages") == [("queued",)]
