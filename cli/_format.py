@@ -9,15 +9,15 @@ from typing import Any, Sequence
 
 
 def size(n: int | float | None) -> str:
-    """1536 -> '1.5 KiB'; None -> '-'."""
+    """1500 -> '1.5 KB'; None -> '-'. Decimal units, like the config's "12GB" and device.py."""
     if n is None:
         return "-"
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 def duration(seconds: float | None) -> str:

@@ -13,11 +13,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 
 from . import _format as fmt
+
+if TYPE_CHECKING:
+    from ocrd.daemon.config import Config
 
 WATCH_INTERVAL_S = 2.0
 STALE_HEARTBEAT_S = 120.0
@@ -28,7 +31,7 @@ def _obj(ctx: click.Context) -> dict[str, Any]:
     return ctx.find_root().obj
 
 
-def _load(ctx: click.Context):
+def _load(ctx: click.Context) -> Config:
     """The config named by --config / OCRD_CONFIG; a bad one is a usage error (exit 2)."""
     from ocrd.daemon.config import ConfigError, load_config
     try:
@@ -44,7 +47,7 @@ def _fail(ctx: click.Context, message: str, code: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def _ledger(config, *, create: bool = False) -> Iterator[Any]:
+def _ledger(config: Config, *, create: bool = False) -> Iterator[Any]:
     """The ledger, or None when it does not exist yet and `create` is False (read-only commands
     must not create a state dir as a side effect)."""
     if not config.ledger_url and not config.ledger_path.exists():
@@ -53,11 +56,24 @@ def _ledger(config, *, create: bool = False) -> Iterator[Any]:
             return
         config.state_dir.mkdir(parents=True, exist_ok=True)
     from ocrd.ledger.store import Ledger
-    ledger = Ledger(config.db_url)
+    try:
+        ledger = Ledger(config.db_url)
+    except Exception as exc:  # corrupt file, unreachable server, newer schema...
+        _fail(click.get_current_context(),
+              f"cannot open the ledger {_where(config)}: {_first_line(exc)} (see `ocrd doctor`)")
     try:
         yield ledger
     finally:
         ledger.close()
+
+
+def _where(config: Config) -> str:
+    return str(config.ledger_path) if not config.ledger_url else config.ledger_url.partition("@")[2] or "(ledger.url)"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +90,19 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    if ctx.invoked_subcommand not in (None, "run"):
+        _quiet_logs()
+
+
+def _quiet_logs() -> None:
+    """Commands print their own one-line results; the daemon modules they call (ingest...) log
+    events meant for the daemon's log, so only errors get through, and to stderr."""
+    import logging
+
+    import structlog
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 @main.command()
@@ -91,7 +120,7 @@ def run(ctx: click.Context) -> None:
 
 # -- status ---------------------------------------------------------------------------------------
 
-def _device_of(config, ledger, running: bool) -> dict[str, Any]:
+def _device_of(config: Config, ledger: Any, running: bool) -> dict[str, Any]:
     """The running daemon's device (ledger meta) or, with no daemon, a live probe."""
     recorded = None
     if ledger is not None:
@@ -109,7 +138,7 @@ def _device_of(config, ledger, running: bool) -> dict[str, Any]:
         return {"backend": None, "name": f"unknown ({exc})", "memory_bytes": None}
 
 
-def _status(config) -> dict[str, Any]:
+def _status(config: Config) -> dict[str, Any]:
     from ocrd.daemon.lockfile import running_pid
     from ocrd.ledger.states import JobState, PageState
 
@@ -117,12 +146,14 @@ def _status(config) -> dict[str, Any]:
     with _ledger(config) as ledger:
         if ledger is None:
             counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
-            workers, rate, model_status = [], {}, None
+            workers, rate, model_status, pool = [], {}, None, None
         else:
             counts = ledger.counts()
             workers = ledger.workers_status()
             rate = ledger.throughput()
-            model_status = ledger.get_meta("model_status")
+            model_status, pool = ledger.get_meta("model_status"), None
+            with contextlib.suppress(TypeError, ValueError):
+                pool = json.loads(ledger.get_meta("pool_plan") or "null")
         device = _device_of(config, ledger, pid is not None)
 
     ppm = rate.get("pages_per_min_5")
@@ -137,7 +168,7 @@ def _status(config) -> dict[str, Any]:
     if device.get("backend") == "cpu":
         from ocrd.daemon.device import CPU_WARNING
         warnings.append(CPU_WARNING)
-    if model_status and model_status != "ok":
+    if model_status and model_status not in ("ok", "loading"):
         warnings.append(f"model {model_status}")
     if pid is None and waiting:
         warnings.append(f"daemon not running: {waiting} pages waiting")
@@ -151,6 +182,7 @@ def _status(config) -> dict[str, Any]:
         "device": device,
         "model": {"path": config.model.path, "mode": config.model.mode, "status": model_status},
         "model_status": model_status,
+        "pool": pool if pid is not None else None,   # the running daemon's plan {count, reason}
         "jobs": counts["jobs"],
         "pages": counts["pages"],
         "workers": workers,
@@ -167,7 +199,13 @@ def _render_status(s: dict[str, Any]) -> str:
     dev = s["device"]
     lines.append(f"device   {dev.get('backend') or '?'}  {dev.get('name') or '?'}  {fmt.size(dev.get('memory_bytes'))}")
     m = s["model"]
-    lines.append(f"model    {m['path']}  mode {m['mode']}  status {m['status'] or 'unknown'}")
+    status = m["status"] or "unknown"
+    if status not in ("ok", "loading", "unknown"):
+        status = status.split(":")[0].upper() + " (see below)"  # the whole reason is a warning
+    lines.append(f"model    {m['path']}  mode {m['mode']}  status {status}")
+    if s["pool"]:
+        n = s["pool"].get("count")
+        lines.append(f"pool     {n} worker{'' if n == 1 else 's'}: {s['pool'].get('reason')}")
     for w in s["warnings"]:
         lines.append(click.style(f"WARNING  {w}", fg="red", bold=True))
     jobs = "  ".join(f"{k} {v}" for k, v in s["jobs"].items())
@@ -226,11 +264,15 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> Non
     if job_ids and all_failed:
         raise click.UsageError("give job ids or --failed, not both")
     config = _load(ctx)
-    from ocrd.daemon.ingest import retry_jobs
-    problems = []
-    with _ledger(config, create=bool(all_failed)) as ledger:
+    problems: list[str] = []
+    results: list[tuple[int, str]] = []
+    with _ledger(config) as ledger:
         if ledger is None:
-            _fail(ctx, f"no ledger yet at {config.ledger_path}: no jobs to retry")
+            if all_failed:
+                click.echo("no failed jobs")
+                return
+            _fail(ctx, f"no ledger yet at {config.ledger_path}: no job {job_ids[0]}")
+        from ocrd.daemon.ingest import retry_jobs
         wanted: list[int] = []
         for job_id in dict.fromkeys(job_ids):
             row = ledger.job(job_id)
@@ -241,8 +283,13 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> Non
             else:
                 wanted.append(job_id)
         results = retry_jobs(config, ledger, None if all_failed else wanted) if (wanted or all_failed) else []
-    for job_id, message in results:
-        click.echo(f"job {job_id}: {message}")
+        for job_id, message in results:
+            # retry_jobs answers in words; the job's state says whether it worked.
+            row = ledger.job(job_id)
+            if row is not None and row["state"] == "queued":
+                click.echo(f"job {job_id}: {message}")
+            else:
+                problems.append(f"job {job_id}: {message}")
     if all_failed and not results:
         click.echo("no failed jobs")
     for p in problems:
@@ -257,7 +304,9 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> Non
 def submit(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Enqueue files without the watcher.
 
-    Each file is moved into the spool, like a file dropped into an inbox.
+    A file inside an inbox is moved into the spool as if the watcher had seen it; a file elsewhere
+    is copied (yours stays) and its output goes to the first inbox's outbox. A folder submits its
+    supported files.
     """
     config = _load(ctx)
     from ocrd.daemon.ingest import submit_paths
@@ -273,7 +322,8 @@ def submit(ctx: click.Context, paths: tuple[Path, ...]) -> None:
                 click.echo(f"{path}: duplicate of job {result.duplicate_of} (job {result.job_id}, skipped)")
             else:
                 row = ledger.job(result.job_id) or {}
-                click.echo(f"{path}: job {result.job_id} {state} ({row.get('pages_total', '?')} pages)")
+                n = row.get("pages_total")
+                click.echo(f"{path}: job {result.job_id} {state} ({n} page{'' if n == 1 else 's'})")
     ctx.exit(1 if failed else 0)
 
 
@@ -340,7 +390,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
 
 # -- device ---------------------------------------------------------------------------------------
 
-def _device_report(config) -> dict[str, Any]:
+def _device_report(config: Config) -> dict[str, Any]:
     from ocrd.daemon import device as dev
 
     info = dev.detect_device()
@@ -362,7 +412,7 @@ def _device_report(config) -> dict[str, Any]:
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
-                  "size_source": "files" if size is not None else "default estimate"},
+                  "planned_bytes": model_bytes},
         "measured_peak_bytes": measured,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
                  "budget_bytes": plan.budget_bytes, "cap": plan.cap, "reason": plan.reason},
@@ -383,10 +433,12 @@ def device(ctx: click.Context, as_json: bool) -> None:
     d, m, p = r["device"], r["model"], r["pool"]
     lines = [f"backend  {d['backend']}", f"device   {d['name']}",
              f"memory   {fmt.size(d['memory_bytes'])}"
-             + (f" (recommended working set {fmt.size(d['recommended_bytes'])})" if d["recommended_bytes"] else ""),
+             + (f" (recommended working set {fmt.size(d['recommended_bytes'])})"
+                if d["recommended_bytes"] and d["recommended_bytes"] != d["memory_bytes"] else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
-             f"model    {m['path']}  mode {m['mode']}  {fmt.size(m['size_bytes'])}"
-             + ("" if m["size_bytes"] is not None else " (size unknown: not downloaded)"),
+             f"model    {m['path']}  mode {m['mode']}  "
+             + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
+                else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
              f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}",
              f"         footprint {fmt.size(p['footprint_bytes'])} each"
              + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")

@@ -75,15 +75,23 @@ def check_folder(name: str, folder: Path, *, platform: str | None = None) -> Che
 
 def folder_fix(exc: OSError, folder: Path, platform: str) -> str:
     """The remedy for a folder the daemon cannot use."""
-    if exc.errno in (errno.EPERM, errno.EACCES) and platform == "darwin":
+    denied = exc.errno in (errno.EPERM, errno.EACCES)
+    # TCC denials come back as EPERM ("Operation not permitted"); EACCES is plain Unix permissions,
+    # unless the folder is one TCC guards.
+    if denied and platform == "darwin" and (exc.errno == errno.EPERM or _mac_protected(folder)):
         return (f"give Full Disk Access to {sys.executable} (System Settings > Privacy & Security > "
                 "Full Disk Access), or move the folder out of ~/Documents, ~/Desktop, ~/Downloads "
                 "and iCloud Drive")
-    if exc.errno in (errno.EPERM, errno.EACCES):
+    if denied:
         return f"let user {_user()} read and write {folder} (chown/chmod), or point the config elsewhere"
     if exc.errno == errno.EROFS:
         return f"{folder} is on a read-only volume: point the config elsewhere"
     return f"make {folder} a readable, writable folder"
+
+
+def _mac_protected(folder: Path) -> bool:
+    home = Path.home()
+    return any(folder.is_relative_to(home / p) for p in _MAC_PROTECTED)
 
 
 def _user() -> str:
@@ -106,13 +114,10 @@ def check_model(model_path: str) -> Check:
             return Check("model", False, f"{local} has no {' or '.join(missing)}",
                          "point model.path at a complete mlx model folder")
         return Check("model", True, f"local folder {local}")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(model_path, "config.json")
-    except Exception as exc:  # a malformed id or a broken cache: report, don't crash doctor
-        return Check("model", False, f"{model_path}: {exc}", "set model.path to a Hugging Face id or a local folder")
-    if isinstance(cached, str) and any(Path(cached).parent.glob("*.safetensors")):
-        return Check("model", True, f"{model_path} (in the Hugging Face cache)")
+    from .device import model_size_bytes  # the daemon's own lookup (HF cache, offline)
+    size = model_size_bytes(model_path)
+    if size:
+        return Check("model", True, f"{model_path} (in the Hugging Face cache, {size / 1e9:.1f} GB)")
     return Check("model", True, f"{model_path}: not downloaded yet: the daemon will download it on "
                  "first run (needs network)", warn=True)
 
@@ -129,7 +134,8 @@ def check_ledger(config: Config) -> Check:
         finally:
             ledger.close()
     except Exception as exc:
-        return Check("ledger", False, f"cannot open {_safe_url(config)}: {exc}",
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        return Check("ledger", False, f"cannot open {_safe_url(config)}: {reason}",
                      "check ledger.url / the state dir; restore the database from a backup")
     if result != "ok":
         return Check("ledger", False, f"integrity check: {result}",

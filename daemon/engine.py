@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from .config import ModelConfig
 from .errors import EngineError, ModelUnavailable
@@ -35,8 +35,11 @@ DEEPSEEK_MODES: dict[str, tuple[int, int, bool]] = {
 
 # Repetition guard. A looping page otherwise burns max_tokens (8192 by default: minutes of
 # decode). Thresholds are generous because OCR output repeats legitimately (table rules, dot
-# leaders, empty <td></td> cells): a loop must cover REPEAT_MIN_CHARS and REPEAT_MIN_COPIES.
+# leaders, empty <td></td> cells): a loop must cover the minimum span AND REPEAT_MIN_COPIES.
+# The engine checks token ids, not text: mlx-vlm's streaming detokenizer holds text back until
+# a space, so a loop without spaces ("<td></td><td></td>...") would never show up as text.
 REPEAT_MIN_CHARS = 1200
+REPEAT_MIN_TOKENS = 300       # ~1200 characters of markdown
 REPEAT_MIN_COPIES = 6
 REPEAT_WINDOW = 6000
 REPEAT_CHECK_EVERY = 16       # tokens between checks: the check is O(window * units)
@@ -71,31 +74,36 @@ def make_engine(factory: str, model: ModelConfig) -> Engine:
     return target(model)
 
 
-def find_repetition(text: str, *, min_chars: int = REPEAT_MIN_CHARS,
+def find_repetition(text: Sequence, *, min_len: int = REPEAT_MIN_CHARS,
                     min_copies: int = REPEAT_MIN_COPIES, window: int = REPEAT_WINDOW) -> int | None:
     """Where the looping tail of `text` should be cut, or None if the tail does not loop.
 
-    A loop is a unit of length p repeated back to back at the very end, covering at least
-    max(min_chars, min_copies * p) characters. The returned index keeps everything before the
-    loop plus ONE copy of the unit (so a line legitimately written twice is not lost): the
-    caller keeps `text[:index]`.
+    `text` is a str or a list of token ids. A loop is a unit of length p repeated back to back
+    at the very end, covering at least max(min_len, min_copies * p) items. The returned index
+    keeps everything before the loop plus ONE copy of the unit (a line legitimately written
+    twice is not lost): the caller keeps `text[:index]`.
     """
     n = len(text)
     tail = text[-window:]
     for p in range(1, len(tail) // min_copies + 1):
-        span = max(min_chars, min_copies * p)
+        span = max(min_len, min_copies * p)
         if span > len(tail):
             break
+        if tail[-1] != tail[-1 - p] or tail[-2] != tail[-2 - p]:
+            continue                     # cheap pre-check: most periods fail on the last items
         seg = tail[-span:]
         if seg[:-p] != seg[p:]:          # has period p  <=>  it equals itself shifted by p
             continue
         start = n - span
         while start > 0 and text[start - 1] == text[start - 1 + p]:
             start -= 1
-        # The periodic run may begin mid-line ("\n| a |" rather than "| a |\n"): end the kept
-        # copy at a line break when the unit holds one.
-        newline = text.find("\n", start + p, start + 2 * p)
-        return newline + 1 if newline >= 0 else start + p
+        if isinstance(text, str):
+            # The periodic run may begin mid-line ("\n| a |" rather than "| a |\n"): end the
+            # kept copy at a line break when the unit holds one.
+            newline = text.find("\n", start + p, start + 2 * p)
+            if newline >= 0:
+                return newline + 1
+        return start + p
     return None
 
 
@@ -130,15 +138,19 @@ def resolve_model_path(path: str) -> Path:
         raise ModelUnavailable(f"model path {path} does not exist")
     from huggingface_hub import snapshot_download
 
+    from .device import hf_cache_dir
+
     patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
-        return Path(snapshot_download(path, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(path, allow_patterns=patterns, local_files_only=True,
+                                      cache_dir=hf_cache_dir()))
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ModelUnavailable(f"model {path} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     try:
-        return Path(snapshot_download(path, allow_patterns=patterns, etag_timeout=10))
+        return Path(snapshot_download(path, allow_patterns=patterns, etag_timeout=10,
+                                      cache_dir=hf_cache_dir()))
     except Exception as exc:
         raise ModelUnavailable(f"model {path} could not be downloaded: {_one_line(exc)}") from None
 
@@ -152,9 +164,9 @@ class MlxVlmEngine:
     and cannot stop a looping page early. The protocol takes a list so batching can come later.
     """
 
-    def __init__(self, model: ModelConfig, *, repeat_min_chars: int = REPEAT_MIN_CHARS):
+    def __init__(self, model: ModelConfig, *, repeat_min_tokens: int = REPEAT_MIN_TOKENS):
         self.config = model
-        self.repeat_min_chars = repeat_min_chars
+        self.repeat_min_tokens = repeat_min_tokens
         self.model: Any = None
         self.processor: Any = None
 
@@ -201,10 +213,12 @@ class MlxVlmEngine:
         kwargs["logit_bias"] = {int(t): -1e9 for t in banned if t is not None}
         started = time.perf_counter()
         mx.reset_peak_memory()
-        text, last, finish, cut = "", None, None, None
+        text, ids, last, finish, cut = "", [], None, None, None
         try:
             # mlx_vlm.generate resets the stop tokens before each call; stream_generate does not.
-            tokenizer.stopping_criteria.reset(self.model.config.eos_token_id)
+            criteria = getattr(tokenizer, "stopping_criteria", None)
+            if criteria is not None:
+                criteria.reset(self.model.config.eos_token_id)
             with contextlib.redirect_stdout(sys.stderr):
                 stream = mlx_vlm.stream_generate(self.model, self.processor, prompt, image=[image], **kwargs)
                 try:
@@ -212,7 +226,9 @@ class MlxVlmEngine:
                         text += chunk.text
                         last = chunk
                         finish = chunk.finish_reason or finish
-                        if n % REPEAT_CHECK_EVERY == 0 and (cut := self._find_loop(text)) is not None:
+                        if chunk.token is not None and chunk.finish_reason is None:
+                            ids.append(int(chunk.token))
+                        if n % REPEAT_CHECK_EVERY == 0 and (cut := self._find_loop(ids)) is not None:
                             finish = "repetition"
                             break
                 finally:
@@ -221,10 +237,11 @@ class MlxVlmEngine:
             raise EngineError(f"generate failed: {_one_line(exc)}") from exc
         finally:
             mx.clear_cache()
-        if finish == "length" and (cut := self._find_loop(text)) is not None:
+        if finish == "length" and (cut := self._find_loop(ids)) is not None:
             finish = "repetition"   # the loop ran into max_tokens between two checks
         if finish == "repetition" and cut is not None:
-            text = text[:cut]
+            # A cut can split a multi-byte character across tokens: drop the dangling half.
+            text = tokenizer.decode(ids[:cut]).rstrip("\ufffd")
         clean = getattr(self.processor, "clean_output", None)
         if callable(clean):
             text = clean(text)
@@ -237,8 +254,8 @@ class MlxVlmEngine:
             peak_memory_bytes=int(mx.get_peak_memory()),
         )
 
-    def _find_loop(self, text: str) -> int | None:
-        return find_repetition(text, min_chars=self.repeat_min_chars)
+    def _find_loop(self, ids: list[int]) -> int | None:
+        return find_repetition(ids, min_len=self.repeat_min_tokens)
 
 
 def _one_line(exc: BaseException) -> str:

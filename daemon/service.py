@@ -10,6 +10,7 @@ import os
 import plistlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ LABEL = "com.ocrd.daemon"
 UNIT_NAME = "ocrd.service"
 PLATFORMS = ("macos", "linux")
 ACTIONS = ("install", "uninstall", "status", "restart")
+BOOTSTRAP_RETRIES = 5
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
@@ -95,10 +97,12 @@ def _run_subprocess(cmd: list[str]) -> subprocess.CompletedProcess:
 class ServiceManager:
     """Renders, installs, removes, inspects and restarts the ocrd service for one platform."""
 
-    def __init__(self, platform: str, *, home: Path, uid: int, run: Runner = _run_subprocess) -> None:
+    def __init__(self, platform: str, *, home: Path, uid: int, run: Runner = _run_subprocess,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, not {platform!r}")
         self.platform, self.home, self.uid, self.run = platform, Path(home), uid, run
+        self.sleep = sleep
 
     @property
     def file_path(self) -> Path:
@@ -139,6 +143,13 @@ class ServiceManager:
     def _run_all(self, cmds: list[list[str]], *, may_fail: tuple[str, ...] = ()) -> None:
         for cmd in cmds:
             result = self.run(cmd)
+            # `launchctl bootout` returns before the old instance is gone; a bootstrap right after
+            # it fails with "5: Input/output error" until it is. Try again for a few seconds.
+            for _ in range(BOOTSTRAP_RETRIES if "bootstrap" in cmd else 0):
+                if result.returncode == 0:
+                    break
+                self.sleep(1.0)
+                result = self.run(cmd)
             if result.returncode != 0 and not any(word in cmd for word in may_fail):
                 output = " ".join(f"{result.stderr or ''} {result.stdout or ''}".split())
                 raise ServiceError(f"`{' '.join(cmd)}` exited {result.returncode}: {output}")

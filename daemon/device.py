@@ -1,0 +1,193 @@
+"""Which device MLX runs on, and how many persistent workers fit on it.
+
+The pool rule (one line in every PoolPlan.reason): count = clamp(floor(budget / footprint), 1, cap).
+The web app this replaces ran unbounded and ran GPU memory out; here the budget is the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GB = 10**9
+CPU_WARNING = ("CPU mode: no Metal/CUDA device; OCR will run roughly 10-50x slower than on a GPU "
+               "(expect minutes per page with DeepSeek-OCR)")
+DEFAULT_MODEL_BYTES = 4 * GB   # DeepSeek-OCR-8bit when its size can't be read from disk
+
+# Working memory per worker on top of the weights: vision activations, KV cache for up to
+# max_tokens, MLX's buffer cache. Estimates scaled from the H100 measurement in DESIGN.md
+# (3.3B bf16: 6.7 GB weights, 10 GB peak for one base page); a measured peak replaces them.
+MODE_RESERVE_BYTES = {
+    "tiny": int(0.75 * GB),
+    "small": int(1.0 * GB),
+    "base": int(1.5 * GB),
+    "large": int(2.0 * GB),
+    "gundam": int(2.0 * GB),     # one 1024 view + up to nine 640 crops
+}
+MEASURED_HEADROOM = 1.2
+METAL_BUDGET_SHARE = 0.8       # of macOS's recommended working set: leave room for the desktop
+CUDA_BUDGET_SHARE = 0.85       # of each GPU's memory
+CPU_BUDGET_SHARE = 0.6         # of physical RAM: the OS, page cache and other programs need the rest
+CPU_CORES_PER_WORKER = 4       # MLX's CPU kernels already use several threads per process
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    backend: str            # "metal" | "cuda" | "cpu"
+    name: str
+    memory_bytes: int
+    recommended_bytes: int  # what the backend says one process may use well (Metal working set)
+    cores: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    count: int
+    footprint_bytes: int
+    budget_bytes: int
+    cap: int
+    reason: str
+
+
+def detect_device(mx_module: Any = None) -> DeviceInfo:
+    """Ask MLX what it runs on. `mx_module` stands in for mlx.core in tests (fake device infos)."""
+    if mx_module is None:
+        import mlx.core as mx_module
+    mx = mx_module
+    cores = os.cpu_count() or 1
+    if _available(mx, "metal"):
+        info = _info(mx)
+        memory = int(info.get("memory_size") or _physical_ram())
+        recommended = int(info.get("max_recommended_working_set_size") or memory * 3 // 4)
+        return DeviceInfo("metal", str(info.get("device_name") or "Apple GPU"), memory, recommended,
+                          cores, gpus=1)
+    if _available(mx, "cuda"):
+        info = _info(mx)
+        memory = int(info.get("total_memory") or 0)
+        gpus = 1
+        try:
+            gpus = max(1, int(mx.device_count(mx.gpu)))
+        except Exception:
+            pass
+        return DeviceInfo("cuda", str(info.get("device_name") or "NVIDIA GPU"), memory,
+                          int(info.get("free_memory") or memory), cores, gpus=gpus)
+    info = _info(mx)
+    ram = _physical_ram()
+    name = str(info.get("device_name") or platform.processor() or platform.machine() or "cpu")
+    return DeviceInfo("cpu", name, ram, ram, cores, gpus=0)
+
+
+def _available(mx: Any, backend: str) -> bool:
+    try:
+        return bool(getattr(mx, backend).is_available())
+    except Exception:   # a build without that backend has no such module
+        return False
+
+
+def _info(mx: Any) -> dict[str, Any]:
+    try:
+        return dict(mx.device_info())
+    except Exception:
+        return {}
+
+
+def _physical_ram() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | None = None,
+              budget: int | float | None = None, measured_peak_bytes: int | None = None) -> PoolPlan:
+    """Size the worker pool: clamp(floor(budget / footprint), 1, cap), or an explicit `count`
+    lowered to what the budget holds. The reason says which rule decided, in one line."""
+    if measured_peak_bytes:
+        footprint = int(measured_peak_bytes * MEASURED_HEADROOM)
+        what = f"measured peak {_gb(measured_peak_bytes)} x {MEASURED_HEADROOM}"
+    else:
+        footprint = model_bytes + MODE_RESERVE_BYTES.get(mode, MODE_RESERVE_BYTES["gundam"])
+        what = f"model {_gb(model_bytes)} + {mode} reserve {_gb(footprint - model_bytes)}"
+    budget_bytes, budget_how = _budget(device, budget)
+    cap, cap_why = _cap(device)
+    fits = budget_bytes // max(footprint, 1)
+    head = f"budget {_gb(budget_bytes)} ({budget_how}) / footprint {_gb(footprint)} ({what}) = {fits}"
+    if count is not None:
+        if count <= max(fits, 1):
+            return PoolPlan(count, footprint, budget_bytes, cap, f"{count} as configured; {head}")
+        lowered = max(fits, 1)
+        return PoolPlan(lowered, footprint, budget_bytes, cap,
+                        f"configured count {count} lowered to {lowered}: {head}")
+    chosen = min(max(fits, 1), cap)
+    if fits < 1:
+        tail = ", raised to 1 (one worker even if it does not fit: expect swapping or OOM)"
+    elif fits > cap:
+        tail = f", capped at {cap} ({cap_why})"
+    else:
+        tail = f" (cap {cap}: {cap_why})"
+    return PoolPlan(chosen, footprint, budget_bytes, cap, head + tail)
+
+
+def _budget(device: DeviceInfo, budget: int | float | None) -> tuple[int, str]:
+    if isinstance(budget, float):
+        return int(device.memory_bytes * budget), f"{budget:g} of {_gb(device.memory_bytes)}"
+    if isinstance(budget, int):
+        return budget, "configured"
+    if device.backend == "metal":
+        return (int(device.recommended_bytes * METAL_BUDGET_SHARE),
+                f"{METAL_BUDGET_SHARE:g} of the {_gb(device.recommended_bytes)} Metal working set")
+    if device.backend == "cuda":
+        gpus = max(device.gpus, 1)
+        return (int(device.memory_bytes * CUDA_BUDGET_SHARE * gpus),
+                f"{CUDA_BUDGET_SHARE:g} of {gpus} x {_gb(device.memory_bytes)} GPU memory")
+    return int(device.memory_bytes * CPU_BUDGET_SHARE), f"{CPU_BUDGET_SHARE:g} of {_gb(device.memory_bytes)} RAM"
+
+
+def _cap(device: DeviceInfo) -> tuple[int, str]:
+    if device.backend == "metal":
+        return 2, "one Metal GPU: more processes add memory, not speed; the second hides render/IO gaps"
+    if device.backend == "cuda":
+        gpus = max(device.gpus, 1)
+        return gpus, f"{gpus} CUDA GPU(s): one worker each; batches, not processes, fill a GPU"
+    cap = max(1, device.cores // CPU_CORES_PER_WORKER)
+    return cap, (f"CPU: {device.cores} cores // {CPU_CORES_PER_WORKER}, since each worker's MLX "
+                 f"kernels already use several threads")
+
+
+def model_size_bytes(path: str) -> int | None:
+    """Bytes of *.safetensors weights for a local model dir, or a hub id in the local HF cache."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(path, local_files_only=True, cache_dir=hf_cache_dir(),
+                                           allow_patterns=["*.safetensors", "*.json"]))
+        except Exception:
+            return None
+    files = list(local.glob("*.safetensors"))
+    if not files:
+        return None
+    return sum(f.stat().st_size for f in files)   # stat follows the HF cache's symlinks to blobs
+
+
+def hf_cache_dir() -> str | None:
+    """HF_HUB_CACHE as set now (huggingface_hub reads it once, at import), else its default."""
+    return os.environ.get("HF_HUB_CACHE") or None
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def describe(device: DeviceInfo) -> str:
+    """One line for logs and `ocrd device`."""
+    mem = f"{_gb(device.memory_bytes)}"
+    if device.backend == "metal":
+        mem += f" (recommended working set {_gb(device.recommended_bytes)})"
+    return f"{device.backend}: {device.name}, {mem}, {device.cores} CPU cores" + (
+        f", {device.gpus} GPU(s)" if device.backend == "cuda" else "")

@@ -1,0 +1,124 @@
+"""`ocrd doctor`: folders, model, ledger and config checks, each naming its fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+from cli_support import invoke, write_config
+from ocrd.daemon.config import load_config
+from ocrd.daemon.doctor import check_folder, check_model, folder_fix, run_checks
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_good_config_passes(config_file: Path):
+    result = invoke(config_file, "doctor")
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output
+    for name in ("config", "inbox[0].inbox", "inbox[0].outbox", "inbox[0].archive",
+                 "inbox[0].failed", "state_dir", "model", "ledger", "daemon", "device"):
+        assert name in result.output
+    # doctor only probes: nothing was created
+    assert not (config_file.parent / "ocr").exists()
+    assert not (config_file.parent / "state").exists()
+
+
+def test_doctor_json(config_file: Path):
+    result = invoke(config_file, "doctor", "--json")
+    checks = json.loads(result.output)
+    assert {"name", "ok", "detail", "fix", "warn"} <= set(checks[0])
+    assert all(c["ok"] for c in checks)
+
+
+def test_unwritable_folder_fails_with_the_fix(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("OCRD_CONFIG", raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # root ignores permissions; a file in the path stops it
+    config = write_config(tmp_path, outbox=blocker / "outbox")
+    checks = by_name(run_checks(load_config(config)))
+    bad = checks["inbox[0].outbox"]
+    assert not bad.ok
+    assert str(blocker) in bad.detail and "not a folder" in bad.detail
+    assert bad.fix
+    assert checks["inbox[0].inbox"].ok
+    result = invoke(config, "doctor")
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "fix:" in result.output
+
+
+def test_existing_folder_that_is_a_file(tmp_path: Path):
+    f = tmp_path / "f"
+    f.write_text("")
+    check = check_folder("x", f)
+    assert not check.ok and "is not a folder" in check.detail
+
+
+def test_existing_writable_folder(tmp_path: Path):
+    check = check_folder("x", tmp_path)
+    assert check.ok and check.detail == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_macos_privacy_denial_names_full_disk_access():
+    fix = folder_fix(PermissionError(errno.EPERM, "Operation not permitted"),
+                     Path.home() / "Documents" / "inbox", "darwin")
+    assert "Full Disk Access" in fix and sys.executable in fix
+    assert "~/Documents" in fix and "iCloud Drive" in fix
+    icloud = folder_fix(PermissionError(errno.EACCES, "Permission denied"),
+                        Path.home() / "Library" / "Mobile Documents" / "x", "darwin")
+    assert "Full Disk Access" in icloud
+    for platform in ("linux", "darwin"):  # plain Unix permissions elsewhere
+        fix = folder_fix(PermissionError(errno.EACCES, "Permission denied"), Path("/srv/x"), platform)
+        assert "Full Disk Access" not in fix and "/srv/x" in fix
+
+
+def test_model_checks(tmp_path: Path):
+    missing = check_model("nobody-here/not-a-real-model-xyz")
+    assert missing.ok and missing.warn
+    assert "not downloaded yet" in missing.detail and "needs network" in missing.detail
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    incomplete = check_model(str(folder))
+    assert not incomplete.ok and "safetensors" in incomplete.detail
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert check_model(str(folder)).ok
+    assert not check_model(str(tmp_path / "nope")).ok
+
+
+def test_bad_config_is_a_failed_check(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nmode = 'huge'\n")
+    result = invoke(bad, "doctor")
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "model.mode" in result.output
+
+
+def test_corrupt_ledger_fails(config_file: Path):
+    state = config_file.parent / "state"
+    state.mkdir()
+    (state / "ledger.db").write_bytes(b"this is not a database" * 100)
+    checks = by_name(run_checks(load_config(config_file)))
+    assert not checks["ledger"].ok
+    assert checks["ledger"].fix
+
+
+def test_model_in_the_hugging_face_cache(tmp_path: Path, monkeypatch):
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-ocr"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 2000)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    check = check_model("someone/tiny-ocr")
+    assert check.ok and not check.warn
+    assert "Hugging Face cache" in check.detail

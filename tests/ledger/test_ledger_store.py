@@ -1,0 +1,441 @@
+"""The Ledger API on real SQLite files: jobs, pages, leases, retries, workers, queries."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from helpers import wait_for
+from ledger_testkit import T0, add, raw
+from sqlalchemy import event
+
+from ocrd.ledger.states import JobState, PageState, TransitionError
+from ocrd.ledger.store import Ledger, from_text, to_text
+
+S = timedelta(seconds=1)
+
+
+def _pages(ledger: Ledger, job_id: int) -> list[tuple]:
+    return [(p["page_no"], p["state"], p["attempts"]) for p in ledger.show_job(job_id)["pages"]]
+
+
+def _run_to_done(ledger: Ledger, job_id: int, worker: str = "w", now=T0) -> None:
+    while page := ledger.claim_pages(worker, n=1, now=now):
+        ledger.complete_page(page[0].job_id, page[0].page_no, worker, text=f"p{page[0].page_no}",
+                             now=now)
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+def test_add_job_inserts_job_pages_and_event(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 3, priority=2)
+    job = ledger.job(job_id)
+    assert (job["state"], job["pages_total"], job["pages_done"], job["priority"]) == ("queued", 3, 0, 2)
+    assert job["created_at"] == to_text(T0) == "2025-03-01T12:00:00.000000Z"
+    assert _pages(ledger, job_id) == [(1, "queued", 0), (2, "queued", 0), (3, "queued", 0)]
+    assert [e["kind"] for e in ledger.show_job(job_id)["events"]] == ["job_added"]
+    with pytest.raises(ValueError):
+        add(ledger, "empty", 0)
+
+
+def test_add_job_is_idempotent_on_spool_path(ledger: Ledger, db_path: str) -> None:
+    first = ledger.add_job(inbox="/in", source_path="/in/a.pdf", spool_path="/spool/a.pdf",
+                           sha256="s1", size_bytes=1, pages_total=2)
+    again = ledger.add_job(inbox="/in", source_path="/in/a.pdf", spool_path="/spool/a.pdf",
+                           sha256="other", size_bytes=1, pages_total=5)
+    assert again == first
+    assert raw(db_path, "SELECT COUNT(*) FROM pages") == [(2,)]
+    failed = ledger.add_failed_job(inbox="/in", source_path="/in/b.txt", spool_path="/failed/b.txt",
+                                   sha256="s2", size_bytes=1, error="unsupported file type")
+    assert ledger.add_failed_job(inbox="/in", source_path="/in/b.txt", spool_path="/failed/b.txt",
+                                 sha256="s2", size_bytes=1, error="again") == failed
+    row = ledger.job(failed)
+    assert (row["state"], row["error"], row["pages_total"]) == ("failed", "unsupported file type", 0)
+    assert ledger.job_by_spool_path("/failed/b.txt")["id"] == failed
+    assert ledger.job_by_spool_path("/nowhere") is None
+
+
+@pytest.mark.parametrize("original_state", ["queued", "running", "done", "failed", "duplicate"])
+def test_duplicate_rule(ledger: Ledger, db_path: str, original_state: str) -> None:
+    original = add(ledger, "a", 2, sha="same")
+    raw(db_path, "UPDATE jobs SET state = ? WHERE id = ?", (original_state, original))
+    result = ledger.add_job(inbox="/in", source_path="/in/b.pdf", spool_path="/spool/b.pdf",
+                            sha256="same", size_bytes=1, pages_total=2)
+    if original_state in ("queued", "running", "done"):
+        assert (result.state, result.duplicate_of) == (JobState.DUPLICATE, original)
+        job = ledger.show_job(result.job_id)
+        assert (job["error"], job["pages"], job["duplicate_of"]) == (f"duplicate of job {original}", [], original)
+    else:
+        assert (result.state, result.duplicate_of) == (JobState.QUEUED, None)
+    processed = ledger.add_job(inbox="/in", source_path="/in/c.pdf", spool_path="/spool/c.pdf",
+                               sha256="same", size_bytes=1, pages_total=2, on_duplicate="process")
+    assert processed.state == JobState.QUEUED
+
+
+def test_set_job_paths_keeps_omitted_and_clears_explicit_none(ledger: Ledger) -> None:
+    job_id = add(ledger)
+    ledger.set_job_paths(job_id, output_path="/out/a.md")
+    assert (ledger.job(job_id)["spool_path"], ledger.job(job_id)["output_path"]) == ("/spool/a.pdf", "/out/a.md")
+    ledger.set_job_paths(job_id, spool_path=None)
+    assert (ledger.job(job_id)["spool_path"], ledger.job(job_id)["output_path"]) == (None, "/out/a.md")
+
+
+def test_jobs_in_states_list_jobs_and_show_job(ledger: Ledger) -> None:
+    ids = [add(ledger, f"d{i}", 2) for i in range(4)]
+    ledger.fail_job(ids[1], "broken")
+    assert [j["id"] for j in ledger.jobs_in_states([JobState.QUEUED])] == [ids[0], ids[2], ids[3]]
+    assert [j["id"] for j in ledger.list_jobs()] == ids[::-1]
+    assert [j["id"] for j in ledger.list_jobs(limit=2)] == ids[:1:-1]
+    assert [j["id"] for j in ledger.list_jobs(state="failed")] == [ids[1]]
+    shown = ledger.show_job(ids[1])
+    assert set(shown) >= {"id", "state", "error", "pages", "events", "sha256", "finished_at"}
+    assert "text" not in shown["pages"][0] and shown["pages"][0]["error"] == "job failed: broken"
+    assert [e["kind"] for e in shown["events"]] == ["job_added", "job_failed", "page_failed", "page_failed"]
+    assert ledger.show_job(999) is None and ledger.job(999) is None
+
+
+# -- claims and leases ------------------------------------------------------------------------------
+def test_claim_order_fields_and_job_follows(ledger: Ledger) -> None:
+    low = add(ledger, "low", 2)
+    high = add(ledger, "high", 2, priority=5)
+    ledger.register_worker("w", host="h", pid=1, backend="cpu", device_name="cpu")
+    got = ledger.claim_pages("w", n=3, lease_s=30, now=T0)
+    assert [(p.job_id, p.page_no) for p in got] == [(low, 1), (high, 1), (high, 2)]
+    assert got[1] == type(got[1])(job_id=high, page_no=1, attempts=1, pages_total=2, inbox="/in",
+                                  source_path="/in/high.pdf", spool_path="/spool/high.pdf")
+    assert ledger.job(high)["state"] == ledger.job(low)["state"] == JobState.RUNNING
+    page = ledger.show_job(high)["pages"][0]
+    assert (page["lease_owner"], from_text(page["lease_expires_at"])) == ("w", T0 + 30 * S)
+    assert ledger.workers_status(now=T0)[0]["current_page"] == f"{low}:1,{high}:1,{high}:2"
+    assert ledger.pages_of_worker("w") == [(low, 1), (high, 1), (high, 2)]
+    assert ledger.claim_pages("w", n=0) == []
+
+
+def test_lease_expiry_through_the_now_seam(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 2)
+    ledger.claim_pages("w", n=1, lease_s=60, now=T0)
+    assert ledger.rescue_expired(now=T0 + 59 * S) == 0
+    assert ledger.renew_leases("w", lease_s=60, now=T0 + 50 * S) == 1
+    assert ledger.rescue_expired(now=T0 + 100 * S) == 0
+    assert ledger.rescue_expired(now=T0 + 111 * S) == 1
+    assert _pages(ledger, job_id)[0] == (1, "queued", 1)
+    assert ledger.pages_of_worker("w") == []
+    # the old holder comes back too late: its result is refused
+    assert ledger.complete_page(job_id, 1, "w", text="late", now=T0 + 112 * S) is False
+    # two more lost leases reach max_attempts: the page and its job fail
+    for k in (2, 3):
+        claimed = ledger.claim_pages(f"w{k}", n=1, lease_s=60, now=T0 + k * 1000 * S)
+        assert (claimed[0].page_no, claimed[0].attempts) == (1, k)
+        assert ledger.rescue_expired(max_attempts=3, now=T0 + (k * 1000 + 61) * S) == 1
+    job = ledger.job(job_id)
+    assert (job["state"], job["error"]) == ("failed", "page 1: lease expired (worker lost)")
+    assert _pages(ledger, job_id) == [(1, "failed", 3), (2, "failed", 0)]
+
+
+def test_release_pages_gives_back_the_attempt(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 2)
+    ledger.claim_pages("w", n=2, now=T0)
+    assert ledger.release_pages("w", now=T0) == 2
+    assert _pages(ledger, job_id) == [(1, "queued", 0), (2, "queued", 0)]
+    assert [p.attempts for p in ledger.claim_pages("v", n=2, now=T0)] == [1, 1]
+    assert ledger.release_pages("nobody") == 0
+
+
+# -- completion ---------------------------------------------------------------------------------------
+def test_complete_page_reports_the_last_page_and_finish_job(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 3)
+    ledger.register_worker("w", host="h", pid=1, backend="cpu", device_name="cpu")
+    got = ledger.claim_pages("w", n=3, now=T0)
+    assert ledger.finish_job(job_id, "/out/a.md") is False             # pages not done yet
+    assert ledger.complete_page(job_id, 1, "other", text="x") is False  # not its lease
+    results = [ledger.complete_page(p.job_id, p.page_no, "w", text=f"t{p.page_no}",
+                                    prompt_tokens=5, generation_tokens=7, seconds=1.5, now=T0)
+               for p in reversed(got)]
+    assert results == [False, False, True]
+    assert ledger.complete_page(job_id, 1, "w", text="again") is False  # done is final
+    assert ledger.job_complete(job_id) and ledger.page_texts(job_id) == ["t1", "t2", "t3"]
+    assert ledger.job(job_id)["pages_done"] == 3
+    assert ledger.completed_jobs_not_done() == [job_id]
+    assert ledger.finish_job(job_id, "/out/a.md", now=T0) is True
+    assert ledger.finish_job(job_id, "/out/a.md") is False
+    job = ledger.job(job_id)
+    assert (job["state"], job["output_path"], job["finished_at"]) == ("done", "/out/a.md", to_text(T0))
+    assert ledger.completed_jobs_not_done() == []
+    assert ledger.workers_status(now=T0)[0]["pages_done"] == 3
+    page = ledger.show_job(job_id)["pages"][1]
+    assert (page["prompt_tokens"], page["generation_tokens"], page["seconds"], page["finish_reason"],
+            page["finished_at"]) == (5, 7, 1.5, "stop", to_text(T0))
+
+
+def test_page_texts_refuses_an_unfinished_job(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 2)
+    assert not ledger.job_complete(job_id)
+    with pytest.raises(ValueError):
+        ledger.page_texts(job_id)
+
+
+# -- failures, backoff, retry ---------------------------------------------------------------------
+@pytest.mark.parametrize(("attempts", "base_s"), [(1, 20), (2, 40), (5, 320), (6, 600), (9, 600)])
+def test_backoff_bounds(ledger: Ledger, db_path: str, attempts: int, base_s: float) -> None:
+    job_id = add(ledger, "a", 1)
+    ledger.claim_pages("w", now=T0)
+    raw(db_path, "UPDATE pages SET attempts = ?", (attempts,))
+    outcome = ledger.fail_page(job_id, 1, "w", "engine hiccup", max_attempts=10, now=T0)
+    assert (outcome.state, outcome.job_failed) == (PageState.QUEUED, False)
+    assert T0 + 0.8 * base_s * S <= outcome.run_after <= T0 + 1.2 * base_s * S
+    page = ledger.show_job(job_id)["pages"][0]
+    assert (page["state"], page["error"], from_text(page["run_after"])) == ("queued", "engine hiccup", outcome.run_after)
+    assert ledger.claim_pages("w", now=outcome.run_after - S) == []
+    assert [p.page_no for p in ledger.claim_pages("w", now=outcome.run_after)] == [1]
+
+
+def test_max_attempts_fails_page_and_job(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 3)
+    now = T0
+    for attempt in (1, 2):
+        ledger.claim_pages("w", n=1, now=now)
+        outcome = ledger.fail_page(job_id, 1, "w", "bad page", max_attempts=3, now=now)
+        assert outcome.state == PageState.QUEUED
+        now = outcome.run_after
+    [p1, p2] = ledger.claim_pages("w", n=2, now=now)
+    assert (p1.page_no, p1.attempts, p2.page_no) == (1, 3, 2)
+    outcome = ledger.fail_page(job_id, 1, "w", "bad page", max_attempts=3, now=now)
+    assert (outcome.state, outcome.run_after, outcome.job_failed) == (PageState.FAILED, None, True)
+    job = ledger.job(job_id)
+    assert (job["state"], job["error"]) == ("failed", "page 1: bad page")
+    assert [s for _, s, _ in _pages(ledger, job_id)] == ["failed", "failed", "failed"]
+    assert ledger.complete_page(job_id, 2, "w", text="too late") is False
+    assert ledger.claim_pages("w", n=5, now=now + 3600 * S) == []
+
+
+def test_non_retryable_and_supervisor_failures(ledger: Ledger) -> None:
+    a, b = add(ledger, "a", 1), add(ledger, "b", 1)
+    ledger.claim_pages("w", n=2, now=T0)
+    with pytest.raises(TransitionError):
+        ledger.fail_page(a, 1, "someone-else", "x", now=T0)
+    assert ledger.fail_page(a, 1, "w", "encrypted", retryable=False, now=T0).state == PageState.FAILED
+    outcome = ledger.fail_page(b, 1, None, "page timeout", now=T0)       # on a dead worker's behalf
+    assert outcome.state == PageState.QUEUED
+    with pytest.raises(TransitionError):
+        ledger.fail_page(b, 1, None, "not running any more", now=T0)
+
+
+def test_retry_requeues_only_failed_pages(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 3)
+    ingest_failed = ledger.add_failed_job(inbox="/in", source_path="/in/x.pdf", spool_path="/failed/x.pdf",
+                                          sha256="x", size_bytes=1, error="corrupt")
+    untouched = add(ledger, "b", 1)
+    claimed = ledger.claim_pages("w", n=2, now=T0)
+    ledger.complete_page(job_id, claimed[0].page_no, "w", text="one", now=T0)
+    ledger.fail_page(job_id, 2, "w", "boom", retryable=False, now=T0)
+    assert _pages(ledger, job_id) == [(1, "done", 1), (2, "failed", 1), (3, "failed", 0)]
+
+    assert ledger.retry_jobs(now=T0) == [job_id, ingest_failed]
+    assert _pages(ledger, job_id) == [(1, "done", 1), (2, "queued", 0), (3, "queued", 0)]
+    job = ledger.job(job_id)
+    assert (job["state"], job["error"], job["attempts"], job["pages_done"]) == ("queued", None, 2, 1)
+    assert all(p["error"] is None for p in ledger.show_job(job_id)["pages"])
+    assert ledger.job(ingest_failed)["state"] == "failed"
+    assert ledger.show_job(ingest_failed)["events"][-1]["kind"] == "retry_ingest"
+    assert ledger.job(untouched)["state"] == "queued"
+    assert ledger.retry_jobs([job_id, untouched]) == []                 # neither is failed now
+    _run_to_done(ledger, job_id)
+    assert ledger.page_texts(job_id) == ["one", "p2", "p3"]
+    assert ledger.completed_jobs_not_done() == [job_id, untouched]
+
+
+def test_reopen_job_after_a_fixed_ingest(ledger: Ledger) -> None:
+    failed = ledger.add_failed_job(inbox="/in", source_path="/in/x.pdf", spool_path="/failed/x.pdf",
+                                   sha256="old", size_bytes=1, error="locked pdf")
+    assert ledger.reopen_job(failed, spool_path="/spool/x.pdf", sha256="new", size_bytes=2,
+                             pages_total=2, now=T0) is True
+    job = ledger.job(failed)
+    assert (job["state"], job["pages_total"], job["spool_path"], job["sha256"], job["error"]) == \
+        ("queued", 2, "/spool/x.pdf", "new", None)
+    assert _pages(ledger, failed) == [(1, "queued", 0), (2, "queued", 0)]
+    assert ledger.reopen_job(failed, spool_path="/s", sha256="n", size_bytes=1, pages_total=1) is False
+    paged = add(ledger, "p", 1)
+    ledger.fail_job(paged, "x")
+    assert ledger.reopen_job(paged, spool_path="/s", sha256="n", size_bytes=1, pages_total=1) is False
+
+
+def test_fail_job(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 2)
+    ledger.claim_pages("w", n=1, now=T0)
+    assert ledger.fail_job(job_id, "outbox not writable", now=T0) is True
+    assert _pages(ledger, job_id) == [(1, "failed", 1), (2, "failed", 0)]
+    assert ledger.fail_job(job_id, "again") is False
+    done = add(ledger, "b", 1)
+    _run_to_done(ledger, done)
+    ledger.finish_job(done, "/out/b.md")
+    assert ledger.fail_job(done, "late") is False
+
+
+# -- workers, heartbeats, status --------------------------------------------------------------------
+def _beat(ledger: Ledger, worker: str, now, **kw) -> None:
+    args = dict(backend="cpu", active_memory_bytes=100, peak_memory_bytes=200, cache_memory_bytes=5,
+                memory_limit_bytes=1000, pages_done=0, tokens_per_s=12.5, current_page=None)
+    ledger.record_heartbeat(worker, **{**args, **kw}, now=now)
+
+
+def test_heartbeat_updates_worker_renews_leases_and_keeps_24h(ledger: Ledger, db_path: str) -> None:
+    job_id = add(ledger, "a", 1)
+    ledger.register_worker("w", host="h", pid=7, backend="cpu", device_name="cpu", now=T0)
+    ledger.claim_pages("w", lease_s=60, now=T0)
+    _beat(ledger, "w", T0 + 50 * S, current_page=f"{job_id}:1", state="busy", pages_done=4, lease_s=60)
+    assert ledger.rescue_expired(now=T0 + 100 * S) == 0          # the heartbeat renewed the lease
+    [w] = ledger.workers_status(now=T0 + 60 * S)
+    assert (w["state"], w["current_page"], w["pages_done"], w["heartbeat_age_s"]) == ("busy", f"{job_id}:1", 4, 10.0)
+    for hours in (1, 23, 25):
+        _beat(ledger, "w", T0 + timedelta(hours=hours))
+    kept = [from_text(a) for (a,) in raw(db_path, "SELECT at FROM heartbeats ORDER BY at")]
+    assert kept == [T0 + timedelta(hours=h) for h in (1, 23, 25)]
+    _beat(ledger, "w", T0 + timedelta(hours=26))
+    assert len(raw(db_path, "SELECT at FROM heartbeats")) == 3
+
+
+def test_workers_status_shape_and_liveness(ledger: Ledger) -> None:
+    for wid in ("live", "stopped", "dead"):
+        ledger.register_worker(wid, host="h", pid=1, backend="metal", device_name="M4", now=T0)
+    _beat(ledger, "live", T0 + 20 * S, peak_memory_bytes=300)
+    ledger.set_worker_state("stopped", "stopped")
+    ledger.set_worker_state("dead", "load_failed", error="no network")
+    ledger.set_worker_state("dead", "dead")
+    # stopped/dead workers stay listed while their last heartbeat is under 10 minutes old
+    status = ledger.workers_status(now=T0 + 11 * 60 * S)
+    assert [w["id"] for w in status] == ["live"]
+    status = ledger.workers_status(now=T0 + 5 * 60 * S)
+    assert [w["id"] for w in status] == ["dead", "live", "stopped"]
+    expected_keys = {"id", "host", "pid", "backend", "device_name", "state", "started_at",
+                     "heartbeat_age_s", "current_page", "pages_done", "active_memory_bytes",
+                     "peak_memory_bytes", "cache_memory_bytes", "memory_limit_bytes", "tokens_per_s"}
+    assert expected_keys <= set(status[0])
+    by_id = {w["id"]: w for w in status}
+    assert (by_id["live"]["peak_memory_bytes"], by_id["live"]["tokens_per_s"]) == (300, 12.5)
+    assert by_id["stopped"]["active_memory_bytes"] is None           # never sent a heartbeat
+    assert by_id["dead"]["error"] == "no network"
+
+
+def test_mark_workers_dead(ledger: Ledger) -> None:
+    for wid, host in (("a", "h"), ("b", "h"), ("c", "other"), ("d", "h")):
+        ledger.register_worker(wid, host=host, pid=1, backend="cpu", device_name="cpu")
+    ledger.set_worker_state("d", "stopped")
+    assert ledger.mark_workers_dead("h", ["a"]) == 1
+    states = {w["id"]: w["state"] for w in ledger.workers_status()}
+    assert states == {"a": "starting", "b": "dead", "c": "starting", "d": "stopped"}
+    assert ledger.mark_workers_dead("h", []) == 1
+
+
+def test_counts_and_throughput(ledger: Ledger) -> None:
+    empty = ledger.counts()
+    assert empty == {"jobs": {"queued": 0, "running": 0, "done": 0, "failed": 0, "duplicate": 0},
+                     "pages": {"queued": 0, "running": 0, "done": 0, "failed": 0}}
+    assert ledger.throughput(now=T0) == {"pages_per_min_5": 0.0, "pages_per_min_60": 0.0, "eta_s": 0.0}
+    job_id = add(ledger, "a", 10)
+    for minutes_ago in (2, 30, 90):
+        [p] = ledger.claim_pages("w", now=T0 - minutes_ago * 60 * S)
+        ledger.complete_page(job_id, p.page_no, "w", text="", now=T0 - minutes_ago * 60 * S)
+    ledger.claim_pages("w", now=T0)
+    counts = ledger.counts()
+    assert counts["pages"] == {"queued": 6, "running": 1, "done": 3, "failed": 0}
+    assert counts["jobs"]["running"] == 1
+    tp = ledger.throughput(now=T0)
+    assert tp["pages_per_min_5"] == pytest.approx(1 / 5)
+    assert tp["pages_per_min_60"] == pytest.approx(2 / 60)
+    assert tp["eta_s"] == pytest.approx(7 / (1 / 5) * 60)
+    later = ledger.throughput(now=T0 + 10 * 60 * S)                  # only the 60-min figure
+    assert later["pages_per_min_5"] == 0 and later["eta_s"] == pytest.approx(7 / (2 / 60) * 60)
+    assert ledger.throughput(now=T0 + 5 * 3600 * S)["eta_s"] is None  # no rate at all
+    status = ledger.status(now=T0)
+    assert set(status) == {"counts", "workers", "throughput"} and status["counts"] == counts
+
+
+def test_meta_and_events(ledger: Ledger) -> None:
+    assert ledger.get_meta("pool") is None
+    ledger.set_meta("pool", "3")
+    ledger.set_meta("pool", "4")
+    assert ledger.get_meta("pool") == "4"
+    ledger.set_meta("pool", None)
+    assert ledger.get_meta("pool") is None
+    job_id = add(ledger)
+    ledger.add_event(job_id, "outbox_written", "/out/a.md", now=T0, page_no=None)
+    ledger.add_event(None, "daemon_started")
+    assert ledger.show_job(job_id)["events"][-1]["kind"] == "outbox_written"
+
+
+def test_times_are_utc_iso_text_sqlite_can_read(ledger: Ledger, db_path: str) -> None:
+    add(ledger, now=T0)
+    assert raw(db_path, "SELECT created_at, julianday(created_at) = julianday('2025-03-01 12:00:00') FROM jobs") == \
+        [("2025-03-01T12:00:00.000000Z", 1)]
+
+
+# -- engine behaviour -------------------------------------------------------------------------------
+def test_connection_pragmas(ledger: Ledger) -> None:
+    with ledger._engine.connect() as conn:
+        get = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+        assert (get("journal_mode"), get("synchronous"), get("foreign_keys")) == ("wal", 2, 1)
+        assert get("busy_timeout") >= 30000
+
+
+def test_write_waits_for_the_lock_and_retries_past_busy_timeout(db_url: str, db_path: str) -> None:
+    import sqlite3
+
+    ledger = Ledger(db_url, busy_timeout_ms=20)
+    busy_errors: list[str] = []
+    event.listen(ledger._engine, "handle_error", lambda ctx: busy_errors.append(str(ctx.original_exception)))
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")              # another process holds the write lock
+    outcome: list[object] = []
+    writer = threading.Thread(target=lambda: outcome.append(ledger.set_meta("k", "v") or "ok"))
+    try:
+        writer.start()
+        wait_for(lambda: len(busy_errors) >= 2, timeout=20, message="the writer to hit SQLITE_BUSY twice")
+        assert outcome == [] and all("locked" in e for e in busy_errors)
+        holder.execute("COMMIT")
+        writer.join(20)
+        assert outcome == ["ok"] and ledger.get_meta("k") == "v"
+    finally:
+        holder.close()
+        writer.join(20)
+        ledger.close()
+
+
+def test_reads_do_not_wait_for_a_writer(ledger: Ledger, db_path: str) -> None:
+    import sqlite3
+
+    add(ledger)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE jobs SET state = 'running'")
+        assert ledger.counts()["jobs"]["queued"] == 1     # deferred read sees the last commit
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_two_threads_share_one_ledger(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 200)
+    ledger.register_worker("w", host="h", pid=1, backend="cpu", device_name="cpu")
+    stop, errors = threading.Event(), []
+
+    def heartbeat() -> None:
+        try:
+            while not stop.is_set():
+                _beat(ledger, "w", None)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    beater = threading.Thread(target=heartbeat)
+    beater.start()
+    try:
+        _run_to_done(ledger, job_id, now=None)
+    finally:
+        stop.set()
+        beater.join(10)
+    assert errors == [] and ledger.job_complete(job_id)
+
+
+def test_in_memory_database_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Ledger("sqlite:///:memory:")
