@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import random
 import sqlite3
 import statistics
@@ -67,7 +68,14 @@ def run_throughput(procs: int, batch: int, pages: int, workdir: Path) -> float:
             ready.get(timeout=120)
         t0 = time.monotonic()
         start.set()
-        reports = [done.get(timeout=600) for _ in children]
+        reports = []
+        while len(reports) < procs:
+            try:
+                reports.append(done.get(timeout=1))
+            except queue.Empty:
+                dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a bench worker died (exit codes {dead})") from None
         for c in children:
             c.join(60)
     finally:

@@ -89,8 +89,8 @@ def find_repetition(text: Sequence, *, min_len: int = REPEAT_MIN_CHARS,
         span = max(min_len, min_copies * p)
         if span > len(tail):
             break
-        if tail[-1] != tail[-1 - p] or tail[-2] != tail[-2 - p]:
-            continue                     # cheap pre-check: most periods fail on the last items
+        if tail[-1] != tail[-1 - p]:
+            continue                     # cheap pre-check: most periods fail on the last item
         seg = tail[-span:]
         if seg[:-p] != seg[p:]:          # has period p  <=>  it equals itself shifted by p
             continue

@@ -155,6 +155,10 @@ class Ingestor:
             self._drop_intent(intent)
             raise _Skip("vanished") from None
         except OSError as exc:
+            # e.g. a read-only inbox: a cross-volume copy may have landed but the source stays, so
+            # the copy goes (the inbox file is the one that counts)
+            if not copy:
+                target.unlink(missing_ok=True)
             self._drop_intent(intent)
             raise self._unreadable(inbox, path, exc) from None
         return self._settle(intent)
@@ -435,14 +439,15 @@ def submit_paths(config: Config, ledger: Ledger, paths: list[Path]
         path = Path(given).expanduser().absolute()
         if path.is_dir() and not path.is_symlink():
             for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
-                if _submittable(config, path, f):
+                if _submittable(path, f):
                     out.append(_submit_one(config, ingestor, f))
         else:
             out.append(_submit_one(config, ingestor, path))
     return out
 
 
-def _submittable(config: Config, top: Path, f: Path) -> bool:
+def _submittable(top: Path, f: Path) -> bool:
+    # the ignore rules of an inbox rooted at the submitted folder
     pseudo = InboxConfig(path=top, outbox=top, archive=None, failed=top)
     if is_ignored(pseudo, f):
         return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import Connection, func, inspect, select, text
 
 from . import schema
 
@@ -60,6 +60,9 @@ def pending(conn: Connection, migrations: tuple[Migration, ...] = MIGRATIONS) ->
 def apply_one(conn: Connection, migration: Migration, now: datetime, stamp: Callable[[datetime], str]) -> bool:
     """Apply one migration inside the caller's write transaction, unless another process already
     did; record it in the same transaction. True when it was applied here."""
+    if conn.dialect.name == "postgresql":
+        # SQLite's BEGIN IMMEDIATE already serialises this; PostgreSQL needs a lock of its own
+        conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
     schema.schema_version.create(conn, checkfirst=True)
     if current_version(conn) >= migration.version:
         return False

@@ -13,15 +13,11 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 
 from __future__ import annotations
 
-import fcntl
 import itertools
-import os
 import random
 import sys
-import threading
 import time
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -261,49 +257,14 @@ def _throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
     return {"pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60, "eta_s": eta}
 
 
-class _WriteGate:
-    """Queues this host's ledger writers in the kernel before BEGIN IMMEDIATE.
-
-    SQLite's busy handler polls with sleeps of up to 100 ms, so under contention the write lock
-    sits idle while every waiter sleeps (4 processes claimed 2-5x slower than 1). A blocking flock
-    wakes the next writer as soon as the last one is done. SQLite's own lock still guarantees
-    correctness (writers that skip the gate, e.g. the sqlite3 shell, are simply waited for); the
-    kernel drops the flock of a killed process."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._fd: int | None = None
-        self._threads = threading.Lock()       # flock does not exclude threads sharing one fd
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._threads:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        with self._threads:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
 class Ledger:
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 2,
-                 migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS,
-                 write_gate: bool = True) -> None:
+                 migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS) -> None:
         """Open (creating and migrating as needed) the ledger at a SQLAlchemy URL
         ("sqlite:////abs/path/ledger.db" or "postgresql+psycopg://...")."""
         self.url = url
         self._engine = _make_engine(url, busy_timeout_ms, pool_size)
         self._sqlite = self._engine.dialect.name == "sqlite"
-        database = self._engine.url.database
-        self._gate = _WriteGate(f"{database}-writers") if self._sqlite and write_gate else None
         try:
             self._migrate(migrations)
         except BaseException:
@@ -313,8 +274,6 @@ class Ledger:
     def close(self) -> None:
         """Close every pooled connection. Safe to call twice."""
         self._engine.dispose()
-        if self._gate is not None:
-            self._gate.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -330,12 +289,11 @@ class Ledger:
         deadline = time.monotonic() + RETRY_FOR_S
         for attempt in itertools.count():
             try:
-                with nullcontext() if read or self._gate is None else self._gate.hold():
-                    with self._engine.connect() as conn:
-                        if read:
-                            conn.execution_options(ledger_read=True)
-                        with conn.begin():
-                            return fn(conn)
+                with self._engine.connect() as conn:
+                    if read:
+                        conn.execution_options(ledger_read=True)
+                    with conn.begin():
+                        return fn(conn)
             except OperationalError as exc:
                 if not (self._sqlite and _is_busy(exc)) or time.monotonic() >= deadline:
                     raise
@@ -458,13 +416,20 @@ class Ledger:
 
     def finish_job(self, job_id: int, output_path: str, now: datetime | None = None) -> bool:
         """running -> done with output_path and finished_at; False if it was not running, or if
-        some of its pages are not done."""
+        some of its pages are not done. A queued job whose pages are all done (retried after a
+        failure past its last page) goes queued -> running -> done."""
         now = utc_now(now)
 
         def tx(conn: Connection) -> bool:
             if not self._all_pages_done(conn, job_id):
                 return False
             try:
+                state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+                if state == JobState.QUEUED:
+                    # a retried job whose failure came after its last page (the outbox write):
+                    # nothing is left to claim, so it never went running again
+                    _transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
+                                    detail="every page was already done")
                 _transition_job(conn, job_id, JobState.DONE, now, src={JobState.RUNNING},
                                 detail=output_path, output_path=output_path,
                                 finished_at=to_text(now), error=None)
@@ -599,9 +564,17 @@ class Ledger:
                 select(jobs.c.id, jobs.c.state, jobs.c.pages_total, jobs.c.inbox,
                        jobs.c.source_path, jobs.c.spool_path).where(jobs.c.id.in_(job_ids)))}
             for job_id in job_ids:
-                if info[job_id].state == JobState.QUEUED:
+                if info[job_id].state != JobState.QUEUED:
+                    continue
+                try:
                     _transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
                                     detail=f"first page claimed by worker {worker_id}")
+                except TransitionError:
+                    # PostgreSQL (read committed): a concurrent claim of another of its pages
+                    # moved it first; SQLite never gets here (BEGIN IMMEDIATE serialises claims)
+                    if self._sqlite or conn.execute(select(jobs.c.state).where(
+                            jobs.c.id == job_id)).scalar_one() != JobState.RUNNING:
+                        raise
             claimed = sorted(claimed, key=lambda r: (r.job_id, r.page_no))
             conn.execute(update(workers).where(workers.c.id == worker_id).values(
                 current_page=",".join(f"{r.job_id}:{r.page_no}" for r in claimed)))

@@ -22,7 +22,7 @@ class Daemon:
     """One `ocrd run` process and the folders of its single inbox."""
 
     def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
-                 max_attempts: int = 3, extra: str = "") -> None:
+                 max_attempts: int = 3, max_tokens: int = 12, extra: str = "") -> None:
         self.root = root
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.archive, self.failed = root / "archive", root / "failed"
@@ -34,7 +34,7 @@ state_dir = "{self.state}"
 [model]
 path = "{model}"
 mode = "tiny"
-max_tokens = 12
+max_tokens = {max_tokens}
 page_timeout_s = {page_timeout_s}
 [workers]
 count = {workers}
@@ -81,6 +81,15 @@ stable_for_s = 0.3
             return []  # the schema is not there yet
         finally:
             con.close()
+
+    def spool_files(self) -> list[Path]:
+        """Originals in the spool (the ingest's own dot-files aside)."""
+        spool = self.state / "spool"
+        return [p for p in spool.rglob("*") if p.is_file() and not p.relative_to(spool).parts[0].startswith(".")]
+
+    def scalar(self, sql: str, *params: object) -> int:
+        rows = self.query(sql, *params)
+        return rows[0][0] if rows and rows[0][0] is not None else 0
 
     def job_states(self) -> dict[str, str]:
         """source file name -> job state."""

@@ -439,3 +439,35 @@ def test_two_threads_share_one_ledger(ledger: Ledger) -> None:
 def test_in_memory_database_is_refused() -> None:
     with pytest.raises(ValueError):
         Ledger("sqlite:///:memory:")
+
+
+def test_retried_job_with_every_page_done_can_still_finish(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 2)
+    _run_to_done(ledger, job_id)
+    ledger.fail_job(job_id, "outbox not writable")          # failed after its last page
+    assert ledger.retry_jobs([job_id]) == [job_id]
+    assert ledger.job(job_id)["state"] == "queued" and ledger.claim_pages("w") == []
+    assert ledger.completed_jobs_not_done() == [job_id]
+    assert ledger.finish_job(job_id, "/out/a.md") is True
+    kinds = [e["kind"] for e in ledger.show_job(job_id)["events"] if e["page_no"] is None]
+    assert kinds[-3:] == ["job_queued", "job_running", "job_done"]
+
+
+def test_writes_take_the_write_lock_at_begin_and_reads_do_not(ledger: Ledger, db_path: str) -> None:
+    import sqlite3
+
+    def other_writer_can_begin() -> bool:
+        other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return False
+        finally:
+            other.close()
+
+    # nothing written yet inside either transaction: only BEGIN IMMEDIATE can hold the lock
+    assert ledger._write(lambda conn: other_writer_can_begin()) is False
+    assert ledger._read(lambda conn: other_writer_can_begin()) is True

@@ -12,7 +12,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from helpers import wait_for
+from ledger_procs import claim_and_complete
 from ledger_testkit import add, raw
 
 from ocrd.ledger.states import JobState, PageState
@@ -21,11 +23,11 @@ from ocrd.ledger.store import Ledger
 JOBS, PAGES_PER_JOB, PROCS = 50, 100, 4
 
 
+@pytest.mark.timeout(180)
 def test_four_processes_claim_every_page_once(ledger: Ledger, db_url: str, db_path: str) -> None:
-    # ~15-30 s on 2 shared cores: 5,000 pages x 2 fsynced transactions; it is the point of the test
+    # ~8-15 s on 2 shared cores (5,000 pages x 2 fsynced transactions): the load is the point
     for j in range(JOBS):
         add(ledger, f"doc{j}", PAGES_PER_JOB)
-    from ledger_procs import claim_and_complete
 
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()
@@ -66,8 +68,8 @@ def test_four_processes_claim_every_page_once(ledger: Ledger, db_url: str, db_pa
     print(f"stress: {JOBS * PAGES_PER_JOB} pages in {elapsed:.1f}s with {PROCS} processes")
 
 
-def test_killed_worker_pages_come_back_after_the_lease(ledger: Ledger, db_url: str,
-                                                       tmp_path: Path) -> None:
+@pytest.mark.timeout(60)
+def test_killed_worker_pages_come_back_after_the_lease(ledger: Ledger, db_url: str) -> None:
     job_id = add(ledger, "doc", 3)
     code = ("import sys; sys.path.insert(0, %r); from ledger_procs import claim_then_hang; "
             "claim_then_hang(%r, 'doomed', 2, 1.0)" % (str(Path(__file__).parent), db_url))

@@ -1,0 +1,52 @@
+"""The sqlite3 queries the README's "The ledger" section gives users work on a real ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ledger_testkit import add, raw
+
+from ocrd.ledger.store import Ledger
+
+WHAT_FAILED = """
+SELECT id, source_path, finished_at, error FROM jobs
+WHERE state = 'failed' ORDER BY finished_at DESC LIMIT 20;
+"""
+
+PAGES_PER_HOUR_TODAY = """
+SELECT strftime('%H:00', finished_at, 'localtime') AS hour, COUNT(*) AS pages FROM pages
+WHERE state = 'done'
+  AND finished_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', 'localtime', 'start of day', 'utc')
+GROUP BY hour ORDER BY hour;
+"""
+
+STUCK_WORKERS = """
+SELECT w.id, w.pid, w.state, w.current_page,
+       CAST((julianday('now') - julianday(w.last_heartbeat_at)) * 86400 AS INTEGER) AS silent_s,
+       MIN(p.started_at) AS oldest_page_started
+FROM workers w LEFT JOIN pages p ON p.lease_owner = w.id AND p.state = 'running'
+WHERE w.state NOT IN ('stopped', 'dead')
+GROUP BY w.id ORDER BY silent_s DESC;
+"""
+
+
+def test_readme_queries(ledger: Ledger, db_path: str) -> None:
+    now = datetime.now(UTC)
+    bad, good = add(ledger, "bad", 1, now=now), add(ledger, "good", 3, now=now)
+    ledger.register_worker("fresh", host="h", pid=11, backend="cpu", device_name="cpu", now=now)
+    ledger.register_worker("stuck", host="h", pid=12, backend="cpu", device_name="cpu",
+                           now=now - timedelta(minutes=30))
+    [page] = ledger.claim_pages("fresh", now=now)
+    ledger.fail_page(bad, page.page_no, "fresh", "image too small", retryable=False, now=now)
+    for _ in range(2):
+        [page] = ledger.claim_pages("fresh", now=now)
+        ledger.complete_page(good, page.page_no, "fresh", text="x", now=now)
+    ledger.claim_pages("stuck", now=now - timedelta(minutes=29))
+
+    assert raw(db_path, WHAT_FAILED) == [(bad, "/in/bad.pdf", ledger.job(bad)["finished_at"],
+                                          "page 1: image too small")]
+    [(hour, n)] = raw(db_path, PAGES_PER_HOUR_TODAY)
+    assert n == 2 and hour == now.astimezone().strftime("%H:00")
+    stuck, fresh = raw(db_path, STUCK_WORKERS)
+    assert (stuck[0], stuck[3], fresh[0]) == ("stuck", f"{good}:3", "fresh")
+    assert 1790 <= stuck[4] <= 1900 and stuck[5] is not None and fresh[5] is None
