@@ -639,18 +639,22 @@ class Ledger:
         behalf (page timeout). Retryable and attempts < max_attempts: back to queued with
         run_after = now + min(10 s * 2**attempts, 600 s) * jitter(0.8..1.2). Otherwise the page
         -> failed and its job -> failed with error "page N: <error>".
-        Raises TransitionError if the page is not running (under this worker's lease)."""
+        A page no longer running under this worker (its lease was rescued, its job failed through
+        another page) is left alone: the outcome then reports its current state, job_failed False.
+        TransitionError only if there is no such page."""
         now = utc_now(now)
 
         def tx(conn: Connection) -> PageOutcome:
             where = _page_key(job_id, page_no)
-            if worker_id is not None:
-                where = and_(where, pages.c.lease_owner == worker_id)
-            attempts = conn.execute(select(pages.c.attempts).where(
-                where, pages.c.state == PageState.RUNNING)).scalar_one_or_none()
-            if attempts is None:
-                raise TransitionError(f"page {job_id}:{page_no} is not running"
-                                      + (f" under worker {worker_id}" if worker_id else ""))
+            page = conn.execute(select(pages.c.state, pages.c.attempts, pages.c.lease_owner,
+                                       pages.c.run_after).where(where)).first()
+            if page is None:
+                raise TransitionError(f"page {job_id}:{page_no} does not exist")
+            if page.state != PageState.RUNNING or worker_id not in (None, page.lease_owner):
+                # the loser of a race reports, it does not act (like complete_page's False)
+                return PageOutcome(PageState(page.state),
+                                   from_text(page.run_after) if page.run_after else None, False)
+            attempts = page.attempts
             if retryable and attempts < max_attempts:
                 run_after = now + timedelta(seconds=backoff_s(attempts))
                 _transition_page(conn, PageState.RUNNING, PageState.QUEUED, now, where=where,

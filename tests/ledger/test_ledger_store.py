@@ -11,7 +11,7 @@ from ledger_testkit import T0, add, raw
 from sqlalchemy import event
 
 from ocrd.ledger.states import JobState, PageState, TransitionError
-from ocrd.ledger.store import Ledger, from_text, to_text
+from ocrd.ledger.store import Ledger, PageOutcome, from_text, to_text
 
 S = timedelta(seconds=1)
 
@@ -211,13 +211,17 @@ def test_max_attempts_fails_page_and_job(ledger: Ledger) -> None:
 def test_non_retryable_and_supervisor_failures(ledger: Ledger) -> None:
     a, b = add(ledger, "a", 1), add(ledger, "b", 1)
     ledger.claim_pages("w", n=2, now=T0)
-    with pytest.raises(TransitionError):
-        ledger.fail_page(a, 1, "someone-else", "x", now=T0)
+    # not its lease: nothing changes, the outcome says where the page is
+    assert ledger.fail_page(a, 1, "someone-else", "x", now=T0) == PageOutcome(PageState.RUNNING, None, False)
+    assert ledger.pages_of_worker("w") == [(a, 1), (b, 1)]
     assert ledger.fail_page(a, 1, "w", "encrypted", retryable=False, now=T0).state == PageState.FAILED
     outcome = ledger.fail_page(b, 1, None, "page timeout", now=T0)       # on a dead worker's behalf
     assert outcome.state == PageState.QUEUED
+    again = ledger.fail_page(b, 1, None, "not running any more", now=T0)
+    assert again == PageOutcome(PageState.QUEUED, outcome.run_after, False)
+    assert ledger.fail_page(a, 1, "w", "late", now=T0) == PageOutcome(PageState.FAILED, None, False)
     with pytest.raises(TransitionError):
-        ledger.fail_page(b, 1, None, "not running any more", now=T0)
+        ledger.fail_page(a, 99, "w", "no such page", now=T0)
 
 
 def test_retry_requeues_only_failed_pages(ledger: Ledger) -> None:

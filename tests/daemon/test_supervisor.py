@@ -1,0 +1,162 @@
+"""The supervisor with real worker processes; test engines come in through the engine seam."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import samples
+from helpers import wait_for
+from ocrd.daemon.config import Config, parse_config
+from ocrd.daemon.supervisor import Supervisor
+
+
+def make_config(root: Path, model: str, **workers: object) -> Config:
+    worker_keys = {"count": 1, "max_attempts": 2, **workers}
+    return parse_config({
+        "state_dir": str(root / "state"),
+        "model": {"path": model, "mode": "tiny", "max_tokens": 300,
+                  "page_timeout_s": worker_keys.pop("page_timeout_s", 60)},
+        "workers": worker_keys,
+        "pdf": {"dpi": 72},
+        "inbox": [{"path": str(root / "inbox"), "outbox": str(root / "outbox"),
+                   "archive": str(root / "archive"), "failed": str(root / "failed"),
+                   "stable_for_s": 0.2}],
+    })
+
+
+class Running:
+    """A Supervisor ticking on a thread, as `run_daemon` would tick it."""
+
+    def __init__(self, config: Config, engine: str) -> None:
+        self.config = config
+        (config.inboxes[0].path).mkdir(parents=True, exist_ok=True)
+        self.sup = Supervisor(config, engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0)
+        self._halt = threading.Event()
+        self.sup.start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            self.sup.tick()
+            self._halt.wait(0.1)
+
+    def stop(self, **kwargs: object) -> float:
+        started = time.monotonic()
+        self._halt.set()
+        self.thread.join(10)
+        self.sup.stop(**kwargs)
+        return time.monotonic() - started
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        con = sqlite3.connect(self.config.ledger_path, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator:
+    made: list[Running] = []
+
+    def make(engine: str, model: str = "fake", **workers: object) -> Running:
+        r = Running(make_config(tmp_path, model, **workers), engine)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        if r.thread.is_alive():
+            r.stop(deadline_s=2)
+        for slot in r.sup.slots:
+            slot.proc.kill()
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_crashing_engine_retries_with_backoff_then_fails(running) -> None:
+    # ~20 s: the real backoff between attempts is 10 s x 2^1 with jitter.
+    r = running("engines:CrashingEngine")
+    samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 60, 0.2, "job failed")
+    failed = r.config.inboxes[0].failed
+    wait_for(lambda: (failed / "page.png.error.txt").exists(), 10, 0.1, "error file")
+    reason = (failed / "page.png.error.txt").read_text().splitlines()[0]
+    assert "page 1" in reason and "crash" in reason.lower()
+    assert r.query("SELECT state, attempts FROM pages") == [("failed", 2)]
+    claims = [_at(at) for (at,) in r.query("SELECT at FROM events WHERE kind = 'page_running' ORDER BY at")]
+    requeued = [_at(at) for (at,) in r.query("SELECT at FROM events WHERE kind = 'page_queued' ORDER BY at")]
+    assert len(claims) == 2 and len(requeued) == 1
+    assert claims[1] - requeued[0] >= 15, "the retry waited for its backoff (10 s x 2^1, +-20%)"
+    assert r.stop() < 10
+
+
+def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
+    # ~25 s: two page timeouts of 1 s plus one real backoff of ~20 s.
+    r = running("engines:HangingEngine", page_timeout_s=1)
+    samples.write_image(r.config.inboxes[0].path / "stuck.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 90, 0.2, "job failed")
+    assert r.query("SELECT state, attempts, error FROM pages")[0][:2] == ("failed", 2)
+    assert "page timed out" in r.query("SELECT error FROM jobs")[0][0]
+    workers = r.query("SELECT state FROM workers")
+    assert [s for (s,) in workers].count("dead") >= 2  # each stuck worker was killed...
+    wait_for(lambda: len(r.sup.slots) == 1 and r.sup.slots[0].proc.poll() is None, 30, 0.1,
+             "a replacement worker")  # ...and replaced
+    wait_for(lambda: (r.config.inboxes[0].failed / "stuck.png").exists(), 10, 0.1, "moved to failed/")
+    r.stop(deadline_s=5)
+
+
+def test_heartbeats_every_5s_with_memory_figures(running, tiny_model: Path) -> None:
+    # ~15 s of real pages on the tiny model, to see three heartbeats.
+    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model))
+    samples.write_pdf(r.config.inboxes[0].path / "long.pdf", 30)
+    beats = wait_for(lambda: len(rows := r.query(
+        "SELECT at, active_memory_bytes, peak_memory_bytes, backend FROM heartbeats ORDER BY at")) >= 3
+        and rows, 120, 0.2, "three heartbeats")
+    times = [_at(at) for at, *_ in beats]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(4.0 <= g <= 7.5 for g in gaps), gaps
+    assert beats[-1][2] > 0 and beats[-1][3] == "cpu"
+    r.stop(deadline_s=5)
+
+
+def test_warm_stop_finishes_the_page_in_hand(running) -> None:
+    r = running("engines:SlowEngine", model="slow:3")
+    samples.write_image(r.config.inboxes[0].path / "slow.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM pages") == [("running",)], 60, 0.05, "page running")
+    took = r.stop()
+    assert took < 25
+    assert r.query("SELECT state FROM pages") == [("done",)]
+    assert r.query("SELECT state FROM jobs") == [("done",)]
+    assert (r.config.inboxes[0].outbox / "slow.md").exists()
+    assert r.query("SELECT state FROM workers") == [("stopped",)]
+
+
+def test_cold_stop_releases_the_page(running) -> None:
+    r = running("engines:HangingEngine")
+    samples.write_image(r.config.inboxes[0].path / "hang.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM pages") == [("running",)], 60, 0.05, "page running")
+    assert r.stop(deadline_s=1) < 10
+    # Released, not failed: the attempt was not the page's fault.
+    assert r.query("SELECT state, attempts, lease_owner FROM pages") == [("queued", 0, None)]
+
+
+def test_worker_recycled_after_its_page_budget(running) -> None:
+    r = running("engines:FakeEngine", max_pages_per_worker=2)
+    for n in range(5):
+        samples.write_image(r.config.inboxes[0].path / f"p{n}.png", "PNG", n=n)
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(5,)], 90, 0.2, "5 done")
+    loads = r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'")[0][0]
+    assert loads >= 3  # 5 pages at 2 per worker: at least three worker processes
+    assert r.query("SELECT MAX(pages_done) FROM workers")[0][0] <= 2
+    r.stop()
