@@ -243,7 +243,8 @@ class Worker:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the supervisor dies, even by kill -9."""
+    """Linux: SIGKILL this worker when the supervisor dies, even by kill -9. (The "parent" is the
+    thread that spawned the worker: the supervisor spawns from the thread that runs it, always.)"""
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -44,15 +44,19 @@ class Running:
         self.thread.start()
 
     def _loop(self) -> None:
+        # Ticks and the stop run on this one thread: Linux's PDEATHSIG fires when the *thread*
+        # that spawned a worker exits, so the spawning thread must outlive its workers.
         while not self._halt.is_set():
             self.sup.tick()
             self._halt.wait(0.1)
+        self.sup.stop(**self._stop_kwargs)
 
     def stop(self, **kwargs: object) -> float:
         started = time.monotonic()
+        self._stop_kwargs = kwargs
         self._halt.set()
-        self.thread.join(10)
-        self.sup.stop(**kwargs)
+        self.thread.join(60)
+        assert not self.thread.is_alive()
         return time.monotonic() - started
 
     def query(self, sql: str, *params: object) -> list[tuple]:
