@@ -86,6 +86,7 @@ class Supervisor:
         self.crash_backoff = _Backoff()
         self.ready = threading.Event()   # set once the model loaded, or its first load failed
         self._serial = 0
+        self._next_rescue = 0.0
         self.peak_seen = 0               # highest peak memory a worker reported on real pages
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -123,9 +124,11 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         self._reap(now)
         self._enforce_page_timeout(now)
-        rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
-        if rescued:
-            log.warning("leases_rescued", pages=rescued)
+        if now >= self._next_rescue:  # a write transaction: not every tick (leases last lease_s)
+            self._next_rescue = now + min(5.0, self.lease_s / 4)
+            rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
+            if rescued:
+                log.warning("leases_rescued", pages=rescued)
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:

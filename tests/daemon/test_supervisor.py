@@ -152,7 +152,7 @@ def test_cold_stop_releases_the_page(running) -> None:
     wait_for(lambda: r.query("SELECT state FROM pages") == [("running",)], 60, 0.05, "page running")
     assert r.stop(deadline_s=1) < 10
     # Released, not failed: the attempt was not the page's fault.
-    assert r.query("SELECT state, attempts, lease_owner FROM pages") == [("queued", 0, None)]
+    assert r.query("SELECT state, attempts, lease_expires_at FROM pages") == [("queued", 0, None)]
 
 
 def test_worker_recycled_after_its_page_budget(running) -> None:
