@@ -4,7 +4,8 @@ Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the sup
 `finish_document` again for a job whose finisher died part-way:
   reserve output path in the ledger -> write outbox file atomically -> move original to archive
   -> record its new place -> job running -> done.
-A crash before the last step leaves a running job with every page done; the next start finishes it.
+A crash before the last step leaves a running job with every page done; the supervisor notices
+such jobs (at start and every few seconds) and finishes them.
 """
 
 from __future__ import annotations
@@ -62,30 +63,34 @@ def _outbox_lock(config: Config) -> Iterator[None]:
 
 
 def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
-    """Write the outbox file of a job whose pages are all done, archive the original, mark it done."""
-    job = ledger.job(job_id)
-    if job is None or job["state"] != JobState.RUNNING:
-        return None
-    inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
-    if inbox is None:
-        log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job["inbox"])
-        return None
-    rel = relative_source(config.inbox_for(job["inbox"]), job["source_path"])
-    texts = ledger.page_texts(job_id)
+    """Write the outbox file of a job whose pages are all done, archive the original, mark it done.
+    Runs under a lock shared by every finisher, so a worker and the supervisor (finishing for a
+    worker that died) never interleave, and two documents never pick the same output name."""
     with _outbox_lock(config):
+        job = ledger.job(job_id)
+        if job is None or job["state"] != JobState.RUNNING or not ledger.job_complete(job_id):
+            return None
+        inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
+        if inbox is None:
+            log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job["inbox"])
+            return None
+        rel = relative_source(config.inbox_for(job["inbox"]), job["source_path"])
         out = Path(job["output_path"]) if job["output_path"] else unique_path(
             inbox.outbox / rel.with_suffix(".md"))
         ledger.set_job_paths(job_id, output_path=str(out))
+        texts = ledger.page_texts(job_id)
         atomic_write_text(out, assemble(texts))
-    original = Path(job["spool_path"]) if job["spool_path"] else None
-    if original is not None and original.is_relative_to(config.spool_dir) and original.exists():
-        if inbox.archive is None:
-            original.unlink()
-            ledger.set_job_paths(job_id, spool_path="")
-        else:
-            moved = move_file(original, inbox.archive / rel)
-            ledger.set_job_paths(job_id, spool_path=str(moved))
-    ledger.finish_job(job_id, str(out))
+        original = Path(job["spool_path"]) if job["spool_path"] else None
+        if original is not None and original.is_relative_to(config.spool_dir) and original.exists():
+            if inbox.archive is None:
+                original.unlink()
+                ledger.set_job_paths(job_id, spool_path="")
+            else:
+                moved = move_file(original, inbox.archive / rel)
+                ledger.set_job_paths(job_id, spool_path=str(moved))
+        elif original is not None and inbox.archive and (inbox.archive / rel).exists():
+            ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
+        ledger.finish_job(job_id, str(out))
     log.info("job_done", job_id=job_id, output=str(out), pages=len(texts))
     return out
 

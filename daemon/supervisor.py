@@ -129,6 +129,7 @@ class Supervisor:
             rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
+            self._finish_orphaned_documents()
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
@@ -169,18 +170,27 @@ class Supervisor:
 
     # -- the tick's parts -----------------------------------------------------------------------
     def _recover_previous_run(self) -> None:
-        """Pages held by workers of an earlier run on this host, now dead, go back at once
-        (their lease would free them too, only later); documents whose finisher died are finished."""
-        from .outbox import finish_document
-
+        """Pages held by workers of an earlier run on this host go back at once, not after their
+        lease. We hold the daemon lock, so those workers are dead or orphans about to exit (they
+        die with the supervisor, or notice it is gone within a heartbeat); an orphan's late
+        completion is refused by its lost lease. Documents whose finisher died are finished."""
         for worker in self.ledger.workers_status():
-            if worker["host"] == self.host and not _pid_alive(worker["pid"]):
+            if worker["host"] == self.host:
                 released = self.ledger.release_pages(worker["id"])
                 if released:
-                    log.warning("pages_recovered", worker_id=worker["id"], pages=released)
+                    log.warning("pages_recovered", worker_id=worker["id"], pages=released,
+                                pid_alive=_pid_alive(worker["pid"]))
         self.ledger.mark_workers_dead(self.host, alive_ids=[])
+        self._finish_orphaned_documents()
+
+    def _finish_orphaned_documents(self) -> None:
+        """Jobs with every page done but no outbox file: their finisher died in between (a worker
+        killed right after its last page). Finishing is idempotent, so racing a live finisher is safe."""
+        from .outbox import finish_document
+
         for job_id in self.ledger.completed_jobs_not_done():
-            finish_document(self.config, self.ledger, job_id)
+            if finish_document(self.config, self.ledger, job_id):
+                log.warning("job_finished_for_lost_worker", job_id=job_id)
 
     def _reap(self, now: float) -> None:
         for slot in [s for s in self.slots if s.proc.poll() is not None]:
