@@ -146,14 +146,17 @@ def bench_worker(model_path: Path, pdf: Path, pages: int, mode: str, max_tokens:
         if not supervisor.ready.wait(120) or not supervisor.model_ok:
             raise RuntimeError("the worker did not load the model")
         started = next_tick = time.perf_counter()
-        while ledger.job(job_id)["state"] != "done":  # a read: cheap, and keeps the timing tight
+        while ledger.job(job_id)["state"] != "done":
             if time.perf_counter() - started > 300:
                 raise RuntimeError(f"job not done after 300 s: {ledger.job(job_id)}")
             if time.perf_counter() >= next_tick:  # the supervisor ticks as in run_daemon
                 supervisor.tick()
                 next_tick += 0.5
-            time.sleep(0.01)
-        seconds = time.perf_counter() - started
+            time.sleep(0.1)
+        # Timed from the ledger, not by polling: first page claimed -> job done.
+        shown = ledger.show_job(job_id)
+        first = min(datetime.fromisoformat(p["started_at"]) for p in shown["pages"])
+        seconds = (datetime.fromisoformat(shown["finished_at"]) - first).total_seconds()
         tokens = sum(p["generation_tokens"] or 0 for p in ledger.show_job(job_id)["pages"])
     finally:
         supervisor.stop(deadline_s=30)
@@ -208,7 +211,7 @@ class _quiet_stdout:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=8)
+    parser.add_argument("--pages", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mode", default="tiny", choices=list(_MODES))
     parser.add_argument("--skip-spawn", action="store_true", help="skip (c), the slow one")
@@ -233,7 +236,9 @@ def main() -> int:
             worker = bench_worker
         except ImportError:
             worker = todo_bench_worker
-        rows.append(worker(model, pdf, args.pages, args.mode, args.max_tokens, root / "daemon"))
+        runs = [worker(model, pdf, args.pages, args.mode, args.max_tokens, root / f"daemon{k}")
+                for k in range(ROUNDS)]  # best of ROUNDS, like (a) and (b)
+        rows.append(min(runs, key=lambda r: r.get("seconds", float("inf"))))
 
     base = rows[0]["pages_per_s"]
     ratios = {r["name"].split(":")[0] + "/a": round(r["pages_per_s"] / base, 3)

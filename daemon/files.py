@@ -8,6 +8,29 @@ import shutil
 import tempfile
 from pathlib import Path
 
+NAME_MAX = 255          # bytes in one file name on APFS, ext4, btrfs, xfs and SMB shares
+_ERROR_SUFFIX = ".error.txt"
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """`name`, its stem shortened at a character boundary until it encodes to at most `limit`
+    bytes; the extension is kept. Names a person can drop (up to 255 bytes) grow when we add
+    ` (2)`, `.error.txt` or a temp-file prefix, and the OS refuses names past NAME_MAX."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    stem, suffix = os.path.splitext(name)
+    if len(os.fsencode(suffix)) > 32:         # not really an extension: shorten the whole name
+        stem, suffix = name, ""
+    room = limit - len(os.fsencode(suffix))
+    while stem and len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+def error_file_for(original: Path) -> Path:
+    """Where `<name>.error.txt` of a failed original goes (its name shortened if it must be)."""
+    return original.with_name(fit_name(original.name, NAME_MAX - len(_ERROR_SUFFIX)) + _ERROR_SUFFIX)
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in `path` durable."""
@@ -21,12 +44,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def unique_path(path: Path) -> Path:
-    """`path` if free, else `name (2).ext`, `name (3).ext`, ..."""
+    """`path` if free, else `name (2).ext`, `name (3).ext`, ... (a name too long for the OS is
+    shortened, see fit_name)."""
+    path = path.with_name(fit_name(path.name))
     if not os.path.lexists(path):
         return path
     n = 2
     while True:
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
+        tag = f" ({n})"
+        short = Path(fit_name(path.name, NAME_MAX - len(tag)))
+        candidate = path.with_name(f"{short.stem}{tag}{short.suffix}")
         if not os.path.lexists(candidate):
             return candidate
         n += 1
@@ -65,7 +92,9 @@ def move_file(src: Path, dst: Path, *, overwrite: bool = False) -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via temp file + fsync + rename: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
+    prefix = "." + fit_name(path.name, NAME_MAX - 16) + "."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -80,7 +109,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_error_file(original: Path, reason: str, details: str = "") -> Path:
     """`<name>.error.txt` beside a failed original: the reason in one line, then details."""
-    target = original.with_name(original.name + ".error.txt")
+    target = error_file_for(original)
     one_line = " ".join(reason.split()) or "unknown error"
     atomic_write_text(target, one_line + "\n" + (details.rstrip() + "\n" if details else ""))
     return target

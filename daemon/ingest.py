@@ -56,9 +56,9 @@ def sha256_file(path: Path) -> str:
 
 
 def _spool_name(source: Path) -> str:
-    # Unique, and keeps the extension (renderers and people both look at it).
-    stem, suffix = source.stem[:80], source.suffix[:20]
-    return f"{uuid.uuid4().hex[:16]}-{stem}{suffix}"
+    # Unique, and keeps the extension (renderers and people both look at it); bounded in bytes, not
+    # characters (80 CJK characters are 240 bytes), so the intent's `<name>.json` fits NAME_MAX too.
+    return files.fit_name(f"{uuid.uuid4().hex[:16]}-{source.name}", 120)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -509,7 +509,7 @@ def _retry_one(ingestor: Ingestor, job_id: int) -> str:
         target = files.move_file(original, ingestor.spool / intent["spool_name"], overwrite=True)
         ledger.set_job_paths(job_id, spool_path=str(target))
         ingestor._drop_intent(intent)
-        original.with_name(original.name + ".error.txt").unlink(missing_ok=True)
+        files.error_file_for(original).unlink(missing_ok=True)
         original = target
     ledger.retry_jobs([job_id])
     if job["pages_total"]:

@@ -68,7 +68,8 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
     worker that died) never interleave, and two documents never pick the same output name."""
     with _outbox_lock(config):
         job = ledger.job(job_id)
-        if job is None or job["state"] != JobState.RUNNING or not ledger.job_complete(job_id):
+        if job is None or job["state"] not in (JobState.RUNNING, JobState.QUEUED) \
+                or not ledger.job_complete(job_id):
             return None
         inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
         if inbox is None:
@@ -79,7 +80,13 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
             inbox.outbox / rel.with_suffix(".md"))
         ledger.set_job_paths(job_id, output_path=str(out))
         texts = ledger.page_texts(job_id)
-        atomic_write_text(out, assemble(texts))
+        try:
+            atomic_write_text(out, assemble(texts))
+        except OSError as exc:  # unwritable or full outbox: fail the document, don't loop on it
+            reason = f"cannot write output {out}: {exc.strerror or exc}"
+            ledger.fail_job(job_id, reason)
+            fail_document(config, ledger, job_id, reason)
+            return None
         original = Path(job["spool_path"]) if job["spool_path"] else None
         if original is not None and original.is_relative_to(config.spool_dir) and original.exists():
             if inbox.archive is None:

@@ -8,6 +8,7 @@ PDFs are opened from the path, so pdfium reads pages on demand instead of the wh
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,8 @@ from PIL import Image, ImageOps
 from .errors import InputError
 
 MAX_SIDE = 4096        # px; the model works at <= 1280 px, so more only costs memory
+# Modes Pillow reduces and resizes with a real filter (1 and P only by nearest neighbour).
+_SCALABLE = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK")
 _FPDF_ERR_PASSWORD = 4
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -78,6 +81,10 @@ def render_page(path: Path, page_no: int, dpi: int = 144) -> Image.Image:
                 im.draft("RGB", (MAX_SIDE, MAX_SIDE))
             im.load()
             out = ImageOps.exif_transpose(im)
+            if out.mode == "1":
+                out = out.convert("L")
+            if out.mode in _SCALABLE:
+                out = _cap_size(out)   # shrink first: the conversions then touch far fewer pixels
             out = _to_rgb(out)
         except InputError:
             raise
@@ -120,7 +127,10 @@ def _pdf(path: Path) -> Iterator:
         # setting it), so a password error counts only if the file has an /Encrypt entry.
         if getattr(exc, "err_code", None) == _FPDF_ERR_PASSWORD and _mentions_encrypt(path):
             raise InputError("PDF is password-protected") from None
-        raise InputError(f"corrupt PDF: {_reason(exc)}") from None
+        if _has_no_pages(path):        # pdfium refuses a zero-page document outright
+            raise InputError("PDF has no pages") from None
+        reason = _reason(exc).replace(" (PDFium: Success)", "")   # a stale "no error" code says nothing
+        raise InputError(f"corrupt PDF: {reason}") from None
     try:
         yield pdf
     finally:
@@ -153,11 +163,21 @@ def _mentions_encrypt(path: Path, chunk: int = 1 << 16) -> bool:
         return b"/Encrypt" in head or b"/Encrypt" in f.read()
 
 
+def _has_no_pages(path: Path, limit: int = 1 << 20) -> bool:
+    """A small PDF whose page tree says `/Count 0` and that has no page object."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return False
+    return (re.search(rb"/Count\s*0(?![0-9.])", data) is not None
+            and re.search(rb"/Type\s*/Page(?![A-Za-z])", data) is None)
+
+
 def _pixels(exc: Exception) -> str:
     text = str(exc)
     start = text.find("Image size (")
     if start >= 0:
-        return text[start + len("Image size ("):].split(")")[0]
+        return f'{text[start + len("Image size ("):].split(")")[0]} (the limit is {Image.MAX_IMAGE_PIXELS})'
     return f"more than {Image.MAX_IMAGE_PIXELS} pixels"
 
 

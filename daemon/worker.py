@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -93,6 +94,7 @@ class Worker:
         self.config: Config = ctx.config
         self.stop = stop
         self.pages_done = 0
+        self.claimed = 0
         self.tokens_per_s = 0.0
         self.current_page: str | None = None
         self.log = structlog.get_logger().bind(worker_id=ctx.worker_id)
@@ -138,58 +140,86 @@ class Worker:
             ledger.close()
 
     def _loop(self, ledger: Ledger, engine) -> None:
+        """Infer on this thread; on one helper thread, in order, claim and render the next batch
+        and store the last one's results, so the model never waits on SQLite's fsync or on pdfium
+        (bench/workers.py measures what this buys). Leaving the `with` waits for both."""
         from .engine import memory_stats
 
+        budget = self.config.workers.max_pages_per_worker
         idle = 0.1
-        while not self.stop.is_set():
-            if self.pages_done >= self.config.workers.max_pages_per_worker:
-                self.log.info("worker_recycle", reason="page budget", pages_done=self.pages_done)
-                return
-            limit = self.ctx.recycle_memory_bytes
-            if limit and memory_stats()["active_memory_bytes"] > limit:
-                self.log.info("worker_recycle", reason="memory growth", limit_bytes=limit)
-                return
-            pages = ledger.claim_pages(self.ctx.worker_id, n=self.ctx.batch_size, lease_s=self.ctx.lease_s)
-            if not pages:
-                self.stop.wait(idle)
-                idle = min(idle * 2, 1.0)
-                continue
-            idle = 0.1
-            self._process(ledger, engine, pages)
+        with ThreadPoolExecutor(1, thread_name_prefix="io") as io:
+            self._io = io
+            ahead: Future | None = None
+            while not self.stop.is_set():
+                if self.claimed >= budget and ahead is None:
+                    self.log.info("worker_recycle", reason="page budget", pages=self.claimed)
+                    return
+                limit = self.ctx.recycle_memory_bytes
+                if limit and memory_stats()["active_memory_bytes"] > limit:
+                    self.log.info("worker_recycle", reason="memory growth", limit_bytes=limit)
+                    return  # a page claimed ahead is released by run()
+                batch = ahead.result() if ahead else self._claim_and_render(ledger)
+                ahead = None
+                if batch is None:
+                    self.stop.wait(idle)
+                    idle = min(idle * 2, 1.0)
+                    continue
+                idle = 0.1
+                if self.claimed < budget and not self.stop.is_set():
+                    ahead = io.submit(self._claim_and_render, ledger)
+                self._infer(ledger, engine, batch)
 
-    def _process(self, ledger: Ledger, engine, pages: list[ClaimedPage]) -> None:
+    def _claim_and_render(self, ledger: Ledger) -> list[tuple[ClaimedPage, object]] | None:
+        """Claim up to batch_size pages and render them; None when the queue is empty. A page that
+        can't be rendered is failed here and left out of the batch."""
         from .render import render_page
 
-        inbox = self.config.inbox_for(pages[0].inbox)
-        prompt, mode = self.config.prompt_for(inbox), self.config.mode_for(inbox)
-        self.current_page = ",".join(f"{p.job_id}:{p.page_no}" for p in pages)
-        self.log.info("page_start", pages=self.current_page, count=len(pages),
-                      attempts=max(p.attempts for p in pages))
-        ready, images = [], []
+        n = min(self.ctx.batch_size, self.config.workers.max_pages_per_worker - self.claimed)
+        pages = ledger.claim_pages(self.ctx.worker_id, n=max(n, 1), lease_s=self.ctx.lease_s)
+        if not pages:
+            return None
+        self.claimed += len(pages)
+        batch = []
         for page in pages:
             try:
-                images.append(render_page(Path(page.spool_path), page.page_no, self.config.pdf.dpi))
-                ready.append(page)
+                batch.append((page, render_page(Path(page.spool_path), page.page_no, self.config.pdf.dpi)))
             except OcrdError as exc:
                 self._fail(ledger, page, exc)
             except Exception as exc:  # a renderer bug is this page's problem, not the worker's
                 self._fail(ledger, page, InputError(f"cannot render page: {type(exc).__name__}: {exc}"))
-        if ready:
+        return batch
+
+    def _infer(self, ledger: Ledger, engine, batch: list[tuple[ClaimedPage, object]]) -> None:
+        groups: dict[tuple[str, str], list[tuple[ClaimedPage, object]]] = {}
+        for page, image in batch:  # pages of different inboxes may want other prompts or modes
+            inbox = self.config.inbox_for(page.inbox)
+            groups.setdefault((self.config.prompt_for(inbox), self.config.mode_for(inbox)), []).append(
+                (page, image))
+        for (prompt, mode), group in groups.items():
+            pages = [page for page, _ in group]
+            self.current_page = ",".join(f"{p.job_id}:{p.page_no}" for p in pages)
+            self.log.info("page_start", pages=self.current_page, count=len(pages),
+                          attempts=max(p.attempts for p in pages))
             try:
-                results = engine.generate(images, prompt, mode=mode,
+                results = engine.generate([image for _, image in group], prompt, mode=mode,
                                           max_tokens=self.config.model.max_tokens)
-            except OcrdError as exc:
-                for page in ready:
-                    self._fail(ledger, page, exc)
-                results = []
             except Exception as exc:
-                for page in ready:
-                    self._fail(ledger, page, EngineError(f"{type(exc).__name__}: {exc}"))
+                error = exc if isinstance(exc, OcrdError) else EngineError(f"{type(exc).__name__}: {exc}")
                 results = []
-            for page, result in zip(ready, results):
-                self._store(ledger, page, result)
-        self.current_page = None
-        self.log.info("page_end", pages=",".join(f"{p.job_id}:{p.page_no}" for p in pages))
+                for page in pages:
+                    self._fail(ledger, page, error)
+            for page, result in zip(pages, results):
+                self._io.submit(self._store_logged, ledger, page, result)
+            self.log.info("page_end", pages=self.current_page)
+            self.current_page = None
+
+    def _store_logged(self, ledger: Ledger, page: ClaimedPage, result) -> None:
+        try:
+            self._store(ledger, page, result)
+        except Exception as exc:  # on the io thread nothing else would see it; the lease, once
+            # lost, brings the page back (or the supervisor finishes a complete document)
+            self.log.error("store_failed", job_id=page.job_id, page=page.page_no,
+                           error=f"{type(exc).__name__}: {exc}")
 
     def _store(self, ledger: Ledger, page: ClaimedPage, result) -> None:
         from .outbox import finish_document

@@ -164,3 +164,24 @@ def test_worker_recycled_after_its_page_budget(running) -> None:
     assert loads >= 3  # 5 pages at 2 per worker: at least three worker processes
     assert r.query("SELECT MAX(pages_done) FROM workers")[0][0] <= 2
     r.stop()
+
+
+def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> None:
+    from ocrd.daemon.ingest import retry_jobs
+    from ocrd.ledger.store import Ledger
+
+    r = running("engines:FakeEngine")
+    outbox = r.config.inboxes[0].outbox
+    outbox.write_text("a file where the outbox folder should be")
+    samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 60, 0.1, "job failed")
+    assert "cannot write output" in r.query("SELECT error FROM jobs")[0][0]
+    assert (r.config.inboxes[0].failed / "page.png").exists()
+
+    outbox.unlink()  # the user fixes it, then retries: the done page is not run again
+    with Ledger(r.config.db_url) as ledger:
+        retry_jobs(r.config, ledger, None)
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "job done")
+    assert (outbox / "page.md").exists()
+    assert r.query("SELECT COUNT(*) FROM events WHERE kind = 'page_running'") == [(1,)]
+    r.stop()
