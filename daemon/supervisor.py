@@ -166,6 +166,8 @@ class Supervisor:
         self.config = config
         if self.ingest is not None:
             self.ingest.reload(config)
+        for slot in self.slots:  # running workers re-read it between pages; new ones get it
+            _signal(slot.proc, signal.SIGHUP)
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
 
     # -- the tick's parts -----------------------------------------------------------------------

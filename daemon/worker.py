@@ -89,10 +89,12 @@ def _pump_lines(stream, on_output: Callable[[str], None]) -> None:
 
 
 class Worker:
-    def __init__(self, ctx: WorkerContext, stop: threading.Event) -> None:
+    def __init__(self, ctx: WorkerContext, stop: threading.Event,
+                 reload: threading.Event | None = None) -> None:
         self.ctx = ctx
         self.config: Config = ctx.config
         self.stop = stop
+        self.reload = reload or threading.Event()
         self.pages_done = 0
         self.claimed = 0
         self.tokens_per_s = 0.0
@@ -158,6 +160,8 @@ class Worker:
                 if limit and memory_stats()["active_memory_bytes"] > limit:
                     self.log.info("worker_recycle", reason="memory growth", limit_bytes=limit)
                     return  # a page claimed ahead is released by run()
+                if self.reload.is_set():
+                    self._reload_config()
                 batch = ahead.result() if ahead else self._claim_and_render(ledger)
                 ahead = None
                 if batch is None:
@@ -192,6 +196,8 @@ class Worker:
     def _infer(self, ledger: Ledger, engine, batch: list[tuple[ClaimedPage, object]]) -> None:
         groups: dict[tuple[str, str], list[tuple[ClaimedPage, object]]] = {}
         for page, image in batch:  # pages of different inboxes may want other prompts or modes
+            if self.config.inbox_for(page.inbox) is None:
+                self._reload_config()  # an inbox added by a SIGHUP reload after this worker started
             inbox = self.config.inbox_for(page.inbox)
             groups.setdefault((self.config.prompt_for(inbox), self.config.mode_for(inbox)), []).append(
                 (page, image))
@@ -212,6 +218,20 @@ class Worker:
                 self._io.submit(self._store_logged, ledger, page, result)
             self.log.info("page_end", pages=self.current_page)
             self.current_page = None
+
+    def _reload_config(self) -> None:
+        """SIGHUP (forwarded by the supervisor, which has validated the file already)."""
+        from .config import ConfigError, load_config
+
+        self.reload.clear()
+        if self.config.source is None:
+            return
+        try:
+            self.config = load_config(self.config.source)
+        except ConfigError as exc:
+            self.log.error("config_reload_refused", error=str(exc))
+            return
+        self.log.info("config_reloaded", inboxes=len(self.config.inboxes))
 
     def _store_logged(self, ledger: Ledger, page: ClaimedPage, result) -> None:
         try:
@@ -293,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # warm stop: finish the page in hand
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # re-read the config between pages
     _die_with_parent()
     for entry in ctx.sys_path:
         if entry not in sys.path:
             sys.path.append(entry)
     configure_worker_logging(channel)
-    return Worker(ctx, stop).run()
+    return Worker(ctx, stop, reload).run()
 
 
 if __name__ == "__main__":

@@ -156,3 +156,48 @@ def test_model_unavailable_keeps_queueing(make_daemon, tmp_path: Path) -> None:
     assert status["pages"]["queued"] == 1 and status["pages"]["failed"] == 0
     assert d.stop() == 0
     assert d.query("SELECT state FROM pages") == [("queued",)]
+
+
+def test_systemd_notify_ready_once_workers_loaded_the_model(make_daemon, tmp_path: Path) -> None:
+    import socket
+
+    d = make_daemon()
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        os.environ["NOTIFY_SOCKET"] = address  # what systemd sets for Type=notify
+        try:
+            d.start()
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        message = sock.recv(4096).decode()
+        assert "READY=1" in message and "loaded the model" in message
+        assert d.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'") == [(1,)]
+        d.proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in sock.recv(4096).decode()
+    assert d.proc.wait(timeout=40) == 0
+
+
+def test_sighup_reloads_the_inbox_list_without_dropping_work(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    samples.write_image(d.inbox / "first.png", "PNG")
+    assert d.wait_settled(1) == {"first.png": "done"}
+    second = d.root / "inbox2"
+    d.config.write_text(d.config.read_text() + f"""
+[[inbox]]
+path = "{second}"
+outbox = "{d.root / 'outbox2'}"
+failed = "{d.root / 'failed2'}"
+archive = ""
+stable_for_s = 0.3
+""")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: second.is_dir(), 30, 0.1, "the new inbox to be watched")
+    samples.write_image(second / "second.png", "PNG", n=2)
+    samples.write_image(d.inbox / "third.png", "PNG", n=3)
+    assert d.wait_settled(3) == {"first.png": "done", "second.png": "done", "third.png": "done"}
+    assert (d.root / "outbox2" / "second.md").exists() and not (second / "second.png").exists()
+    assert d.proc.poll() is None  # still the same daemon
+    assert d.stop() == 0
