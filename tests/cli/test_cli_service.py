@@ -73,6 +73,8 @@ def test_unit_has_every_key_with_the_right_values(tmp_path: Path):
     assert svc["RestartSec"] == "30"
     assert svc["TimeoutStopSec"] == "60"
     assert svc["KillMode"] == "mixed"
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert svc["TimeoutStartSec"] == "900"
     assert svc["WorkingDirectory"] == str(tmp_path)
     env_lines = [line for line in text.splitlines() if line.startswith("Environment=")]
     assert "Environment=PYTHONUNBUFFERED=1" in env_lines
