@@ -44,10 +44,9 @@ def program_argv() -> list[str]:
 
 
 def _daemon_argv(program: list[str], config_path: Path | None) -> list[str]:
-    argv = [*program, "run"]
-    if config_path is not None:
-        argv += ["--config", str(Path(config_path).absolute())]
-    return argv
+    # --config is an option of the group: it goes before the command.
+    config = ["--config", str(Path(config_path).absolute())] if config_path is not None else []
+    return [*program, *config, "run"]
 
 
 def render_plist(*, program: list[str], config_path: Path | None, log_dir: Path,

@@ -35,7 +35,7 @@ def test_plist_has_every_key_with_the_right_values(tmp_path: Path):
                         working_dir=tmp_path)
     plist = plistlib.loads(text.encode())
     assert plist["Label"] == "com.ocrd.daemon"
-    assert plist["ProgramArguments"] == [*PROGRAM, "run", "--config", str(config)]
+    assert plist["ProgramArguments"] == [*PROGRAM, "--config", str(config), "run"]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ThrottleInterval"] == 30
@@ -68,7 +68,7 @@ def test_unit_has_every_key_with_the_right_values(tmp_path: Path):
     assert svc["Type"] == "notify"
     assert svc["NotifyAccess"] == "main"
     # systemd quoting is close enough to shell quoting; % is doubled for systemd's specifiers.
-    assert shlex.split(svc["ExecStart"]) == [*PROGRAM, "run", "--config", str(config).replace("%", "%%")]
+    assert shlex.split(svc["ExecStart"]) == [*PROGRAM, "--config", str(config).replace("%", "%%"), "run"]
     assert svc["Restart"] == "on-failure"
     assert svc["RestartSec"] == "30"
     assert svc["TimeoutStopSec"] == "60"
@@ -189,7 +189,7 @@ def test_cli_dry_run_plist_parses(tmp_path: Path, config_file: Path):
                     env={"HOME": str(tmp_path)})
     body = result.output.split("<?xml", 1)[1].split("</plist>", 1)[0]
     plist = plistlib.loads(("<?xml" + body + "</plist>").encode())
-    assert plist["ProgramArguments"][-3:] == ["run", "--config", str(config_file)]
+    assert plist["ProgramArguments"][-3:] == ["--config", str(config_file), "run"]
     assert plist["WorkingDirectory"] == str(config_file.parent)
     assert "launchctl bootstrap gui/" in result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -98,21 +99,28 @@ def test_service_dry_run_subprocess(config_file: Path, tmp_path: Path):
     result = run("--config", str(config_file), "service", "install", "--dry-run", "--platform", "linux",
                  env={"HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    assert f"ExecStart={OCRD} run --config {config_file}" in result.stdout
+    assert f"ExecStart={OCRD} --config {config_file} run" in result.stdout
     assert "systemctl --user enable --now ocrd.service" in result.stdout
     assert list(home.iterdir()) == []
 
 
 def test_status_sees_a_real_daemon(tmp_path: Path):
     """`ocrd run` for real (~5 s: a worker process imports mlx-vlm), with a model path that cannot
-    load, so status must show the daemon up, its device, and the model problem loudly."""
+    load, so status must show the daemon up, its device, and the model problem loudly. It is started
+    with the systemd unit's own ExecStart line, so the service's command line is proven to work."""
     from cli_support import write_config
     from helpers import wait_for
 
     config = write_config(tmp_path, extra=f'[model]\npath = "{tmp_path / "no-model"}"\n'
                                            '[workers]\ncount = 1\n')
     env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
-    daemon = subprocess.Popen([str(OCRD), "--config", str(config), "run"], stdout=subprocess.DEVNULL,
+    from ocrd.daemon.service import program_argv, render_unit
+
+    unit = render_unit(program=program_argv(), config_path=config, working_dir=tmp_path)
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart=").replace("%%", "%"))
+    assert argv[-1] == "run"
+    daemon = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
     try:
         def status():
