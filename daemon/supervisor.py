@@ -88,6 +88,7 @@ class Supervisor:
         self._serial = 0
         self._next_rescue = 0.0
         self.peak_seen = 0               # highest peak memory a worker reported on real pages
+        self._peak_saved = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,6 +131,7 @@ class Supervisor:
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
             self._finish_orphaned_documents()
+            self._save_footprint()
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
@@ -156,9 +158,7 @@ class Supervisor:
                 log.info("pages_released", worker_id=slot.ctx.worker_id, pages=released)
             self.ledger.set_worker_state(slot.ctx.worker_id, "stopped")
         self.slots.clear()
-        if self.peak_seen:
-            # refines the pool size at the next start (device.plan_pool's measured_peak_bytes)
-            self.ledger.set_meta(_footprint_key(self.config), str(self.peak_seen))
+        self._save_footprint()
         self.ledger.close()
 
     def reload(self, config: Config) -> None:
@@ -217,6 +217,12 @@ class Supervisor:
                 self._fail_held_pages(worker_id, f"worker died (exit code {code})")
             self.ledger.set_worker_state(worker_id, "stopped" if code == 0 else "dead")
 
+    def _save_footprint(self) -> None:
+        """The peak memory measured on real pages sizes the pool at the next start."""
+        if self.peak_seen > self._peak_saved:
+            self.ledger.set_meta(_footprint_key(self.config), str(self.peak_seen))
+            self._peak_saved = self.peak_seen
+
     def _fail_held_pages(self, worker_id: str, reason: str) -> None:
         from .outbox import fail_document
 
@@ -250,7 +256,7 @@ class Supervisor:
                 recycle_memory_bytes=self.recycle_bytes, sys_path=tuple(sys.path))
             slot = _Slot(ctx=ctx, proc=None)  # type: ignore[arg-type]
             slot.proc = start_worker_process(ctx, lambda e, s=slot: self._on_event(s, e),
-                                             lambda line, w=ctx.worker_id: log.debug("worker_output", worker_id=w, line=line))
+                                             lambda line, w=ctx.worker_id: log.info("worker_output", worker_id=w, line=line))
             self.slots.append(slot)
             log.info("worker_started", worker_id=ctx.worker_id, pid=slot.proc.pid)
 
@@ -268,7 +274,7 @@ class Supervisor:
             slot.load_error = event.get("reason")
         elif name == "model_loaded":
             self._model_loaded(slot)
-        elif name == "device_heartbeat" and event.get("pages_done"):
+        elif name == "page_done":  # measured on a real page: what a worker really needs
             self.peak_seen = max(self.peak_seen, int(event.get("peak_memory_bytes") or 0))
         log.log(logging.getLevelName(level.upper()) if isinstance(level, str) else logging.INFO, name, **event)
 

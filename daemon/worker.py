@@ -156,10 +156,6 @@ class Worker:
                 if self.claimed >= budget and ahead is None:
                     self.log.info("worker_recycle", reason="page budget", pages=self.claimed)
                     return
-                limit = self.ctx.recycle_memory_bytes
-                if limit and memory_stats()["active_memory_bytes"] > limit:
-                    self.log.info("worker_recycle", reason="memory growth", limit_bytes=limit)
-                    return  # a page claimed ahead is released by run()
                 if self.reload.is_set():
                     self._reload_config()
                 batch = ahead.result() if ahead else self._claim_and_render(ledger)
@@ -172,6 +168,10 @@ class Worker:
                 if self.claimed < budget and not self.stop.is_set():
                     ahead = io.submit(self._claim_and_render, ledger)
                 self._infer(ledger, engine, batch)
+                limit = self.ctx.recycle_memory_bytes
+                if limit and memory_stats()["active_memory_bytes"] > limit:
+                    self.log.info("worker_recycle", reason="memory growth", limit_bytes=limit)
+                    return  # a page claimed ahead is released by run()
 
     def _claim_and_render(self, ledger: Ledger) -> list[tuple[ClaimedPage, object]] | None:
         """Claim up to batch_size pages and render them; None when the queue is empty. A page that
@@ -252,7 +252,8 @@ class Worker:
         if result.seconds > 0:
             self.tokens_per_s = result.generation_tokens / result.seconds
         self.log.info("page_done", job_id=page.job_id, page=page.page_no, seconds=round(result.seconds, 3),
-                      tokens=result.generation_tokens, finish_reason=result.finish_reason)
+                      tokens=result.generation_tokens, finish_reason=result.finish_reason,
+                      peak_memory_bytes=result.peak_memory_bytes)
         if complete:
             finish_document(self.config, ledger, page.job_id)
 

@@ -185,3 +185,17 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
     assert (outbox / "page.md").exists()
     assert r.query("SELECT COUNT(*) FROM events WHERE kind = 'page_running'") == [(1,)]
     r.stop()
+
+
+def test_worker_recycled_when_its_memory_grows_past_the_bound(running, tiny_model: Path) -> None:
+    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model))
+    r.sup.recycle_bytes = 1  # any real page's memory passes this: recycle after every page
+    for slot in r.sup.slots:  # the first worker was started before the bound was lowered
+        slot.proc.terminate()
+    for n in range(3):
+        samples.write_image(r.config.inboxes[0].path / f"m{n}.png", "PNG", n=n)
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(3,)], 120, 0.2, "3 done")
+    assert r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'")[0][0] >= 3
+    peak = r.query("SELECT value FROM meta WHERE key LIKE 'footprint_bytes:%'")
+    r.stop()
+    assert peak or r.query("SELECT value FROM meta WHERE key LIKE 'footprint_bytes:%'")
