@@ -55,10 +55,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _text(path: str) -> str:
+    """A file name as the ledger can store it: bytes that are not UTF-8 (a Latin-1 name from an old
+    share or zip) become U+FFFD instead of lone surrogates, which SQLite refuses."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _spool_name(source: Path) -> str:
     # Unique, and keeps the extension (renderers and people both look at it); bounded in bytes, not
     # characters (80 CJK characters are 240 bytes), so the intent's `<name>.json` fits NAME_MAX too.
-    return files.fit_name(f"{uuid.uuid4().hex[:16]}-{source.name}", 120)
+    return files.fit_name(f"{uuid.uuid4().hex[:16]}-{_text(source.name)}", 120)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -141,9 +147,9 @@ class Ingestor:
             raise _Skip("vanished") from None
         except OSError as exc:
             raise self._unreadable(inbox, path, exc) from None
-        intent = {"inbox": inbox.key, "source_path": str(path), "relative_path": rel.as_posix(),
-                  "spool_name": _spool_name(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                  "copied": copy}
+        intent = {"inbox": inbox.key, "source_path": _text(str(path)),
+                  "relative_path": _text(rel.as_posix()), "spool_name": _spool_name(path),
+                  "size": st.st_size, "mtime_ns": st.st_mtime_ns, "copied": copy}
         self._write_intent(intent)
         target = self.spool / intent["spool_name"]
         try:
@@ -197,12 +203,22 @@ class Ingestor:
         intent.update(stage="failed", dest=str(dest), reason=reason, details=details, sha256=sha,
                       size_bytes=size)
         self._write_intent(intent)  # so a crash after the move still knows where the file went
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        moved = files.move_file(spool, dest, overwrite=True)
-        return self._record_failure(intent, moved)
+        return self._record_failure(intent, self._move_out(spool, dest))
+
+    def _move_out(self, spool: Path, dest: Path) -> Path:
+        """Move a settled original out of the spool. When the folder cannot take it (unwritable,
+        full, a file where a folder should be) it stays in the spool: the ledger records it there
+        and the next start's reconcile moves it on. One bad folder must not stop the ingest."""
+        try:
+            return files.move_file(spool, dest, overwrite=True)
+        except OSError as exc:
+            log.error("original_not_moved", path=str(spool), dest=str(dest), error=str(exc),
+                      note="kept in the spool until the next start")
+            return spool
 
     def _record_failure(self, intent: dict[str, Any], moved: Path) -> AddResult:
-        files.write_error_file(moved, intent["reason"], intent.get("details", ""))
+        if not moved.is_relative_to(self.spool):    # no stray .error.txt in the spool
+            files.write_error_file(moved, intent["reason"], intent.get("details", ""))
         job_id = self.ledger.add_failed_job(
             inbox=intent["inbox"], source_path=intent["source_path"], spool_path=str(moved),
             sha256=intent["sha256"], size_bytes=intent["size_bytes"], error=intent["reason"])
@@ -220,7 +236,7 @@ class Ingestor:
             spool.unlink()
             where = ""
         else:
-            where = str(files.move_file(spool, dest, overwrite=True))
+            where = str(self._move_out(spool, dest))
         self.ledger.set_job_paths(result.job_id, spool_path=where)
         log.info("job_duplicate", job_id=result.job_id, duplicate_of=result.duplicate_of,
                  path=intent["source_path"], moved_to=where or None)

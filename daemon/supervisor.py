@@ -215,7 +215,9 @@ class Supervisor:
                 delay = self.crash_backoff.failed(now)
                 log.error("worker_died", worker_id=worker_id, exit_code=code, restart_in_s=delay)
                 self._fail_held_pages(worker_id, f"worker died (exit code {code})")
-            self.ledger.set_worker_state(worker_id, "stopped" if code == 0 else "dead")
+            error = None if code == 0 else (slot.load_error or ("killed: page timed out" if slot.timed_out
+                                                                else f"exit code {code}"))
+            self.ledger.set_worker_state(worker_id, "stopped" if code == 0 else "dead", error=error)
 
     def _save_footprint(self) -> None:
         """The peak memory measured on real pages sizes the pool at the next start."""
