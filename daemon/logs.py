@@ -56,7 +56,10 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
 
 def _formatter(renderer: structlog.types.Processor) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *([structlog.processors.format_exc_info]
+                      if isinstance(renderer, structlog.processors.JSONRenderer) else []),
+                    renderer],
         foreign_pre_chain=_SHARED,
     )
 
@@ -65,7 +68,7 @@ def configure_worker_logging(channel: IO[str]) -> None:
     """In a worker process: every event becomes one JSON line on `channel` (a pipe to the
     supervisor), flushed at once so the supervisor sees page starts as they happen."""
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.JSONRenderer()],
+        processors=[*_SHARED, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(channel),
         cache_logger_on_first_use=False,
     )

@@ -93,8 +93,12 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
                 original.unlink()
                 ledger.set_job_paths(job_id, spool_path="")
             else:
-                moved = move_file(original, inbox.archive / rel)
-                ledger.set_job_paths(job_id, spool_path=str(moved))
+                try:
+                    moved = move_file(original, inbox.archive / rel)
+                    ledger.set_job_paths(job_id, spool_path=str(moved))
+                except OSError as exc:  # the output is written; the original waits in the spool
+                    log.error("archive_failed", job_id=job_id, original=str(original),
+                              error=str(exc), note="kept in the spool; moved at the next start")
         elif original is not None and inbox.archive and (inbox.archive / rel).exists():
             ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
         ledger.finish_job(job_id, str(out))
@@ -113,8 +117,13 @@ def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, deta
     inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
     if inbox is None:
         return
-    moved = move_file(original, inbox.failed / relative_source(config.inbox_for(job["inbox"]),
-                                                                job["source_path"]))
-    ledger.set_job_paths(job_id, spool_path=str(moved))
-    write_error_file(moved, job["error"] or reason, details)
+    try:
+        moved = move_file(original, inbox.failed / relative_source(config.inbox_for(job["inbox"]),
+                                                                    job["source_path"]))
+        ledger.set_job_paths(job_id, spool_path=str(moved))
+        write_error_file(moved, job["error"] or reason, details)
+    except OSError as exc:  # failed/ unwritable: the original waits in the spool, the ledger says so
+        log.error("failed_move_failed", job_id=job_id, original=str(original), error=str(exc),
+                  note="kept in the spool; moved at the next start")
+        return
     log.warning("job_failed", job_id=job_id, reason=job["error"] or reason, moved_to=str(moved))

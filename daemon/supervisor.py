@@ -191,8 +191,11 @@ class Supervisor:
         from .outbox import finish_document
 
         for job_id in self.ledger.completed_jobs_not_done():
-            if finish_document(self.config, self.ledger, job_id):
-                log.warning("job_finished_for_lost_worker", job_id=job_id)
+            try:
+                if finish_document(self.config, self.ledger, job_id):
+                    log.warning("job_finished_for_lost_worker", job_id=job_id)
+            except Exception:  # one document must never stop the supervisor
+                log.exception("finish_failed", job_id=job_id)
 
     def _reap(self, now: float) -> None:
         for slot in [s for s in self.slots if s.proc.poll() is not None]:
@@ -370,7 +373,10 @@ def run_daemon(config: Config, *, engine_factory: str = DEFAULT_ENGINE, tick_s: 
         supervisor.start()
         notified = False
         while not stops:
-            supervisor.tick()
+            try:
+                supervisor.tick()
+            except Exception:  # log and go on: the daemon outlives any one bad tick
+                log.exception("tick_failed")
             if not notified and supervisor.ready.is_set():
                 sd_notify("READY=1\nSTATUS=workers " + ("loaded the model" if supervisor.model_ok
                                                         else "could not load the model; queueing"))

@@ -242,14 +242,20 @@ def _workers_status(conn: Connection, now: datetime) -> list[dict[str, Any]]:
 
 
 def _throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
-    def done_since(minutes: int) -> int:
-        # bounded above too, so a `now` in the past (tests, replays) reads like a live one
-        return conn.execute(select(func.count()).select_from(pages).where(
+    def per_min(minutes: int) -> float:
+        # Pages over the time the window really held work (at least a minute): right after a
+        # start, 500 pages in 8 s is not "100 pages/min over 5 min". Bounded above too, so a
+        # `now` in the past (tests, replays) reads like a live one.
+        count, first = conn.execute(select(func.count(), func.min(pages.c.finished_at)).where(
             pages.c.finished_at >= to_text(now - timedelta(minutes=minutes)),
-            pages.c.finished_at <= to_text(now))).scalar_one()
+            pages.c.finished_at <= to_text(now))).one()
+        if not count:
+            return 0.0
+        span_min = (now - from_text(first)).total_seconds() / 60
+        return count / min(max(span_min, 1.0), minutes)
 
-    per_min_5 = done_since(5) / 5
-    per_min_60 = done_since(60) / 60
+    per_min_5 = per_min(5)
+    per_min_60 = per_min(60)
     left = conn.execute(select(func.count()).select_from(pages).where(
         pages.c.state.in_([PageState.QUEUED, PageState.RUNNING]))).scalar_one()
     rate = per_min_5 or per_min_60

@@ -199,3 +199,19 @@ def test_worker_recycled_when_its_memory_grows_past_the_bound(running, tiny_mode
     peak = r.query("SELECT value FROM meta WHERE key LIKE 'footprint_bytes:%'")
     r.stop()
     assert peak or r.query("SELECT value FROM meta WHERE key LIKE 'footprint_bytes:%'")
+
+
+def test_unwritable_archive_keeps_the_original_in_the_spool_and_goes_on(running) -> None:
+    r = running("engines:FakeEngine")
+    inbox = r.config.inboxes[0]
+    inbox.archive.mkdir(parents=True)
+    (inbox.archive / "sub").write_text("a file where the archive subfolder should be")
+    samples.write_image(inbox.path / "sub" / "a.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "job done")
+    assert (inbox.outbox / "sub" / "a.md").exists()
+    spool_path = r.query("SELECT spool_path FROM jobs")[0][0]
+    assert Path(spool_path).is_relative_to(r.config.spool_dir) and Path(spool_path).exists()
+    samples.write_image(inbox.path / "b.png", "PNG", n=2)  # the daemon goes on
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(2,)], 60, 0.1, "next job")
+    assert r.thread.is_alive()
+    r.stop()

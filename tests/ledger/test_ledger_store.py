@@ -344,14 +344,26 @@ def test_counts_and_throughput(ledger: Ledger) -> None:
     assert counts["pages"] == {"queued": 6, "running": 1, "done": 3, "failed": 0}
     assert counts["jobs"]["running"] == 1
     tp = ledger.throughput(now=T0)
-    assert tp["pages_per_min_5"] == pytest.approx(1 / 5)
-    assert tp["pages_per_min_60"] == pytest.approx(2 / 60)
-    assert tp["eta_s"] == pytest.approx(7 / (1 / 5) * 60)
+    # A rate is over the part of the window that held work: 1 page in the 2 minutes since it
+    # finished; 2 pages in the 30 minutes since the first of them.
+    assert tp["pages_per_min_5"] == pytest.approx(1 / 2)
+    assert tp["pages_per_min_60"] == pytest.approx(2 / 30)
+    assert tp["eta_s"] == pytest.approx(7 / (1 / 2) * 60)
     later = ledger.throughput(now=T0 + 10 * 60 * S)                  # only the 60-min figure
-    assert later["pages_per_min_5"] == 0 and later["eta_s"] == pytest.approx(7 / (2 / 60) * 60)
+    assert later["pages_per_min_5"] == 0 and later["eta_s"] == pytest.approx(7 / (2 / 40) * 60)
     assert ledger.throughput(now=T0 + 5 * 3600 * S)["eta_s"] is None  # no rate at all
     status = ledger.status(now=T0)
     assert set(status) == {"counts", "workers", "throughput"} and status["counts"] == counts
+
+
+def test_throughput_right_after_a_start_is_not_diluted(ledger: Ledger) -> None:
+    job_id = add(ledger, "burst", 40)
+    for n in range(40):  # 40 pages in the 8 s before T0
+        [p] = ledger.claim_pages("w", now=T0 - (8 - n * 0.2) * S)
+        ledger.complete_page(job_id, p.page_no, "w", text="", now=T0 - (8 - n * 0.2) * S)
+    tp = ledger.throughput(now=T0)
+    assert tp["pages_per_min_5"] == pytest.approx(40.0)  # over the one-minute floor, not 5 min
+    assert tp["eta_s"] == 0.0
 
 
 def test_meta_and_events(ledger: Ledger) -> None:
