@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import logging
 import os
 import stat
 import sys
@@ -38,6 +39,14 @@ from watchdog.observers.polling import PollingObserver
 from .config import InboxConfig
 
 log = structlog.get_logger()
+
+
+def _not_stop_noise(record: logging.LogRecord) -> bool:
+    # watchdog logs this at ERROR when an inotify event races the observer's own stop; harmless.
+    return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)
 
 # Partial downloads, editor lock files and sync placeholders: never ours to touch.
 _IGNORED_NAMES = ("~$*", "*.part", "*.crdownload", "*.download", "*.tmp", "*.icloud")
