@@ -6,7 +6,10 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 NAME_MAX = 255          # bytes in one file name on APFS, ext4, btrfs, xfs and SMB shares
 _ERROR_SUFFIX = ".error.txt"
@@ -71,17 +74,7 @@ def move_file(src: Path, dst: Path, *, overwrite: bool = False) -> Path:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".ocrd-", suffix=".part")
-        try:
-            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1024 * 1024)
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(dst.parent)
+        copy_file(src, dst)
         os.unlink(src)
         fsync_dir(Path(src).parent)
         return dst
@@ -89,15 +82,14 @@ def move_file(src: Path, dst: Path, *, overwrite: bool = False) -> Path:
     return dst
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via temp file + fsync + rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
-    prefix = "." + fit_name(path.name, NAME_MAX - 16) + "."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+@contextmanager
+def _replacing(path: Path, prefix: str, suffix: str) -> Iterator[BinaryIO]:
+    """A hidden temp file beside `path` that becomes `path` (fsync, rename) only if the block
+    completes: readers see the old file or the whole new one, never part of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,6 +97,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy durably: dst is whole or absent."""
+    with open(src, "rb") as fin, _replacing(dst, ".ocrd-", ".part") as fout:
+        shutil.copyfileobj(fin, fout, 1024 * 1024)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via temp file + fsync + rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
+    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp") as f:
+        f.write(text.encode("utf-8"))
 
 
 def write_error_file(original: Path, reason: str, details: str = "") -> Path:

@@ -16,8 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -65,21 +63,6 @@ def _spool_name(source: Path) -> str:
     # Unique, and keeps the extension (renderers and people both look at it); bounded in bytes, not
     # characters (80 CJK characters are 240 bytes), so the intent's `<name>.json` fits NAME_MAX too.
     return files.fit_name(f"{uuid.uuid4().hex[:16]}-{_text(source.name)}", 120)
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy to a hidden temp file beside dst, fsync, rename: dst is whole or absent."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".ocrd-", suffix=".part")
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    files.fsync_dir(dst.parent)
 
 
 def _check_file(path: Path) -> int:
@@ -154,7 +137,7 @@ class Ingestor:
         target = self.spool / intent["spool_name"]
         try:
             if copy:
-                _copy_file(path, target)
+                files.copy_file(path, target)
             else:
                 files.move_file(path, target, overwrite=True)
         except FileNotFoundError:
