@@ -95,6 +95,7 @@ class Worker:
         self.config: Config = ctx.config
         self.stop = stop
         self.reload = reload or threading.Event()
+        self._done = threading.Event()  # the loop has ended: heartbeats stop
         self.pages_done = 0
         self.claimed = 0
         self.tokens_per_s = 0.0
@@ -132,6 +133,7 @@ class Worker:
                 self._loop(ledger, engine)
             finally:
                 self.stop.set()
+                self._done.set()
                 beat.join(timeout=10)
                 released = ledger.release_pages(self.ctx.worker_id)
                 if released:
@@ -289,7 +291,8 @@ class Worker:
             if os.getppid() != parent:  # the supervisor died (macOS has no PDEATHSIG)
                 self.log.error("supervisor_gone")
                 os._exit(1)
-            if self.stop.wait(self.ctx.heartbeat_s):
+            # Beats go on through a warm stop, so the lease of the page in hand stays renewed.
+            if self._done.wait(self.ctx.heartbeat_s):
                 return
 
 
