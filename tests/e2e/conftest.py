@@ -22,11 +22,12 @@ class Daemon:
     """One `ocrd run` process and the folders of its single inbox."""
 
     def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
-                 max_attempts: int = 3, max_tokens: int = 12, extra: str = "") -> None:
+                 max_attempts: int = 3, max_tokens: int = 12, extra: str = "",
+                 state_dir: Path | None = None) -> None:
         self.root = root
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.archive, self.failed = root / "archive", root / "failed"
-        self.state = root / "state"
+        self.state = state_dir or root / "state"
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.config = root / "ocrd.toml"
         self.config.write_text(f"""

@@ -201,3 +201,26 @@ stable_for_s = 0.3
     assert (d.root / "outbox2" / "second.md").exists() and not (second / "second.png").exists()
     assert d.proc.poll() is None  # still the same daemon
     assert d.stop() == 0
+
+
+def test_state_dir_on_another_volume(make_daemon) -> None:
+    """Inbox -> spool and spool -> archive cross filesystems: copy + fsync + unlink, nothing lost."""
+    import tempfile
+
+    import pytest
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs a second filesystem (tmpfs at /dev/shm)")
+    state = Path(tempfile.mkdtemp(dir=shm, prefix="ocrd-state-"))
+    try:
+        d = make_daemon(state_dir=state)
+        d.start()
+        samples.write_pdf(d.inbox / "cross.pdf", 2)
+        assert d.wait_settled(1) == {"cross.pdf": "done"}
+        assert (d.archive / "cross.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (d.outbox / "cross.md").read_text().count("<!-- page ") == 2
+        assert d.spool_files() == [] and not (d.inbox / "cross.pdf").exists()
+        assert d.stop() == 0
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
