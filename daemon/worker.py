@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -80,12 +81,25 @@ def _pump_events(stream, on_event: Callable[[dict], None], on_output: Callable[[
             on_event(event)
 
 
-def _pump_lines(stream, on_output: Callable[[str], None]) -> None:
+def _pump_lines(stream, on_output: Callable[[str], None], progress_every_s: float = 2.0) -> None:
+    """Raw output, line by line. Progress bars (a model download's tqdm) redraw with \\r and no
+    newline: their states are logged too, at most one every `progress_every_s`."""
+    pending, last_progress = b"", 0.0
     with stream:
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.strip():
+        while chunk := stream.read1(65536):
+            pending += chunk
+            *parts, pending = re.split(rb"(\r|\n)", pending)
+            for text, sep in zip(parts[::2], parts[1::2]):
+                line = text.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                if sep == b"\r":
+                    if time.monotonic() - last_progress < progress_every_s:
+                        continue
+                    last_progress = time.monotonic()
                 on_output(line)
+        if pending.strip():
+            on_output(pending.decode("utf-8", "replace").strip())
 
 
 class Worker:
