@@ -1,0 +1,87 @@
+"""The config contract: every key of DESIGN.md, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ocrd.daemon.config import DEFAULT_CONFIG, ConfigError, load_config, parse_bytes, parse_config
+
+INBOX = '[[inbox]]\npath = "/srv/in"\noutbox = "/srv/out"\nfailed = "/srv/failed"\n'
+
+
+def parse(text: str):
+    return parse_config(tomllib.loads(text))
+
+
+def test_shipped_defaults_load_with_every_documented_value() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert config.model.path == "mlx-community/DeepSeek-OCR-8bit"
+    assert config.model.prompt == "<image>\n<|grounding|>Convert the document to markdown."
+    assert (config.model.mode, config.model.max_tokens, config.model.page_timeout_s) == ("gundam", 8192, 300)
+    assert (config.workers.count, config.workers.memory_budget) == (None, None)  # "auto"
+    assert (config.workers.max_pages_per_worker, config.workers.max_attempts) == (500, 3)
+    assert config.pdf.dpi == 144 and config.ledger_url == ""
+    [inbox] = config.inboxes
+    assert inbox.path == Path("~/OCR/inbox").expanduser() and inbox.archive == Path("~/OCR/archive").expanduser()
+    assert (inbox.recursive, inbox.polling, inbox.stable_for_s, inbox.ignore, inbox.on_duplicate) == (
+        True, False, 2.0, (), "skip")
+    assert config.db_url == f"sqlite:///{config.state_dir / 'ledger.db'}"
+
+
+def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n' + INBOX)
+    monkeypatch.setenv("OCRD_CONFIG", str(path))
+    assert load_config().state_dir == tmp_path and load_config().source == path
+
+
+def test_values_and_overrides() -> None:
+    config = parse('[workers]\ncount = 2\nmemory_budget = "12GB"\n' + INBOX
+                   + 'archive = ""\nprompt = "Free OCR."\nmode = "tiny"\nignore = ["*.bak"]\n')
+    inbox = config.inboxes[0]
+    assert config.workers.count == 2 and config.workers.memory_budget == 12 * 10**9
+    assert inbox.archive is None and inbox.ignore == ("*.bak",)
+    assert config.prompt_for(inbox) == "Free OCR." and config.mode_for(inbox) == "tiny"
+    assert parse("[workers]\nmemory_budget = 0.6\n").workers.memory_budget == 0.6
+    assert parse_bytes("512 MiB") == 512 * 2**20
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("colour = 1", "colour: unknown key"),
+    ("[model]\nmode = \"huge\"", "model.mode: must be one of tiny, small, base, large, gundam, not 'huge'"),
+    ("[model]\nmax_tokens = 0", "model.max_tokens: must be at least 1, not 0"),
+    ("[model]\nmax_tokens = \"many\"", "model.max_tokens: must be an integer, not 'many'"),
+    ("[model]\npath = \"\"", "model.path: must be a non-empty string, not ''"),
+    ("[workers]\ncount = 0", "workers.count: must be \"auto\" or an integer of at least 1, not 0"),
+    ("[workers]\ncount = true", "workers.count: must be \"auto\" or an integer of at least 1, not True"),
+    ("[workers]\nmemory_budget = \"lots\"", "workers.memory_budget: must be \"auto\", a size such as"),
+    ("[workers]\nmemory_budget = 1.5", "workers.memory_budget: must be \"auto\", a size such as"),
+    ("[pdf]\ndpi = 10", "pdf.dpi: must be at least 36, not 10"),
+    ("[ledger]\nurl = \"mysql://x\"", "ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..."),
+    ("model = 3", "model: must be a table"),
+    ("inbox = 3", "inbox: must be an array of tables ([[inbox]])"),
+    ('[[inbox]]\npath = "/in"\nfailed = "/f"', "inbox[0].outbox: is required"),
+    (INBOX + "polling = \"yes\"", "inbox[0].polling: must be true or false, not 'yes'"),
+    (INBOX + "on_duplicate = \"merge\"", "inbox[0].on_duplicate: must be one of skip, process, not 'merge'"),
+    (INBOX + "stable_for_s = -1", "inbox[0].stable_for_s: must be at least 0, not -1"),
+    (INBOX + "ignore = \"*.tmp\"", "inbox[0].ignore: must be a list of strings, not '*.tmp'"),
+    (INBOX + "speed = 1", "inbox[0].speed: unknown key"),
+    ('[[inbox]]\npath = "/in"\noutbox = "/in/out"\nfailed = "/f"', "inbox[0].outbox: /in/out must not be inside the inbox /in"),
+    (INBOX + INBOX, "inbox[1].path: /srv/in is already used as inbox[0].path"),
+])
+def test_bad_values_are_one_line_naming_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\npath = 1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(broken)
