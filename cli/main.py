@@ -395,24 +395,18 @@ def _device_report(config: Config) -> dict[str, Any]:
 
     info = dev.detect_device()
     size = dev.model_size_bytes(config.model.path)
-    default = getattr(dev, "DEFAULT_MODEL_BYTES", None)
-    model_bytes = size if size is not None else default
     measured = None
     with _ledger(config) as ledger:
         if ledger is not None:
             with contextlib.suppress(TypeError, ValueError):
-                measured = int(ledger.get_meta(f"footprint_bytes:{config.model.path}:{config.model.mode}") or 0) or None
-    kwargs: dict[str, Any] = {"mode": config.model.mode, "count": config.workers.count,
-                              "budget": config.workers.memory_budget, "measured_peak_bytes": measured}
-    if model_bytes is not None:
-        kwargs["model_bytes"] = model_bytes
-    plan = dev.plan_pool(info, **kwargs)
+                measured = int(ledger.get_meta(dev.footprint_key(config.model)) or 0) or None
+    plan = dev.plan_for_config(info, config, measured)
     warnings = [dev.CPU_WARNING] if info.backend == "cpu" else []
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
-                  "planned_bytes": model_bytes},
+                  "planned_bytes": size or dev.DEFAULT_MODEL_BYTES},
         "measured_peak_bytes": measured,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
                  "budget_bytes": plan.budget_bytes, "cap": plan.cap, "reason": plan.reason},

@@ -10,7 +10,10 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config, ModelConfig
 
 GB = 10**9
 CPU_WARNING = ("CPU mode: no Metal/CUDA device; OCR will run roughly 10-50x slower than on a GPU "
@@ -156,6 +159,18 @@ def _cap(device: DeviceInfo) -> tuple[int, str]:
     cap = max(1, device.cores // CPU_CORES_PER_WORKER)
     return cap, (f"CPU: {device.cores} cores // {CPU_CORES_PER_WORKER}, since each worker's MLX "
                  f"kernels already use several threads")
+
+
+def footprint_key(model: ModelConfig) -> str:
+    """The ledger meta key under which the peak memory measured on real pages is kept."""
+    return f"footprint_bytes:{model.path}:{model.mode}"
+
+
+def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int | None = None) -> PoolPlan:
+    """`plan_pool` with the config's model and [workers] settings (the daemon and `ocrd device`)."""
+    return plan_pool(device, model_bytes=model_size_bytes(config.model.path) or DEFAULT_MODEL_BYTES,
+                     mode=config.model.mode, count=config.workers.count,
+                     budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes)
 
 
 def model_size_bytes(path: str) -> int | None:

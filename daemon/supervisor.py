@@ -30,7 +30,6 @@ from .worker import DEFAULT_ENGINE, EXIT_MODEL_UNAVAILABLE, WorkerContext, start
 
 log = structlog.get_logger()
 
-DEFAULT_MODEL_BYTES = 4 * 10**9    # DeepSeek-OCR-8bit is ~3.9 GB on disk
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
 MODEL_RETRY_MAX_S = 300.0
 
@@ -92,7 +91,7 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        from .device import CPU_WARNING, detect_device, model_size_bytes, plan_pool
+        from .device import CPU_WARNING, detect_device, footprint_key, plan_for_config
         from .ingest import IngestService
 
         for folder in (self.config.state_dir, self.config.spool_dir):
@@ -102,12 +101,8 @@ class Supervisor:
         self.device = device
         if device.backend == "cpu":
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
-        model = self.config.model
-        measured = self.ledger.get_meta(_footprint_key(self.config))
-        plan = plan_pool(device, model_bytes=model_size_bytes(model.path) or DEFAULT_MODEL_BYTES,
-                         mode=model.mode, count=self.config.workers.count,
-                         budget=self.config.workers.memory_budget,
-                         measured_peak_bytes=int(measured) if measured else None)
+        measured = self.ledger.get_meta(footprint_key(self.config.model))
+        plan = plan_for_config(device, self.config, int(measured) if measured else None)
         self.pool_size = plan.count
         self.recycle_bytes = int(plan.footprint_bytes * 2)
         log.info("pool_planned", workers=plan.count, reason=plan.reason, backend=device.backend,
@@ -224,8 +219,10 @@ class Supervisor:
 
     def _save_footprint(self) -> None:
         """The peak memory measured on real pages sizes the pool at the next start."""
+        from .device import footprint_key
+
         if self.peak_seen > self._peak_saved:
-            self.ledger.set_meta(_footprint_key(self.config), str(self.peak_seen))
+            self.ledger.set_meta(footprint_key(self.config.model), str(self.peak_seen))
             self._peak_saved = self.peak_seen
 
     def _fail_held_pages(self, worker_id: str, reason: str) -> None:
@@ -299,10 +296,6 @@ class Supervisor:
             ledger.set_meta(key, value)
         finally:
             ledger.close()
-
-
-def _footprint_key(config: Config) -> str:
-    return f"footprint_bytes:{config.model.path}:{config.model.mode}"
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
