@@ -224,3 +224,15 @@ def test_state_dir_on_another_volume(make_daemon) -> None:
         assert d.stop() == 0
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_submit_a_file_from_elsewhere_while_the_daemon_runs(make_daemon, tmp_path: Path) -> None:
+    d = make_daemon()
+    d.start()
+    elsewhere = samples.write_pdf(tmp_path / "Downloads" / "statement.pdf", 2)
+    result = d.cli("submit", str(elsewhere))
+    assert "statement.pdf" in result.stdout
+    assert d.wait_settled(1) == {"statement.pdf": "done"}
+    assert (d.outbox / "statement.md").read_text().count("<!-- page ") == 2
+    assert elsewhere.exists()  # submitted from outside an inbox: copied, the user's file stays
+    assert d.stop() == 0
