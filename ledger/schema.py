@@ -4,17 +4,21 @@ Columns are the ones DESIGN.md documents for users, plus a few that the queries 
 `jobs.duplicate_of`, `pages.id` (the claim's row key), `pages.priority` (a copy of the job's, so
 the claim walks one index in order instead of sorting every queued page), `pages.started_at` and
 `pages.finished_at` (pages/min), `workers.error`, `events.page_no`, and the `meta` key/value table.
-Times are UTC ISO-8601 text of one fixed width, so text order is time order.
+Times are UTC ISO-8601 text of one fixed width, so text order is time order (in any collation:
+every value has its digits and punctuation at the same places).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (CheckConstraint, Column, Float, ForeignKey, Index, Integer, MetaData, Table,
-                        Text, UniqueConstraint)
+from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index, Integer,
+                        MetaData, Table, Text, UniqueConstraint)
 
 from .states import JobState, PageState
 
 metadata = MetaData()
+
+# SQLite's INTEGER is 64-bit already; PostgreSQL's is 32-bit, too small for a 16 GB memory figure
+Bytes = Integer().with_variant(BigInteger(), "postgresql")
 
 
 def _in(column: str, values: type) -> CheckConstraint:
@@ -29,7 +33,7 @@ jobs = Table(
     Column("source_path", Text, nullable=False),
     Column("spool_path", Text),                # where the original lies now (see store.py)
     Column("sha256", Text),
-    Column("size_bytes", Integer),
+    Column("size_bytes", Bytes),
     Column("state", Text, nullable=False),
     Column("pages_total", Integer, nullable=False, default=0),
     Column("pages_done", Integer, nullable=False, default=0),
@@ -89,10 +93,10 @@ heartbeats = Table(
     Column("worker_id", Text, nullable=False),
     Column("at", Text, nullable=False),
     Column("backend", Text),
-    Column("active_memory_bytes", Integer),
-    Column("peak_memory_bytes", Integer),
-    Column("cache_memory_bytes", Integer),
-    Column("memory_limit_bytes", Integer),
+    Column("active_memory_bytes", Bytes),
+    Column("peak_memory_bytes", Bytes),
+    Column("cache_memory_bytes", Bytes),
+    Column("memory_limit_bytes", Bytes),
     Column("pages_done", Integer),
     Column("tokens_per_s", Float),
 )
@@ -109,7 +113,7 @@ events = Table(
 
 schema_version = Table(
     "schema_version", metadata,
-    Column("version", Integer, primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),   # not SERIAL
     Column("applied_at", Text, nullable=False),
     Column("description", Text, nullable=False),
 )

@@ -3,6 +3,11 @@
 CONTRACT (other modules are written against exactly these names and signatures; keep them):
 - Every method opens and commits its own short transaction; no transaction is held across calls.
 - Every write transaction begins with BEGIN IMMEDIATE on SQLite (retry with jitter on SQLITE_BUSY).
+  PostgreSQL runs writes at READ COMMITTED and reads at REPEATABLE READ (one snapshot); a state
+  read before a conditional write takes the row lock the UPDATE would (FOR NO KEY UPDATE: a plain
+  FOR UPDATE also blocks the foreign-key checks of event inserts, and two claims of one job then
+  deadlock; SQLite's dialect renders nothing, BEGIN IMMEDIATE already made it the only writer).
+  Deadlocks, serialization failures and lock timeouts are retried like SQLITE_BUSY.
 - Every state change goes through `_transition_job` / `_transition_page` (conditional UPDATE ...
   WHERE state = :from) and appends an `events` row in the same transaction.
 - `jobs.spool_path` always holds where the original lies NOW: the spool while queued/running, the
@@ -45,6 +50,9 @@ BACKOFF_MAX_S = 600.0
 LEASE_LOST = "lease expired (worker lost)"
 _KEEP: Any = object()                # set_job_paths: leave this column as it is
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout)
+_PG_RETRY = frozenset({"40001", "40P01", "55P03"})
+_PG_INGEST_LOCK = 7262002            # pg_advisory_xact_lock key (migrations.py uses 7262001)
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,13 @@ def backoff_s(attempts: int, rng: random.Random | None = None) -> float:
 # -- engine -------------------------------------------------------------------------------------
 def _make_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")   # not SQLAlchemy's psycopg2 default
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True)
+        # lock_timeout plays busy_timeout's part: a wait past it is retried like SQLITE_BUSY
+        options = f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
+        return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
+                             connect_args={"options": options.strip()})
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("the ledger needs a SQLite file, not an in-memory database")
     Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +149,9 @@ def _make_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
 
 
 def _is_busy(exc: OperationalError) -> bool:
+    """A transient lock conflict: retry the whole transaction."""
+    if getattr(exc.orig, "sqlstate", None) in _PG_RETRY:
+        return True
     code = getattr(exc.orig, "sqlite_errorcode", None)
     if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return True
@@ -160,7 +176,8 @@ def _transition_job(conn: Connection, job_id: int, dst: JobState, now: datetime,
     """Move one job to `dst` (from its current state, which must be in `src` when given) with a
     conditional UPDATE, set `values` and append an event. Raises TransitionError when the table
     forbids it, the job is not in `src`, or the row moved on meanwhile. Returns the old state."""
-    current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+    current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)
+                           .with_for_update(key_share=True)).scalar_one_or_none()
     if current is None:
         raise TransitionError(f"job {job_id} does not exist")
     current = JobState(current)
@@ -197,7 +214,8 @@ def _transition_page(conn: Connection, src: PageState, dst: PageState, now: date
 
 def _fail_job(conn: Connection, job_id: int, error: str, now: datetime) -> bool:
     """queued/running -> failed, with the job's unfinished pages; False if it was neither."""
-    state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+    state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)
+                         .with_for_update(key_share=True)).scalar_one_or_none()
     if state not in (JobState.QUEUED, JobState.RUNNING):
         return False
     _transition_job(conn, job_id, JobState.FAILED, now, detail=error, error=error,
@@ -296,12 +314,16 @@ class Ledger:
         for attempt in itertools.count():
             try:
                 with self._engine.connect() as conn:
-                    if read:
+                    if read and self._sqlite:
                         conn.execution_options(ledger_read=True)
+                    elif read:
+                        # one snapshot for the whole read, as SQLite's deferred transaction has
+                        conn.execution_options(isolation_level="REPEATABLE READ",
+                                               postgresql_readonly=True)
                     with conn.begin():
                         return fn(conn)
             except OperationalError as exc:
-                if not (self._sqlite and _is_busy(exc)) or time.monotonic() >= deadline:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
@@ -338,6 +360,7 @@ class Ledger:
                       size_bytes=size_bytes, priority=priority, created_at=stamp, updated_at=stamp)
 
         def tx(conn: Connection) -> AddResult:
+            self._lock_ingest(conn)
             existing = self._by_spool_path(conn, spool_path)
             if existing is not None:
                 return AddResult(existing["id"], JobState(existing["state"]), existing["duplicate_of"])
@@ -363,6 +386,12 @@ class Ledger:
 
         return self._write(tx)
 
+    def _lock_ingest(self, conn: Connection) -> None:
+        """PostgreSQL: one ingest at a time across hosts, so the spool_path and sha256 look-ups
+        that decide an insert stay true until it commits (SQLite: BEGIN IMMEDIATE did this)."""
+        if not self._sqlite:
+            conn.execute(select(func.pg_advisory_xact_lock(_PG_INGEST_LOCK)))
+
     @staticmethod
     def _insert_pages(conn: Connection, job_id: int, pages_total: int, priority: int) -> None:
         conn.execute(insert(pages), [dict(job_id=job_id, page_no=n, state=PageState.QUEUED,
@@ -383,6 +412,7 @@ class Ledger:
         stamp = to_text(now)
 
         def tx(conn: Connection) -> int:
+            self._lock_ingest(conn)
             existing = self._by_spool_path(conn, spool_path)
             if existing is not None:
                 return existing["id"]
@@ -478,7 +508,8 @@ class Ledger:
         now = utc_now(now)
 
         def tx(conn: Connection) -> list[int]:
-            query = select(jobs.c.id).where(jobs.c.state == JobState.FAILED).order_by(jobs.c.id)
+            query = (select(jobs.c.id).where(jobs.c.state == JobState.FAILED).order_by(jobs.c.id)
+                     .with_for_update(key_share=True))
             if job_ids is not None:
                 query = query.where(jobs.c.id.in_(list(job_ids)))
             picked = list(conn.execute(query).scalars())
@@ -510,7 +541,8 @@ class Ledger:
         now = utc_now(now)
 
         def tx(conn: Connection) -> bool:
-            row = conn.execute(select(jobs.c.state, jobs.c.priority).where(jobs.c.id == job_id)).first()
+            row = conn.execute(select(jobs.c.state, jobs.c.priority).where(jobs.c.id == job_id)
+                               .with_for_update(key_share=True)).first()
             has_pages = conn.execute(select(pages.c.id).where(pages.c.job_id == job_id)
                                      .limit(1)).first() is not None
             if row is None or row.state != JobState.FAILED or has_pages:
@@ -554,8 +586,11 @@ class Ledger:
                 .order_by(pages.c.priority.desc(), pages.c.job_id, pages.c.page_no)
                 .limit(n))
         if not self._sqlite:
-            # SQLite needs nothing more: BEGIN IMMEDIATE already made this the only writer
-            pick = pick.with_for_update(skip_locked=True)
+            # SQLite needs nothing more: BEGIN IMMEDIATE already made this the only writer.
+            # Concurrent claimers skip each other's rows instead of queueing on them; a
+            # MATERIALIZED CTE runs the locking pick once (an IN (subquery) may be re-run).
+            pick = select(pick.with_for_update(key_share=True, skip_locked=True).cte("picked")
+                          .prefix_with("MATERIALIZED").c.id)
 
         def tx(conn: Connection) -> list[ClaimedPage]:
             claimed = _transition_page(
@@ -566,21 +601,16 @@ class Ledger:
             if not claimed:
                 return []
             job_ids = sorted({r.job_id for r in claimed})
+            # locked in id order: a concurrent claim of another page of a job waits here and
+            # then reads it running
             info = {r.id: r for r in conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.pages_total, jobs.c.inbox,
-                       jobs.c.source_path, jobs.c.spool_path).where(jobs.c.id.in_(job_ids)))}
+                       jobs.c.source_path, jobs.c.spool_path).where(jobs.c.id.in_(job_ids))
+                .order_by(jobs.c.id).with_for_update(key_share=True))}
             for job_id in job_ids:
-                if info[job_id].state != JobState.QUEUED:
-                    continue
-                try:
+                if info[job_id].state == JobState.QUEUED:
                     _transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
                                     detail=f"first page claimed by worker {worker_id}")
-                except TransitionError:
-                    # PostgreSQL (read committed): a concurrent claim of another of its pages
-                    # moved it first; SQLite never gets here (BEGIN IMMEDIATE serialises claims)
-                    if self._sqlite or conn.execute(select(jobs.c.state).where(
-                            jobs.c.id == job_id)).scalar_one() != JobState.RUNNING:
-                        raise
             claimed = sorted(claimed, key=lambda r: (r.job_id, r.page_no))
             conn.execute(update(workers).where(workers.c.id == worker_id).values(
                 current_page=",".join(f"{r.job_id}:{r.page_no}" for r in claimed)))
@@ -653,7 +683,8 @@ class Ledger:
         def tx(conn: Connection) -> PageOutcome:
             where = _page_key(job_id, page_no)
             page = conn.execute(select(pages.c.state, pages.c.attempts, pages.c.lease_owner,
-                                       pages.c.run_after).where(where)).first()
+                                       pages.c.run_after).where(where)
+                                .with_for_update(key_share=True)).first()
             if page is None:
                 raise TransitionError(f"page {job_id}:{page_no} does not exist")
             if page.state != PageState.RUNNING or worker_id not in (None, page.lease_owner):
@@ -752,8 +783,9 @@ class Ledger:
                                           pages_done=pages_done)
             if state is not None:
                 values["state"] = state
-            conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+            # pages before workers, the order complete_page locks them in (PostgreSQL deadlocks)
             self._renew(conn, worker_id, lease_s, now)
+            conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
             conn.execute(delete(heartbeats).where(heartbeats.c.at < to_text(now - HEARTBEAT_RETENTION)))
 
         self._write(tx)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
-from ledger_testkit import add, raw
+from ledger_testkit import Db, add
 from sqlalchemy import Connection, text
 
 from ocrd.ledger.migrations import MIGRATIONS, Migration, SchemaTooNew
@@ -14,33 +15,27 @@ from ocrd.ledger.store import Ledger
 TABLES = {"jobs", "pages", "workers", "heartbeats", "events", "schema_version", "meta"}
 
 
-def _fingerprint(db_path: str) -> tuple:
-    return (raw(db_path, "PRAGMA schema_version"),                  # bumps on any schema change
-            raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name"),
-            raw(db_path, "SELECT * FROM schema_version ORDER BY version"))
-
-
-def test_new_file_gets_every_table_and_one_row_per_migration(ledger: Ledger, db_path: str) -> None:
-    names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert TABLES <= names
-    rows = raw(db_path, "SELECT version, description FROM schema_version ORDER BY version")
+def test_new_file_gets_every_table_and_one_row_per_migration(ledger: Ledger, db: Db) -> None:
+    assert TABLES <= db.tables()
+    rows = db.raw("SELECT version, description FROM schema_version ORDER BY version")
     assert rows == [(m.version, m.description) for m in MIGRATIONS]
-    indexes = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"ix_pages_claim", "ix_pages_finished_at", "ix_jobs_state", "ix_jobs_sha256",
-            "ix_jobs_spool_path", "ix_heartbeats_worker_at"} <= indexes
+            "ix_jobs_spool_path", "ix_heartbeats_worker_at"} <= db.indexes()
 
 
-def test_reopening_an_up_to_date_file_changes_nothing(ledger: Ledger, db_url: str, db_path: str) -> None:
+def test_reopening_an_up_to_date_file_changes_nothing(ledger: Ledger, db_url: str, db: Db) -> None:
     add(ledger)
     ledger.close()                                       # the last close checkpoints the WAL away
-    before, file_bytes = _fingerprint(db_path), Path(db_path).read_bytes()
+    file_bytes = Path(db.path).read_bytes() if db.path else None
+    before = db.fingerprint()
     for _ in range(2):
         Ledger(db_url).close()
-    assert _fingerprint(db_path) == before
-    assert Path(db_path).read_bytes() == file_bytes
+    assert db.fingerprint() == before
+    if db.path:                                          # SQLite: not one byte was written
+        assert Path(db.path).read_bytes() == file_bytes
 
 
-def test_a_new_migration_applies_once_and_is_recorded(db_url: str, db_path: str) -> None:
+def test_a_new_migration_applies_once_and_is_recorded(db_url: str, db: Db) -> None:
     Ledger(db_url).close()
     calls: list[int] = []
 
@@ -52,15 +47,15 @@ def test_a_new_migration_applies_once_and_is_recorded(db_url: str, db_path: str)
     for _ in range(2):
         Ledger(db_url, migrations=newer).close()
     assert calls == [1]
-    assert [v for (v,) in raw(db_path, "SELECT version FROM schema_version")] == [m.version for m in newer]
-    assert "note" in {r[1] for r in raw(db_path, "PRAGMA table_info(jobs)")}
+    assert [v for (v,) in db.raw("SELECT version FROM schema_version")] == [m.version for m in newer]
+    assert "note" in db.columns("jobs")
     with pytest.raises(SchemaTooNew):
         Ledger(db_url)                                   # this ocrd is older than the file
 
 
-def test_a_failing_migration_leaves_no_trace(db_url: str, db_path: str) -> None:
+def test_a_failing_migration_leaves_no_trace(db_url: str, db: Db) -> None:
     Ledger(db_url).close()
-    before = _fingerprint(db_path)
+    before = db.fingerprint()
 
     def half_done(conn: Connection) -> None:
         conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
@@ -69,4 +64,24 @@ def test_a_failing_migration_leaves_no_trace(db_url: str, db_path: str) -> None:
     bad = MIGRATIONS + (Migration(len(MIGRATIONS) + 1, "broken", half_done),)
     with pytest.raises(RuntimeError, match="migration bug"):
         Ledger(db_url, migrations=bad)
-    assert _fingerprint(db_path) == before               # no table, no version row
+    assert db.fingerprint() == before                    # no table, no version row
+    assert "scratch" not in db.tables()
+
+
+def test_several_openers_of_a_new_database_migrate_it_once(db_url: str, db: Db) -> None:
+    start, errors = threading.Barrier(4), []
+
+    def open_it() -> None:
+        try:
+            start.wait(10)
+            Ledger(db_url).close()
+        except Exception as exc:  # noqa: BLE001 -- asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert db.raw("SELECT version FROM schema_version") == [(m.version,) for m in MIGRATIONS]

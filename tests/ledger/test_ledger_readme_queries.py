@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ledger_testkit import add, raw
+import pytest
+from ledger_testkit import Db, add
 
 from ocrd.ledger.store import Ledger
+
+pytestmark = pytest.mark.sqlite_only        # the README gives sqlite3 queries
 
 WHAT_FAILED = """
 SELECT id, source_path, finished_at, error FROM jobs
@@ -30,7 +33,7 @@ GROUP BY w.id ORDER BY silent_s DESC;
 """
 
 
-def test_readme_queries(ledger: Ledger, db_path: str) -> None:
+def test_readme_queries(ledger: Ledger, db: Db) -> None:
     now = datetime.now(UTC)
     bad, good = add(ledger, "bad", 1, now=now), add(ledger, "good", 3, now=now)
     ledger.register_worker("fresh", host="h", pid=11, backend="cpu", device_name="cpu", now=now)
@@ -43,10 +46,10 @@ def test_readme_queries(ledger: Ledger, db_path: str) -> None:
         ledger.complete_page(good, page.page_no, "fresh", text="x", now=now)
     ledger.claim_pages("stuck", now=now - timedelta(minutes=29))
 
-    assert raw(db_path, WHAT_FAILED) == [(bad, "/in/bad.pdf", ledger.job(bad)["finished_at"],
-                                          "page 1: image too small")]
-    [(hour, n)] = raw(db_path, PAGES_PER_HOUR_TODAY)
+    assert db.raw(WHAT_FAILED) == [(bad, "/in/bad.pdf", ledger.job(bad)["finished_at"],
+                                    "page 1: image too small")]
+    [(hour, n)] = db.raw(PAGES_PER_HOUR_TODAY)
     assert n == 2 and hour == now.astimezone().strftime("%H:00")
-    stuck, fresh = raw(db_path, STUCK_WORKERS)
+    stuck, fresh = db.raw(STUCK_WORKERS)
     assert (stuck[0], stuck[3], fresh[0]) == ("stuck", f"{good}:3", "fresh")
     assert 1790 <= stuck[4] <= 1900 and stuck[5] is not None and fresh[5] is None

@@ -1,13 +1,15 @@
-"""The Ledger API on real SQLite files: jobs, pages, leases, retries, workers, queries."""
+"""The Ledger API on real databases (SQLite and PostgreSQL): jobs, pages, leases, retries,
+workers, queries, and each engine's own locking."""
 
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 from datetime import timedelta
 
 import pytest
 from helpers import wait_for
-from ledger_testkit import T0, add, raw
+from ledger_testkit import T0, Db, add
 from sqlalchemy import event
 
 from ocrd.ledger.states import JobState, PageState, TransitionError
@@ -38,13 +40,13 @@ def test_add_job_inserts_job_pages_and_event(ledger: Ledger) -> None:
         add(ledger, "empty", 0)
 
 
-def test_add_job_is_idempotent_on_spool_path(ledger: Ledger, db_path: str) -> None:
+def test_add_job_is_idempotent_on_spool_path(ledger: Ledger, db: Db) -> None:
     first = ledger.add_job(inbox="/in", source_path="/in/a.pdf", spool_path="/spool/a.pdf",
                            sha256="s1", size_bytes=1, pages_total=2)
     again = ledger.add_job(inbox="/in", source_path="/in/a.pdf", spool_path="/spool/a.pdf",
                            sha256="other", size_bytes=1, pages_total=5)
     assert again == first
-    assert raw(db_path, "SELECT COUNT(*) FROM pages") == [(2,)]
+    assert db.raw("SELECT COUNT(*) FROM pages") == [(2,)]
     failed = ledger.add_failed_job(inbox="/in", source_path="/in/b.txt", spool_path="/failed/b.txt",
                                    sha256="s2", size_bytes=1, error="unsupported file type")
     assert ledger.add_failed_job(inbox="/in", source_path="/in/b.txt", spool_path="/failed/b.txt",
@@ -56,9 +58,9 @@ def test_add_job_is_idempotent_on_spool_path(ledger: Ledger, db_path: str) -> No
 
 
 @pytest.mark.parametrize("original_state", ["queued", "running", "done", "failed", "duplicate"])
-def test_duplicate_rule(ledger: Ledger, db_path: str, original_state: str) -> None:
+def test_duplicate_rule(ledger: Ledger, db: Db, original_state: str) -> None:
     original = add(ledger, "a", 2, sha="same")
-    raw(db_path, "UPDATE jobs SET state = ? WHERE id = ?", (original_state, original))
+    db.raw("UPDATE jobs SET state = ? WHERE id = ?", (original_state, original))
     result = ledger.add_job(inbox="/in", source_path="/in/b.pdf", spool_path="/spool/b.pdf",
                             sha256="same", size_bytes=1, pages_total=2)
     if original_state in ("queued", "running", "done"):
@@ -70,6 +72,31 @@ def test_duplicate_rule(ledger: Ledger, db_path: str, original_state: str) -> No
     processed = ledger.add_job(inbox="/in", source_path="/in/c.pdf", spool_path="/spool/c.pdf",
                                sha256="same", size_bytes=1, pages_total=2, on_duplicate="process")
     assert processed.state == JobState.QUEUED
+
+
+def test_concurrent_ingests_of_one_file_make_one_job_and_one_duplicate(db_url: str, db: Db) -> None:
+    # several hosts' ingests at once: the look-ups that decide an insert must hold until it commits
+    start, results, errors = threading.Barrier(6), [], []
+
+    def ingest(i: int) -> None:
+        try:
+            with Ledger(db_url) as mine:
+                start.wait(10)
+                results.append(mine.add_job(inbox="/in", source_path="/in/a.pdf",
+                                            spool_path=f"/spool/{i % 2}.pdf", sha256="same",
+                                            size_bytes=1, pages_total=2))
+        except Exception as exc:  # noqa: BLE001 -- asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(db.raw("SELECT state, duplicate_of IS NULL FROM jobs")) == [("duplicate", False), ("queued", True)]
+    assert db.raw("SELECT COUNT(*) FROM pages") == [(2,)]
+    assert len({r.job_id for r in results}) == 2
 
 
 def test_set_job_paths_keeps_omitted_and_clears_explicit_none(ledger: Ledger) -> None:
@@ -176,10 +203,10 @@ def test_page_texts_refuses_an_unfinished_job(ledger: Ledger) -> None:
 
 # -- failures, backoff, retry ---------------------------------------------------------------------
 @pytest.mark.parametrize(("attempts", "base_s"), [(1, 20), (2, 40), (5, 320), (6, 600), (9, 600)])
-def test_backoff_bounds(ledger: Ledger, db_path: str, attempts: int, base_s: float) -> None:
+def test_backoff_bounds(ledger: Ledger, db: Db, attempts: int, base_s: float) -> None:
     job_id = add(ledger, "a", 1)
     ledger.claim_pages("w", now=T0)
-    raw(db_path, "UPDATE pages SET attempts = ?", (attempts,))
+    db.raw("UPDATE pages SET attempts = ?", (attempts,))
     outcome = ledger.fail_page(job_id, 1, "w", "engine hiccup", max_attempts=10, now=T0)
     assert (outcome.state, outcome.job_failed) == (PageState.QUEUED, False)
     assert T0 + 0.8 * base_s * S <= outcome.run_after <= T0 + 1.2 * base_s * S
@@ -248,6 +275,29 @@ def test_retry_requeues_only_failed_pages(ledger: Ledger) -> None:
     assert ledger.completed_jobs_not_done() == [job_id, untouched]
 
 
+def test_concurrent_retries_requeue_each_job_once(ledger: Ledger, db_url: str) -> None:
+    ids = [add(ledger, f"d{i}", 2) for i in range(5)]
+    for job_id in ids:
+        ledger.fail_job(job_id, "broken")
+    start, picked, errors = threading.Barrier(4), [], []
+
+    def retry() -> None:
+        try:
+            with Ledger(db_url) as mine:
+                start.wait(10)
+                picked.extend(mine.retry_jobs())
+        except Exception as exc:  # noqa: BLE001 -- asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=retry) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and sorted(picked) == ids
+    assert {ledger.job(j)["attempts"] for j in ids} == {2}
+
+
 def test_reopen_job_after_a_fixed_ingest(ledger: Ledger) -> None:
     failed = ledger.add_failed_job(inbox="/in", source_path="/in/x.pdf", spool_path="/failed/x.pdf",
                                    sha256="old", size_bytes=1, error="locked pdf")
@@ -282,7 +332,7 @@ def _beat(ledger: Ledger, worker: str, now, **kw) -> None:
     ledger.record_heartbeat(worker, **{**args, **kw}, now=now)
 
 
-def test_heartbeat_updates_worker_renews_leases_and_keeps_24h(ledger: Ledger, db_path: str) -> None:
+def test_heartbeat_updates_worker_renews_leases_and_keeps_24h(ledger: Ledger, db: Db) -> None:
     job_id = add(ledger, "a", 1)
     ledger.register_worker("w", host="h", pid=7, backend="cpu", device_name="cpu", now=T0)
     ledger.claim_pages("w", lease_s=60, now=T0)
@@ -292,10 +342,10 @@ def test_heartbeat_updates_worker_renews_leases_and_keeps_24h(ledger: Ledger, db
     assert (w["state"], w["current_page"], w["pages_done"], w["heartbeat_age_s"]) == ("busy", f"{job_id}:1", 4, 10.0)
     for hours in (1, 23, 25):
         _beat(ledger, "w", T0 + timedelta(hours=hours))
-    kept = [from_text(a) for (a,) in raw(db_path, "SELECT at FROM heartbeats ORDER BY at")]
+    kept = [from_text(a) for (a,) in db.raw("SELECT at FROM heartbeats ORDER BY at")]
     assert kept == [T0 + timedelta(hours=h) for h in (1, 23, 25)]
     _beat(ledger, "w", T0 + timedelta(hours=26))
-    assert len(raw(db_path, "SELECT at FROM heartbeats")) == 3
+    assert len(db.raw("SELECT at FROM heartbeats")) == 3
 
 
 def test_workers_status_shape_and_liveness(ledger: Ledger) -> None:
@@ -379,13 +429,33 @@ def test_meta_and_events(ledger: Ledger) -> None:
     assert ledger.show_job(job_id)["events"][-1]["kind"] == "outbox_written"
 
 
-def test_times_are_utc_iso_text_sqlite_can_read(ledger: Ledger, db_path: str) -> None:
+# a user's query reads the stored text as a time
+_SAME_MOMENT = {
+    "sqlite": "julianday(created_at) = julianday('2025-03-01 12:00:00')",
+    "postgresql": "created_at::timestamptz = '2025-03-01 12:00:00+00'",
+}
+
+
+def test_times_are_utc_iso_text_the_engine_can_read(ledger: Ledger, db: Db) -> None:
     add(ledger, now=T0)
-    assert raw(db_path, "SELECT created_at, julianday(created_at) = julianday('2025-03-01 12:00:00') FROM jobs") == \
-        [("2025-03-01T12:00:00.000000Z", 1)]
+    assert db.raw(f"SELECT created_at, {_SAME_MOMENT[db.dialect]} FROM jobs") == \
+        [("2025-03-01T12:00:00.000000Z", True)]
+
+
+def test_byte_counts_past_32_bits(ledger: Ledger) -> None:
+    big = 48 * 2**30                                   # a 48 GB unified-memory Mac
+    job_id = ledger.add_job(inbox="/in", source_path="/in/huge.pdf", spool_path="/spool/huge.pdf",
+                            sha256="h", size_bytes=5 * 2**30, pages_total=1).job_id
+    ledger.register_worker("w", host="h", pid=1, backend="metal", device_name="M4", now=T0)
+    _beat(ledger, "w", T0, active_memory_bytes=big, peak_memory_bytes=big, cache_memory_bytes=big,
+          memory_limit_bytes=big)
+    [w] = ledger.workers_status(now=T0)
+    assert (w["active_memory_bytes"], w["memory_limit_bytes"]) == (big, big)
+    assert ledger.job(job_id)["size_bytes"] == 5 * 2**30
 
 
 # -- engine behaviour -------------------------------------------------------------------------------
+@pytest.mark.sqlite_only
 def test_connection_pragmas(ledger: Ledger) -> None:
     with ledger._engine.connect() as conn:
         get = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
@@ -393,41 +463,33 @@ def test_connection_pragmas(ledger: Ledger) -> None:
         assert get("busy_timeout") >= 30000
 
 
-def test_write_waits_for_the_lock_and_retries_past_busy_timeout(db_url: str, db_path: str) -> None:
-    import sqlite3
+_BUSY = {"sqlite": "database is locked", "postgresql": "lock timeout"}
 
-    ledger = Ledger(db_url, busy_timeout_ms=20)
+
+def test_write_waits_for_the_lock_and_retries_past_busy_timeout(db_url: str, db: Db) -> None:
+    ledger = Ledger(db_url, busy_timeout_ms=20)    # PostgreSQL: lock_timeout = 20 ms
     busy_errors: list[str] = []
     event.listen(ledger._engine, "handle_error", lambda ctx: busy_errors.append(str(ctx.original_exception)))
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")              # another process holds the write lock
     outcome: list[object] = []
     writer = threading.Thread(target=lambda: outcome.append(ledger.set_meta("k", "v") or "ok"))
     try:
-        writer.start()
-        wait_for(lambda: len(busy_errors) >= 2, timeout=20, message="the writer to hit SQLITE_BUSY twice")
-        assert outcome == [] and all("locked" in e for e in busy_errors)
-        holder.execute("COMMIT")
+        with db.hold_writes() as holder:           # another process holds the write lock
+            writer.start()
+            wait_for(lambda: len(busy_errors) >= 2, timeout=20, message="the writer to time out twice")
+            assert outcome == [] and all(_BUSY[db.dialect] in e for e in busy_errors)
+            holder.execute("COMMIT")
         writer.join(20)
         assert outcome == ["ok"] and ledger.get_meta("k") == "v"
     finally:
-        holder.close()
         writer.join(20)
         ledger.close()
 
 
-def test_reads_do_not_wait_for_a_writer(ledger: Ledger, db_path: str) -> None:
-    import sqlite3
-
+def test_reads_do_not_wait_for_a_writer(ledger: Ledger, db: Db) -> None:
     add(ledger)
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
+    with db.hold_writes() as holder:
         holder.execute("UPDATE jobs SET state = 'running'")
-        assert ledger.counts()["jobs"]["queued"] == 1     # deferred read sees the last commit
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        assert ledger.counts()["jobs"]["queued"] == 1     # the read sees the last commit
 
 
 def test_two_threads_share_one_ledger(ledger: Ledger) -> None:
@@ -469,11 +531,12 @@ def test_retried_job_with_every_page_done_can_still_finish(ledger: Ledger) -> No
     assert kinds[-3:] == ["job_queued", "job_running", "job_done"]
 
 
-def test_writes_take_the_write_lock_at_begin_and_reads_do_not(ledger: Ledger, db_path: str) -> None:
+@pytest.mark.sqlite_only
+def test_writes_take_the_write_lock_at_begin_and_reads_do_not(ledger: Ledger, db: Db) -> None:
     import sqlite3
 
     def other_writer_can_begin() -> bool:
-        other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        other = sqlite3.connect(db.path, timeout=0, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
             other.execute("ROLLBACK")
@@ -487,3 +550,36 @@ def test_writes_take_the_write_lock_at_begin_and_reads_do_not(ledger: Ledger, db
     # nothing written yet inside either transaction: only BEGIN IMMEDIATE can hold the lock
     assert ledger._write(lambda conn: other_writer_can_begin()) is False
     assert ledger._read(lambda conn: other_writer_can_begin()) is True
+
+
+# -- PostgreSQL's own machinery ---------------------------------------------------------------------
+@pytest.mark.postgresql_only
+def test_postgresql_sessions(ledger: Ledger, db: Db) -> None:
+    def show(conn) -> tuple:
+        return tuple(conn.exec_driver_sql(f"SHOW {name}").scalar()
+                     for name in ("transaction_isolation", "transaction_read_only", "lock_timeout"))
+
+    # reads: one snapshot for the whole transaction (status() agrees with itself), and read-only
+    for _ in range(2):                       # the pooled connection is reset after each read
+        assert ledger._write(show) == ("read committed", "off", "30s")
+        assert ledger._read(show) == ("repeatable read", "on", "30s")
+    # a bare postgresql:// would mean SQLAlchemy's psycopg2 driver, which ocrd does not install;
+    # the user's own session options are kept next to lock_timeout
+    url = db.url.replace("postgresql+psycopg://", "postgresql://") + "&options=-c%20work_mem%3D8MB"
+    with Ledger(url, busy_timeout_ms=5000) as other:
+        assert other._read(lambda c: (c.exec_driver_sql("SHOW work_mem").scalar(),
+                                      c.exec_driver_sql("SHOW lock_timeout").scalar())) == ("8MB", "5s")
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.timeout(30)
+def test_a_claim_skips_pages_another_claim_holds(ledger: Ledger, db: Db) -> None:
+    job_id = add(ledger, "a", 3)
+    with closing(db.connect()) as other:
+        other.execute("BEGIN")
+        other.execute("SELECT id FROM pages WHERE page_no = 1 FOR UPDATE")   # a claim in flight
+        # without SKIP LOCKED this would wait on page 1 (30 s lock_timeout, then retries)
+        got = ledger.claim_pages("w", n=2, now=T0)
+        assert [(p.job_id, p.page_no) for p in got] == [(job_id, 2), (job_id, 3)]
+        other.execute("ROLLBACK")
+    assert [p.page_no for p in ledger.claim_pages("v", n=3, now=T0)] == [1]

@@ -1,11 +1,11 @@
-"""The allowed-transitions tables are enforced by the one writer of state, on a real file."""
+"""The allowed-transitions tables are enforced by the one writer of state, on both backends."""
 
 from __future__ import annotations
 
 import itertools
 
 import pytest
-from ledger_testkit import T0, add, raw
+from ledger_testkit import T0, Db, add
 from sqlalchemy import insert
 
 from ocrd.ledger.schema import events
@@ -16,75 +16,75 @@ JOB_PAIRS = list(itertools.product(JobState, JobState))
 PAGE_PAIRS = list(itertools.product(PageState, PageState))
 
 
-def _job_row(db_path: str, job_id: int) -> tuple:
-    return raw(db_path, "SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
+def _job_row(db: Db, job_id: int) -> tuple:
+    return db.raw("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
 
 
-def _page_row(db_path: str, job_id: int, page_no: int) -> tuple:
-    return raw(db_path, "SELECT * FROM pages WHERE job_id = ? AND page_no = ?", (job_id, page_no))[0]
+def _page_row(db: Db, job_id: int, page_no: int) -> tuple:
+    return db.raw("SELECT * FROM pages WHERE job_id = ? AND page_no = ?", (job_id, page_no))[0]
 
 
-def _n_events(db_path: str) -> int:
-    return raw(db_path, "SELECT COUNT(*) FROM events")[0][0]
+def _n_events(db: Db) -> int:
+    return db.raw("SELECT COUNT(*) FROM events")[0][0]
 
 
 @pytest.mark.parametrize(("src", "dst"), JOB_PAIRS, ids=[f"{a}->{b}" for a, b in JOB_PAIRS])
-def test_job_transition_table(ledger: Ledger, db_path: str, src: JobState, dst: JobState) -> None:
+def test_job_transition_table(ledger: Ledger, db: Db, src: JobState, dst: JobState) -> None:
     job_id = add(ledger)
-    raw(db_path, "UPDATE jobs SET state = ? WHERE id = ?", (src.value, job_id))   # seam: any start
-    before, n_events = _job_row(db_path, job_id), _n_events(db_path)
+    db.raw("UPDATE jobs SET state = ? WHERE id = ?", (src.value, job_id))   # seam: any start
+    before, n_events = _job_row(db, job_id), _n_events(db)
     move = lambda conn: _transition_job(conn, job_id, dst, T0, detail="test")  # noqa: E731
     if dst in JOB_TRANSITIONS[src]:
         assert ledger._write(move) == src
         assert ledger.job(job_id)["state"] == dst
-        kinds = raw(db_path, "SELECT kind, detail FROM events ORDER BY id DESC LIMIT 1")
+        kinds = db.raw("SELECT kind, detail FROM events ORDER BY id DESC LIMIT 1")
         assert kinds == [(f"job_{dst}", f"{src} -> {dst}: test")]
     else:
         with pytest.raises(TransitionError):
             ledger._write(move)
-        assert _job_row(db_path, job_id) == before
-        assert _n_events(db_path) == n_events
+        assert _job_row(db, job_id) == before
+        assert _n_events(db) == n_events
 
 
 @pytest.mark.parametrize(("src", "dst"), PAGE_PAIRS, ids=[f"{a}->{b}" for a, b in PAGE_PAIRS])
-def test_page_transition_table(ledger: Ledger, db_path: str, src: PageState, dst: PageState) -> None:
+def test_page_transition_table(ledger: Ledger, db: Db, src: PageState, dst: PageState) -> None:
     job_id = add(ledger)
-    raw(db_path, "UPDATE pages SET state = ? WHERE job_id = ? AND page_no = 2", (src.value, job_id))
-    before, n_events = _page_row(db_path, job_id, 2), _n_events(db_path)
+    db.raw("UPDATE pages SET state = ? WHERE job_id = ? AND page_no = 2", (src.value, job_id))
+    before, n_events = _page_row(db, job_id, 2), _n_events(db)
     move = lambda conn: _transition_page(conn, src, dst, T0, where=_page_key(job_id, 2),  # noqa: E731
                                          one=True, values={"error": "x"})
     if dst in PAGE_TRANSITIONS[src]:
         assert [(r.job_id, r.page_no) for r in ledger._write(move)] == [(job_id, 2)]
-        assert raw(db_path, "SELECT state, error FROM pages WHERE job_id = ? AND page_no = 2",
+        assert db.raw("SELECT state, error FROM pages WHERE job_id = ? AND page_no = 2",
                    (job_id,)) == [(dst.value, "x")]
-        assert _n_events(db_path) == n_events + 1
+        assert _n_events(db) == n_events + 1
     else:
         with pytest.raises(TransitionError):
             ledger._write(move)
-        assert _page_row(db_path, job_id, 2) == before
-        assert _n_events(db_path) == n_events
+        assert _page_row(db, job_id, 2) == before
+        assert _n_events(db) == n_events
 
 
-def test_job_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db_path: str) -> None:
+def test_job_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db: Db) -> None:
     job_id = add(ledger)                                  # queued; caller believes it is running
-    before = _job_row(db_path, job_id)
+    before = _job_row(db, job_id)
     with pytest.raises(TransitionError, match="is queued"):
         ledger._write(lambda c: _transition_job(c, job_id, JobState.DONE, T0, src={JobState.RUNNING}))
-    assert _job_row(db_path, job_id) == before
+    assert _job_row(db, job_id) == before
 
 
-def test_page_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db_path: str) -> None:
+def test_page_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db: Db) -> None:
     job_id = add(ledger)                                  # page 1 is queued, not running
-    before = _page_row(db_path, job_id, 1)
+    before = _page_row(db, job_id, 1)
     with pytest.raises(TransitionError, match="lost a race"):
         ledger._write(lambda c: _transition_page(c, PageState.RUNNING, PageState.DONE, T0,
                                                  where=_page_key(job_id, 1), one=True))
-    assert _page_row(db_path, job_id, 1) == before
+    assert _page_row(db, job_id, 1) == before
 
 
-def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, db_path: str) -> None:
+def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, db: Db) -> None:
     job_id = add(ledger)
-    n_events = _n_events(db_path)
+    n_events = _n_events(db)
 
     def tx(conn):
         conn.execute(insert(events).values(job_id=job_id, at="x", kind="note", detail="written first"))
@@ -92,7 +92,7 @@ def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, d
 
     with pytest.raises(TransitionError):
         ledger._write(tx)
-    assert _n_events(db_path) == n_events
+    assert _n_events(db) == n_events
     assert ledger.job(job_id)["state"] == JobState.QUEUED
 
 
