@@ -132,10 +132,14 @@ def test_real_world_files_end_in_archive_or_failed(make_daemon) -> None:
     samples.write_pdf(moved / "sub" / "two.pdf", 2)
 
     # Drop: top-level entries renamed in (what `mv` and Finder do), a whole folder moved in last.
+    gray = (stage / "gray.png").read_bytes()
     for entry in sorted(stage.iterdir()):
         os.rename(entry, d.inbox / entry.name)
     os.rename(moved, d.inbox / "moved folder")
-    (d.inbox / DUPLICATE).write_bytes((d.inbox / "gray.png").read_bytes())
+    # The copy comes once the original is a job, so which of the two is the duplicate is fixed.
+    wait_for(lambda: d.query("SELECT id FROM jobs WHERE source_path LIKE '%/gray.png'"), 60, 0.05,
+             "gray.png queued")
+    (d.inbox / DUPLICATE).write_bytes(gray)
     samples.write_image(outside / "secret.png", "PNG", n=42)
     os.symlink(outside / "secret.png", d.inbox / "link out.png")
     os.symlink(outside, d.inbox / "link dir")
