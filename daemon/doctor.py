@@ -79,7 +79,7 @@ def folder_fix(exc: OSError, folder: Path, platform: str) -> str:
     # TCC denials come back as EPERM ("Operation not permitted"); EACCES is plain Unix permissions,
     # unless the folder is one TCC guards.
     if denied and platform == "darwin" and (exc.errno == errno.EPERM or _mac_protected(folder)):
-        return (f"give Full Disk Access to {sys.executable} (System Settings > Privacy & Security > "
+        return (f"give Full Disk Access to {os.path.realpath(sys.executable)} (System Settings > Privacy & Security > "
                 "Full Disk Access), or move the folder out of ~/Documents, ~/Desktop, ~/Downloads "
                 "and iCloud Drive")
     if denied:

@@ -88,7 +88,7 @@ def refusal(inbox: InboxConfig, path: Path) -> str | None:
 def permission_fix(path: Path) -> str:
     """One line telling a person how to let the daemon read `path`."""
     if sys.platform == "darwin":
-        return (f"grant Full Disk Access to {sys.executable} in System Settings > Privacy & Security, "
+        return (f"grant Full Disk Access to {os.path.realpath(sys.executable)} in System Settings > Privacy & Security, "
                 "or move the inbox out of ~/Documents, ~/Desktop, ~/Downloads, iCloud Drive")
     return f"give the daemon's user read and write access to {path} (check `ls -ld {path.parent}`)"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_existing_writable_folder(tmp_path: Path):
 def test_macos_privacy_denial_names_full_disk_access():
     fix = folder_fix(PermissionError(errno.EPERM, "Operation not permitted"),
                      Path.home() / "Documents" / "inbox", "darwin")
-    assert "Full Disk Access" in fix and sys.executable in fix
+    assert "Full Disk Access" in fix and os.path.realpath(sys.executable) in fix  # TCC sees the real binary
     assert "~/Documents" in fix and "iCloud Drive" in fix
     icloud = folder_fix(PermissionError(errno.EACCES, "Permission denied"),
                         Path.home() / "Library" / "Mobile Documents" / "x", "darwin")
