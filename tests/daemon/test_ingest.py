@@ -113,7 +113,9 @@ def test_500_files_at_once_become_500_jobs_and_same_bytes_one_duplicate(config, 
     first = next(j for j in jobs if j["id"] == dup["duplicate_of"])
     assert {Path(dup["source_path"]).name, Path(first["source_path"]).name} == {"f007.png", "copy-of-7.png"}
     assert Path(dup["spool_path"]).parent == inbox.archive and Path(dup["spool_path"]).exists()
-    assert len(spool_files(config)) == 500 and intents(config) == []
+    # the intent is dropped just after the job row lands: wait for the service to get there
+    wait_for(lambda: intents(config) == [], timeout=10, message="intents dropped")
+    assert len(spool_files(config)) == 500
     assert list(inbox.path.iterdir()) == []
 
 
@@ -185,7 +187,8 @@ def test_bad_inputs_end_in_failed_with_an_error_file(config, ledger, start_servi
         assert job["spool_path"] == str(moved) and moved.exists()
         first_line = moved.with_name(moved.name + ".error.txt").read_text().splitlines()[0]
         assert first_line == job["error"]
-    assert spool_files(config) == [] and intents(config) == []
+    wait_for(lambda: intents(config) == [], timeout=10, message="intents dropped")
+    assert spool_files(config) == []
     assert svc._thread.is_alive()      # one bad file never stops the service
 
 

@@ -100,7 +100,10 @@ stable_for_s = 0.3
         def settled() -> dict[str, str] | None:
             states = self.job_states()
             done = [s for s in states.values() if s in ("done", "failed", "duplicate")]
-            return states if len(done) >= count else None
+            # ...and ingest has finished its last step (a duplicate's row lands before its move)
+            intents = self.state / "spool" / ".intents"
+            busy = intents.is_dir() and any(intents.iterdir())
+            return states if len(done) >= count and not busy else None
         return wait_for(settled, timeout, interval=0.2, message=f"{count} jobs to settle ({self.log})")
 
     def stop(self, timeout: float = 40) -> int:
