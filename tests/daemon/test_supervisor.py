@@ -112,8 +112,9 @@ def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 90, 0.2, "job failed")
     assert r.query("SELECT state, attempts, error FROM pages")[0][:2] == ("failed", 2)
     assert "page timed out" in r.query("SELECT error FROM jobs")[0][0]
-    workers = r.query("SELECT state FROM workers")
-    assert [s for (s,) in workers].count("dead") >= 2  # each stuck worker was killed...
+    # each stuck worker was killed (its row says so just after its page failed)...
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM workers WHERE state = 'dead'")[0][0] >= 2, 10, 0.1,
+             "two dead workers")
     wait_for(lambda: len(r.sup.slots) == 1 and r.sup.slots[0].proc.poll() is None, 30, 0.1,
              "a replacement worker")  # ...and replaced
     wait_for(lambda: (r.config.inboxes[0].failed / "stuck.png").exists(), 10, 0.1, "moved to failed/")
@@ -176,7 +177,8 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
     samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 60, 0.1, "job failed")
     assert "cannot write output" in r.query("SELECT error FROM jobs")[0][0]
-    assert (r.config.inboxes[0].failed / "page.png").exists()
+    wait_for(lambda: (r.config.inboxes[0].failed / "page.png.error.txt").exists(), 10, 0.1,
+             "original moved to failed/ (the job's state is written first)")
 
     outbox.unlink()  # the user fixes it, then retries: the done page is not run again
     with Ledger(r.config.db_url) as ledger:
