@@ -98,6 +98,11 @@ class Config:
     def inbox_for(self, key: str) -> InboxConfig | None:
         return next((i for i in self.inboxes if i.key == key), None)
 
+    def home_inbox(self, key: str) -> InboxConfig | None:
+        """The inbox whose folders a job uses: its own, or for an inbox no longer configured (and
+        files submitted from elsewhere) the first one."""
+        return self.inbox_for(key) or (self.inboxes[0] if self.inboxes else None)
+
     def prompt_for(self, inbox: InboxConfig | None) -> str:
         return (inbox and inbox.prompt) or self.model.prompt
 

@@ -232,7 +232,7 @@ class MlxVlmEngine:
                     # non-byte-level characters ("<｜▁pad▁｜>", bos): a model that emits one has
                     # ended its text, which the detokenizer may still hold back: decode it whole.
                     # (Banning those tokens with logit_bias instead costs ~5% on every token.)
-                    text, finish = tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd"), "stop"
+                    text, finish = _decode(tokenizer, ids), "stop"
                 finally:
                     stream.close()
         except Exception as exc:
@@ -242,8 +242,7 @@ class MlxVlmEngine:
         if finish == "length" and (cut := self._find_loop(ids)) is not None:
             finish = "repetition"   # the loop ran into max_tokens between two checks
         if finish == "repetition" and cut is not None:
-            # A cut can split a multi-byte character across tokens: drop the dangling half.
-            text = tokenizer.decode(ids[:cut], skip_special_tokens=True).rstrip("\ufffd")
+            text = _decode(tokenizer, ids[:cut])
         clean = getattr(self.processor, "clean_output", None)
         if callable(clean):
             text = clean(text)
@@ -258,6 +257,11 @@ class MlxVlmEngine:
 
     def _find_loop(self, ids: list[int]) -> int | None:
         return find_repetition(ids, min_len=self.repeat_min_tokens)
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    # Token ids cut anywhere can end inside a multi-byte character: drop the dangling half.
+    return tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ from ..ledger.store import AddResult, Ledger
 from . import files
 from .config import Config, InboxConfig
 from .errors import InputError
-from .outbox import relative_source
+from .outbox import job_relative_path
 from .render import page_count, sniff_type
 from .watcher import Watcher, is_ignored, is_permission_error, permission_fix, refusal
 
@@ -225,7 +225,7 @@ class Ingestor:
                  path=intent["source_path"], moved_to=where or None)
 
     def _inbox(self, key: str) -> InboxConfig:
-        inbox = self.config.inbox_for(key) or (self.config.inboxes[0] if self.config.inboxes else None)
+        inbox = self.config.home_inbox(key)
         if inbox is None:
             raise RuntimeError("no inbox is configured")
         return inbox
@@ -330,7 +330,7 @@ class Ingestor:
         if state in (JobState.QUEUED, JobState.RUNNING):
             return None
         inbox = self._inbox(job["inbox"])
-        rel = relative_source(self.config.inbox_for(job["inbox"]), job["source_path"])
+        rel = job_relative_path(self.config, job)
         if state == JobState.FAILED:
             moved = files.move_file(path, inbox.failed / rel)
             self.ledger.set_job_paths(job["id"], spool_path=str(moved))
@@ -520,7 +520,7 @@ def _retry_one(ingestor: Ingestor, job_id: int) -> str:
         pages = _check_file(original)
     except InputError as exc:
         inbox = ingestor._inbox(job["inbox"])
-        rel = relative_source(config.inbox_for(job["inbox"]), job["source_path"])
+        rel = job_relative_path(config, job)
         moved = files.move_file(original, inbox.failed / rel)
         ledger.set_job_paths(job_id, spool_path=str(moved))
         files.write_error_file(moved, str(exc), exc.details)

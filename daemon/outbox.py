@@ -21,7 +21,7 @@ import structlog
 
 from ..ledger.states import JobState
 from ..ledger.store import Ledger
-from .config import Config, InboxConfig
+from .config import Config
 from .files import atomic_write_text, move_file, unique_path, write_error_file
 
 log = structlog.get_logger()
@@ -30,9 +30,10 @@ _DET = re.compile(r"<\|det\|>.*?<\|/det\|>", re.S)
 _REF = re.compile(r"<\|/?ref\|>")
 
 
-def relative_source(inbox: InboxConfig | None, source_path: str) -> Path:
-    """The source's path below its inbox (just its name when it came from elsewhere)."""
-    source = Path(source_path)
+def job_relative_path(config: Config, job: dict) -> Path:
+    """A job's source path below its inbox (just its name when it came from elsewhere): the
+    path it keeps under outbox/, archive/ and failed/."""
+    source, inbox = Path(job["source_path"]), config.inbox_for(job["inbox"])
     if inbox is not None and source.is_relative_to(inbox.path):
         return source.relative_to(inbox.path)
     return Path(source.name)
@@ -71,11 +72,11 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
         if job is None or job["state"] not in (JobState.RUNNING, JobState.QUEUED) \
                 or not ledger.job_complete(job_id):
             return None
-        inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
+        inbox = config.home_inbox(job["inbox"])
         if inbox is None:
             log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job["inbox"])
             return None
-        rel = relative_source(config.inbox_for(job["inbox"]), job["source_path"])
+        rel = job_relative_path(config, job)
         out = Path(job["output_path"]) if job["output_path"] else unique_path(
             inbox.outbox / rel.with_suffix(".md"))
         ledger.set_job_paths(job_id, output_path=str(out))
@@ -114,12 +115,11 @@ def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, deta
     original = Path(job["spool_path"]) if job["spool_path"] else None
     if original is None or not original.is_relative_to(config.spool_dir) or not original.exists():
         return
-    inbox = config.inbox_for(job["inbox"]) or (config.inboxes[0] if config.inboxes else None)
+    inbox = config.home_inbox(job["inbox"])
     if inbox is None:
         return
     try:
-        moved = move_file(original, inbox.failed / relative_source(config.inbox_for(job["inbox"]),
-                                                                    job["source_path"]))
+        moved = move_file(original, inbox.failed / job_relative_path(config, job))
         ledger.set_job_paths(job_id, spool_path=str(moved))
         write_error_file(moved, job["error"] or reason, details)
     except OSError as exc:  # failed/ unwritable: the original waits in the spool, the ledger says so

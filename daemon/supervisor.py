@@ -42,7 +42,6 @@ class _Slot:
     busy_count: int = 1
     timed_out: bool = False
     load_error: str | None = None
-    loaded: bool = False
 
 
 @dataclass
@@ -275,21 +274,20 @@ class Supervisor:
         elif name == "model_unavailable":
             slot.load_error = event.get("reason")
         elif name == "model_loaded":
-            self._model_loaded(slot)
+            self._model_loaded()
         elif name == "page_done":  # measured on a real page: what a worker really needs
             self.peak_seen = max(self.peak_seen, int(event.get("peak_memory_bytes") or 0))
         log.log(logging.getLevelName(level.upper()) if isinstance(level, str) else logging.INFO, name, **event)
 
-    def _model_loaded(self, slot: _Slot) -> None:
-        slot.loaded = True
+    def _model_loaded(self) -> None:
         if not self.model_ok:
             self.model_ok = True
             self.model_backoff.reset()
-            self.ledger_meta_async("model_status", "ok")
+            self._set_meta_from_thread("model_status", "ok")
         self.crash_backoff.reset()
         self.ready.set()
 
-    def ledger_meta_async(self, key: str, value: str) -> None:
+    def _set_meta_from_thread(self, key: str, value: str) -> None:
         # Reader threads must not share the supervisor's connection mid-transaction: use a short one.
         ledger = Ledger(self.config.db_url)
         try:

@@ -9,6 +9,7 @@ stdout/stderr, where whatever mlx-vlm prints ends up in the log, never in a term
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 import re
@@ -69,8 +70,6 @@ def start_worker_process(ctx: WorkerContext, on_event: Callable[[dict], None],
 
 
 def _pump_events(stream, on_event: Callable[[dict], None], on_output: Callable[[str], None]) -> None:
-    import json
-
     with stream:
         for line in stream:
             try:
