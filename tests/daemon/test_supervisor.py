@@ -191,8 +191,12 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
 
 def test_worker_recycled_when_its_memory_grows_past_the_bound(running, tiny_model: Path) -> None:
     r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model))
+    # The first worker was started with the planned bound: once it is up (the pool is full, so
+    # nothing else spawns meanwhile), lower the bound and replace it.
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'") == [(1,)], 60, 0.1,
+             "the first worker loaded")
     r.sup.recycle_bytes = 1  # any real page's memory passes this: recycle after every page
-    for slot in r.sup.slots:  # the first worker was started before the bound was lowered
+    for slot in list(r.sup.slots):
         slot.proc.terminate()
     for n in range(3):
         samples.write_image(r.config.inboxes[0].path / f"m{n}.png", "PNG", n=n)
