@@ -39,3 +39,13 @@ class ModelUnavailable(OcrdError):
 
     kind = "model"
     retryable = True
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an exception's message (a SQLAlchemy error's driver message), for a
+    one-line reason; `with_type` prefixes the class name (`OSError: ...`)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type:
+        return f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text or type(exc).__name__

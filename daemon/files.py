@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -33,6 +34,19 @@ def fit_name(name: str, limit: int = NAME_MAX) -> str:
 def error_file_for(original: Path) -> Path:
     """Where `<name>.error.txt` of a failed original goes (its name shortened if it must be)."""
     return original.with_name(fit_name(original.name, NAME_MAX - len(_ERROR_SUFFIX)) + _ERROR_SUFFIX)
+
+
+@contextmanager
+def flocked(path: Path, *, exclusive: bool = True) -> Iterator[None]:
+    """Hold an flock on `path` (created if missing) for the `with` block; the kernel drops it if
+    the process dies, even by kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

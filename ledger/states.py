@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 
@@ -18,6 +20,62 @@ class PageState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class WorkerState(StrEnum):
+    """A worker process's state in the `workers` table (written by its one writer,
+    `Ledger.set_worker_state`, and by heartbeats)."""
+    STARTING = "starting"
+    LOADING = "loading"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DEAD = "dead"
+    LOAD_FAILED = "load_failed"
+
+
+ENDED_WORKER_STATES = frozenset({WorkerState.STOPPED, WorkerState.DEAD})
+
+
+class OnDuplicate(StrEnum):
+    """`[[inbox]] on_duplicate`: what a file with the content of a known job does."""
+    SKIP = "skip"          # recorded as a `duplicate` job and archived
+    PROCESS = "process"    # processed anyway
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    OK = "ok"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether the daemon's workers could load the model; kept in the ledger's meta table."""
+    state: ModelState
+    reason: str = ""
+    retry_in_s: float | None = None
+
+    def describe(self) -> str:
+        """One line for people: `ok`, `loading`, `unavailable: why (retrying in 40 s)`."""
+        if self.state != ModelState.UNAVAILABLE:
+            return str(self.state)
+        retry = f" (retrying in {self.retry_in_s:.0f} s)" if self.retry_in_s is not None else ""
+        return f"unavailable: {self.reason or 'model could not be loaded'}{retry}"
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> ModelStatus:
+        try:
+            data = json.loads(text)
+            return cls(ModelState(data["state"]), data.get("reason", ""), data.get("retry_in_s"))
+        except (ValueError, KeyError, TypeError):  # a ledger written before this record
+            state, _, reason = text.partition(":")
+            known = state.strip() in ModelState.__members__.values()
+            return cls(ModelState(state.strip()) if known else ModelState.UNAVAILABLE, reason.strip())
 
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {

@@ -19,6 +19,7 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import sys
 import time
@@ -37,7 +38,8 @@ from sqlalchemy.exc import OperationalError
 
 from . import migrations as _migrations
 from .schema import events, heartbeats, jobs, meta, pages, workers
-from .states import JobState, PageState, TransitionError, check_job, check_page
+from .states import (ENDED_WORKER_STATES, JobState, ModelStatus, PageState, TransitionError,
+                     WorkerState, check_job, check_page)
 
 T = TypeVar("T")
 
@@ -71,6 +73,18 @@ class ClaimedPage:
     inbox: str                   # InboxConfig.key
     source_path: str
     spool_path: str
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What the running daemon recorded at start: its device and its pool plan (meta keys
+    `device` and `pool_plan`), for `ocrd status` and `ocrd device`."""
+    backend: str
+    name: str
+    memory_bytes: int
+    workers: int
+    batch: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -815,6 +829,31 @@ class Ledger:
             self._write(lambda c: c.execute(delete(meta).where(meta.c.key == key)))
         else:
             self._write(lambda c: self._upsert(c, meta, "key", dict(key=key, value=value)))
+
+    def set_model_status(self, status: ModelStatus) -> None:
+        self.set_meta("model_status", status.dumps())
+
+    def model_status(self) -> ModelStatus | None:
+        text_ = self.get_meta("model_status")
+        return None if text_ is None else ModelStatus.loads(text_)
+
+    def set_daemon_info(self, info: DaemonInfo) -> None:
+        self.set_meta("device", json.dumps({"backend": info.backend, "name": info.name,
+                                            "memory_bytes": info.memory_bytes}))
+        self.set_meta("pool_plan", json.dumps({"count": info.workers, "batch": info.batch,
+                                               "reason": info.reason}))
+
+    def daemon_info(self) -> DaemonInfo | None:
+        try:
+            device = json.loads(self.get_meta("device") or "null")
+            plan = json.loads(self.get_meta("pool_plan") or "null") or {}
+            if device is None:
+                return None
+            return DaemonInfo(backend=device["backend"], name=device["name"],
+                              memory_bytes=int(device["memory_bytes"]), workers=int(plan.get("count", 0)),
+                              batch=int(plan.get("batch", 1)), reason=plan.get("reason", ""))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     # -- queries for the CLI --------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, int]]:
