@@ -25,7 +25,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ocrd.ledger.store import Ledger, to_text
+from ocrd.ledger import Ledger, WorkerState
+from ocrd.ledger.clock import to_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
 
@@ -35,7 +36,7 @@ def _worker(url: str, worker_id: str, batch: int, ready, start, done) -> None:
     ledger = Ledger(url)
     try:
         ledger.register_worker(worker_id, host="bench", pid=os.getpid(), backend="cpu",
-                               device_name="cpu", state="idle")
+                               device_name="cpu", state=WorkerState.IDLE)
         ready.put(worker_id)
         start.wait()
         n = 0
@@ -149,7 +150,7 @@ def build_big_ledger(path: Path, total_pages: int, now: datetime, per_job: int =
     for w in range(1, 5):
         conn.execute("INSERT INTO workers (id, host, pid, backend, device_name, state, started_at,"
                      " last_heartbeat_at, current_page, pages_done) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                     (f"w{w}", "bench", 1000 + w, "metal", "Apple M4 Pro", "busy",
+                     (f"w{w}", "bench", 1000 + w, "metal", "Apple M4 Pro", WorkerState.BUSY.value,
                       to_text(now - timedelta(hours=24)), stamp, f"{n_jobs}:1", 1000))
         conn.executemany(
             "INSERT INTO heartbeats (worker_id, at, backend, active_memory_bytes, peak_memory_bytes,"
@@ -165,7 +166,8 @@ def build_big_ledger(path: Path, total_pages: int, now: datetime, per_job: int =
 
 
 def time_status(path: Path, now: datetime, repeats: int) -> dict:
-    """Milliseconds for counts + workers_status + throughput (as `ocrd status` calls them)."""
+    """Milliseconds for counts + workers_status + throughput as three reads, and as the one read
+    transaction of Ledger.status (what `ocrd status` calls)."""
     with Ledger(f"sqlite:///{path}") as ledger:
         times, single = [], []
         for i in range(repeats + 2):

@@ -33,12 +33,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
+from ocrd.daemon.modes import MODES  # noqa: E402
 from tinymodel import build_tiny_deepseekocr  # noqa: E402
 
 ROUNDS = 5                     # interleaved rounds of (a), (b), (d); each keeps its best
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
-_MODES = {"tiny": (512, 512, False), "small": (640, 640, False), "base": (1024, 1024, False),
-          "large": (1280, 1280, False), "gundam": (1024, 640, True)}
 # What the old web app did for every request: start Python, import mlx_vlm, load, generate once.
 _ONE_SHOT = """
 import sys, mlx_vlm
@@ -76,11 +75,12 @@ def bare_runner(model_path: Path, images: list[Image.Image], mode: str, max_toke
 
     with _quiet_stdout():
         model, processor = mlx_vlm.load(str(model_path))
-    base, size, crop = _MODES[mode]
+    m = MODES[mode]
 
     def one(image: Image.Image) -> int:
         r = mlx_vlm.generate(model, processor, PROMPT, image=[image], max_tokens=max_tokens,
-                             temperature=0.0, base_size=base, image_size=size, cropping=crop)
+                             temperature=0.0, base_size=m.base_size, image_size=m.image_size,
+                             cropping=m.cropping)
         return r.generation_tokens
 
     def run() -> dict:
@@ -119,13 +119,13 @@ def engine_runner(model_path: Path, images: list[Image.Image], mode: str, max_to
 
 
 def bench_spawn(model_path: Path, pngs: list[Path], mode: str, max_tokens: int) -> dict:
-    base, size, crop = _MODES[mode]
+    m = MODES[mode]
     tokens = 0
     started = time.perf_counter()
     for png in pngs:
         out = subprocess.run(
-            [sys.executable, "-c", _ONE_SHOT, str(model_path), str(png), PROMPT, str(base), str(size),
-             "1" if crop else "0", str(max_tokens)],
+            [sys.executable, "-c", _ONE_SHOT, str(model_path), str(png), PROMPT, str(m.base_size),
+             str(m.image_size), "1" if m.cropping else "0", str(max_tokens)],
             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         if out.returncode != 0:
             raise RuntimeError(f"one-shot process failed: {out.stderr[-2000:]}")
@@ -137,7 +137,7 @@ def bench_spawn(model_path: Path, pngs: list[Path], mode: str, max_tokens: int) 
 def bench_worker(model_path: Path, pdf: Path, pages: int, mode: str, max_tokens: int, root: Path) -> dict:
     """One real worker process under the Supervisor, with the job queued before it starts."""
     from ocrd.daemon.config import Config, InboxConfig, ModelConfig, PdfConfig, WorkersConfig
-    from ocrd.daemon.supervisor import Supervisor
+    from ocrd.daemon.supervisor import Settings, Supervisor
     from ocrd.ledger.store import Ledger
 
     inbox = InboxConfig(path=root / "inbox", outbox=root / "outbox", archive=root / "archive",
@@ -153,12 +153,14 @@ def bench_worker(model_path: Path, pdf: Path, pages: int, mode: str, max_tokens:
     job_id = ledger.add_job(inbox=inbox.key, source_path=str(inbox.path / "bench.pdf"),
                             spool_path=str(spooled), sha256=hashlib.sha256(spooled.read_bytes()).hexdigest(),
                             size_bytes=spooled.stat().st_size, pages_total=pages).job_id
-    supervisor = Supervisor(config, rescan_s=3600)
+    supervisor = Supervisor(config, Settings(rescan_s=3600))
     try:
         supervisor.start()
         spawned = time.perf_counter()
-        supervisor.tick()
-        if not supervisor.ready.wait(120) or not supervisor.model_ok:
+        while not supervisor.ready.is_set() and time.perf_counter() - spawned < 120:
+            supervisor.tick()   # the worker's "loaded" message is acted on by a tick
+            time.sleep(0.02)
+        if not supervisor.model_ok:
             raise RuntimeError("the worker did not load the model")
         started = next_tick = time.perf_counter()
         while ledger.job(job_id)["state"] != "done":
@@ -211,7 +213,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--mode", default="tiny", choices=list(_MODES))
+    parser.add_argument("--mode", default="tiny", choices=list(MODES))
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--skip-spawn", action="store_true", help="skip (c), the slow one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "workers.json")

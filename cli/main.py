@@ -7,9 +7,7 @@ commands that need them, so `ocrd --help` stays fast.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,10 +15,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 
+from ocrd.daemon.errors import first_line
+from ocrd.ledger.states import ENDED_WORKER_STATES, JobState, ModelState, PageState
+
 from . import _format as fmt
 
 if TYPE_CHECKING:
     from ocrd.daemon.config import Config
+    from ocrd.daemon.ingest import Retried
+    from ocrd.ledger import DaemonInfo, Ledger, ModelStatus
 
 WATCH_INTERVAL_S = 2.0
 STALE_HEARTBEAT_S = 120.0
@@ -47,7 +50,7 @@ def _fail(ctx: click.Context, message: str, code: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def _ledger(config: Config, *, create: bool = False) -> Iterator[Any]:
+def _ledger(config: Config, *, create: bool = False) -> Iterator[Ledger | None]:
     """The ledger, or None when it does not exist yet and `create` is False (read-only commands
     must not create a state dir as a side effect)."""
     if not config.ledger_url and not config.ledger_path.exists():
@@ -55,12 +58,12 @@ def _ledger(config: Config, *, create: bool = False) -> Iterator[Any]:
             yield None
             return
         config.state_dir.mkdir(parents=True, exist_ok=True)
-    from ocrd.ledger.store import Ledger
+    from ocrd.ledger import Ledger
     try:
         ledger = Ledger(config.db_url)
     except Exception as exc:  # corrupt file, unreachable server, newer schema...
         _fail(click.get_current_context(),
-              f"cannot open the ledger {_where(config)}: {_first_line(exc)} (see `ocrd doctor`)")
+              f"cannot open the ledger {_where(config)}: {first_line(exc)} (see `ocrd doctor`)")
     try:
         yield ledger
     finally:
@@ -69,11 +72,6 @@ def _ledger(config: Config, *, create: bool = False) -> Iterator[Any]:
 
 def _where(config: Config) -> str:
     return str(config.ledger_path) if not config.ledger_url else config.ledger_url.partition("@")[2] or "(ledger.url)"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,89 +118,97 @@ def run(ctx: click.Context) -> None:
 
 # -- status ---------------------------------------------------------------------------------------
 
-def _device_of(config: Config, ledger: Any, running: bool) -> dict[str, Any]:
-    """The running daemon's device (ledger meta) or, with no daemon, a live probe."""
-    recorded = None
-    if ledger is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            recorded = json.loads(ledger.get_meta("device") or "null")
-    if running and isinstance(recorded, dict):
-        return {k: recorded.get(k) for k in ("backend", "name", "memory_bytes")}
+def _device_of(info: DaemonInfo | None, running: bool) -> dict[str, Any]:
+    """The running daemon's device (as it recorded it) or, with no daemon, a live probe."""
+    recorded = None if info is None else {"backend": info.backend, "name": info.name,
+                                          "memory_bytes": info.memory_bytes}
+    if running and recorded is not None:
+        return recorded
     try:
         from ocrd.daemon.device import detect_device
         d = detect_device()
         return {"backend": d.backend, "name": d.name, "memory_bytes": d.memory_bytes}
     except Exception as exc:  # report, don't crash status
-        if isinstance(recorded, dict):
-            return {k: recorded.get(k) for k in ("backend", "name", "memory_bytes")}
+        if recorded is not None:
+            return recorded
         return {"backend": None, "name": f"unknown ({exc})", "memory_bytes": None}
 
 
-def _status(config: Config) -> dict[str, Any]:
+def _status(config: Config) -> tuple[dict[str, Any], ModelStatus | None]:
+    """The status report (what --json prints), and the model status it describes."""
     from ocrd.daemon.lockfile import running_pid
-    from ocrd.ledger.states import JobState, PageState
 
     pid = running_pid(config.lock_path)
     with _ledger(config) as ledger:
         if ledger is None:
             counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
-            workers, rate, model_status, pool = [], {}, None, None
+            workers, rate, model, info = [], {}, None, None
         else:
-            counts = ledger.counts()
-            workers = ledger.workers_status()
-            rate = ledger.throughput()
-            model_status, pool = ledger.get_meta("model_status"), None
-            with contextlib.suppress(TypeError, ValueError):
-                pool = json.loads(ledger.get_meta("pool_plan") or "null")
-        device = _device_of(config, ledger, pid is not None)
+            report = ledger.status()
+            counts, workers, rate = report["counts"], report["workers"], report["throughput"]
+            model, info = ledger.model_status(), ledger.daemon_info()
+    device = _device_of(info, pid is not None)
 
     ppm = rate.get("pages_per_min_5")
     if ppm is None:
         ppm = rate.get("pages_per_min_60")
-    waiting = counts["pages"].get("queued", 0) + counts["pages"].get("running", 0)
+    waiting = counts["pages"][PageState.QUEUED] + counts["pages"][PageState.RUNNING]
     keys = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
             "peak_memory_bytes", "pages_done", "host", "device_name", "tokens_per_s")
     workers = [{k: w.get(k) for k in keys} for w in workers]
-
-    warnings = []
-    if device.get("backend") == "cpu":
-        from ocrd.daemon.device import CPU_WARNING
-        warnings.append(CPU_WARNING)
-    if model_status and model_status not in ("ok", "loading"):
-        warnings.append(f"model {model_status}")
-    if pid is None and waiting:
-        warnings.append(f"daemon not running: {waiting} pages waiting")
-    if pid is not None:
-        for w in workers:
-            age = w.get("heartbeat_age_s")
-            if age is not None and age > STALE_HEARTBEAT_S and w.get("state") not in ("stopped", "dead"):
-                warnings.append(f"worker {w['id']}: no heartbeat for {fmt.duration(age)}")
+    model_text = None if model is None else model.describe()
+    running = pid is not None
     return {
-        "daemon": {"running": pid is not None, "pid": pid},
+        "daemon": {"running": running, "pid": pid},
         "device": device,
-        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_status},
-        "model_status": model_status,
-        "pool": pool if pid is not None else None,   # the running daemon's plan {count, reason}
+        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
+        "model_status": model_text,
+        # the running daemon's plan
+        "pool": {"count": info.workers, "reason": info.reason} if running and info else None,
         "jobs": counts["jobs"],
         "pages": counts["pages"],
         "workers": workers,
         "pages_per_min": ppm,
         "eta_s": rate.get("eta_s"),
-        "warnings": warnings,
+        "warnings": _status_warnings(device, model, running, waiting, workers),
         "state_dir": str(config.state_dir),
-    }
+    }, model
 
 
-def _render_status(s: dict[str, Any]) -> str:
+def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running: bool,
+                     waiting: int, workers: list[dict[str, Any]]) -> list[str]:
+    warnings = []
+    if device.get("backend") == "cpu":
+        from ocrd.daemon.device import CPU_WARNING
+        warnings.append(CPU_WARNING)
+    if model is not None and model.state == ModelState.UNAVAILABLE:
+        warnings.append(f"model {model.describe()}")
+    if not running and waiting:
+        warnings.append(f"daemon not running: {waiting} pages waiting")
+    if running:
+        for w in workers:
+            age = w.get("heartbeat_age_s")
+            if age is not None and age > STALE_HEARTBEAT_S and w.get("state") not in ENDED_WORKER_STATES:
+                warnings.append(f"worker {w['id']}: no heartbeat for {fmt.duration(age)}")
+    return warnings
+
+
+def _model_label(model: ModelStatus | None) -> str:
+    """The status line's word for the model; an unavailable model's reason is a warning below."""
+    if model is None:
+        return "unknown"
+    if model.state == ModelState.UNAVAILABLE:
+        return f"{model.state.upper()} (see below)"
+    return str(model.state)
+
+
+def _render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     d = s["daemon"]
     lines = [f"daemon   {'running (pid %s)' % d['pid'] if d['running'] else 'not running'}"]
     dev = s["device"]
     lines.append(f"device   {dev.get('backend') or '?'}  {dev.get('name') or '?'}  {fmt.size(dev.get('memory_bytes'))}")
     m = s["model"]
-    status = m["status"] or "unknown"
-    if status not in ("ok", "loading", "unknown"):
-        status = status.split(":")[0].upper() + " (see below)"  # the whole reason is a warning
-    lines.append(f"model    {m['path']}  mode {m['mode']}  status {status}")
+    lines.append(f"model    {m['path']}  mode {m['mode']}  status {_model_label(model)}")
     if s["pool"]:
         n = s["pool"].get("count")
         lines.append(f"pool     {n} worker{'' if n == 1 else 's'}: {s['pool'].get('reason')}")
@@ -237,13 +243,13 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
     config = _load(ctx)
     try:
         while True:
-            s = _status(config)
+            s, model = _status(config)
             if as_json:
                 click.echo(fmt.to_json(s, pretty=not watch))
             else:
                 if watch:
                     click.clear()
-                click.echo(_render_status(s))
+                click.echo(_render_status(s, model))
             if not watch:
                 return
             time.sleep(WATCH_INTERVAL_S)
@@ -264,37 +270,39 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> Non
     if job_ids and all_failed:
         raise click.UsageError("give job ids or --failed, not both")
     config = _load(ctx)
-    problems: list[str] = []
-    results: list[tuple[int, str]] = []
     with _ledger(config) as ledger:
         if ledger is None:
             if all_failed:
                 click.echo("no failed jobs")
                 return
             _fail(ctx, f"no ledger yet at {config.ledger_path}: no job {job_ids[0]}")
-        from ocrd.daemon.ingest import retry_jobs
-        wanted: list[int] = []
-        for job_id in dict.fromkeys(job_ids):
-            row = ledger.job(job_id)
-            if row is None:
-                problems.append(f"job {job_id}: not found")
-            elif row["state"] != "failed":
-                problems.append(f"job {job_id}: is {row['state']}, not failed")
-            else:
-                wanted.append(job_id)
-        results = retry_jobs(config, ledger, None if all_failed else wanted) if (wanted or all_failed) else []
-        for job_id, message in results:
-            # retry_jobs answers in words; the job's state says whether it worked.
-            row = ledger.job(job_id)
-            if row is not None and row["state"] == "queued":
-                click.echo(f"job {job_id}: {message}")
-            else:
-                problems.append(f"job {job_id}: {message}")
+        from ocrd.daemon.ingest import Ingestor, RetryOutcome
+        results = Ingestor(config, ledger).retry(None if all_failed else list(dict.fromkeys(job_ids)))
     if all_failed and not results:
         click.echo("no failed jobs")
-    for p in problems:
-        click.echo(f"ocrd: {p}", err=True)
+    for r in results:
+        if r.outcome.ok:
+            click.echo(f"job {r.job_id}: {_retry_words(r)}")
+    # Jobs that were never retryable are named first, then those a retry could not bring back.
+    problems = sorted((r for r in results if not r.outcome.ok), key=lambda r: r.outcome not in
+                      (RetryOutcome.NO_SUCH_JOB, RetryOutcome.NOT_FAILED))
+    for r in problems:
+        click.echo(f"ocrd: job {r.job_id}: {_retry_words(r)}", err=True)
     ctx.exit(1 if problems else 0)
+
+
+def _retry_words(r: Retried) -> str:
+    """What `ocrd retry` says about one job."""
+    from ocrd.daemon.ingest import RetryOutcome as Outcome
+    return {
+        Outcome.REQUEUED: "requeued (failed pages only)",
+        Outcome.REOPENED: f"requeued ({r.pages} pages)",
+        Outcome.STILL_FAILING: f"still failing: {r.detail}",
+        Outcome.MISSING: f"original is missing ({r.detail or 'deleted'})",
+        Outcome.NOT_FAILED: f"is {r.detail}, not failed",
+        Outcome.NO_SUCH_JOB: "not found",
+        Outcome.NOT_REOPENED: "not reopened (its state changed)",
+    }[r.outcome]
 
 
 @main.command()
@@ -309,26 +317,26 @@ def submit(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     supported files.
     """
     config = _load(ctx)
-    from ocrd.daemon.ingest import submit_paths
+    from ocrd.daemon.ingest import Ingestor
     failed = 0
     with _ledger(config, create=True) as ledger:
-        for path, result, error in submit_paths(config, ledger, [p.absolute() for p in paths]):
-            state = getattr(result, "state", None)
-            if error is not None or result is None or state == "failed":
-                failed += 1
-                where = f" (job {result.job_id})" if result is not None else ""
-                click.echo(f"{path}: failed{where}: {error or 'see ocrd show'}", err=True)
-            elif state == "duplicate":
-                click.echo(f"{path}: duplicate of job {result.duplicate_of} (job {result.job_id}, skipped)")
-            else:
-                row = ledger.job(result.job_id) or {}
-                n = row.get("pages_total")
-                click.echo(f"{path}: job {result.job_id} {state} ({n} page{'' if n == 1 else 's'})")
+        submitted = Ingestor(config, ledger).submit([p.absolute() for p in paths])
+    for s in submitted:
+        result = s.result
+        if s.error is not None or result is None or result.state == JobState.FAILED:
+            failed += 1
+            where = f" (job {result.job_id})" if result is not None else ""
+            click.echo(f"{s.path}: failed{where}: {s.error or 'see ocrd show'}", err=True)
+        elif result.state == JobState.DUPLICATE:
+            click.echo(f"{s.path}: duplicate of job {result.duplicate_of} (job {result.job_id}, skipped)")
+        else:
+            plural = "" if s.pages == 1 else "s"
+            click.echo(f"{s.path}: job {result.job_id} {result.state} ({s.pages} page{plural})")
     ctx.exit(1 if failed else 0)
 
 
 @main.command()
-@click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "duplicate"]),
+@click.option("--state", type=click.Choice([s.value for s in JobState]),
               default=None, help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many jobs, newest first.")
@@ -338,7 +346,8 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
     """List jobs, newest first."""
     config = _load(ctx)
     with _ledger(config) as ledger:
-        rows = [] if ledger is None else ledger.list_jobs(state=state, limit=limit)
+        wanted = None if state is None else JobState(state)
+        rows = [] if ledger is None else ledger.list_jobs(state=wanted, limit=limit)
     if as_json:
         click.echo(fmt.to_json(rows))
         return
@@ -456,7 +465,7 @@ def service(ctx: click.Context, action: str, dry_run: bool, platform_name: str |
     ACTION is install, uninstall, status or restart. install writes the plist/unit for this
     installation and config and starts it at once and at every login.
     """
-    from ocrd.daemon.service import ServiceError, ServiceManager, current_platform, program_argv
+    from .service import ServiceError, ServiceManager, current_platform, program_argv
 
     here = current_platform()
     platform_name = platform_name or here
@@ -473,36 +482,15 @@ def service(ctx: click.Context, action: str, dry_run: bool, platform_name: str |
         working_dir = given.absolute().parent if given else Path.home()
         content = manager.render(program=program_argv(), config_path=given, working_dir=working_dir)
     if dry_run:
-        if content is not None:
-            click.echo(f"# {manager.file_path}")
-            click.echo(content.rstrip("\n"))
-            click.echo("")
-        verb = {"install": "write the file above, then run", "uninstall": "run, and remove "
-                f"{manager.file_path}"}.get(action, "run")
-        click.echo(f"# would {verb}:")
-        for cmd in manager.commands(action):
-            click.echo(shlex.join(cmd))
+        click.echo(manager.dry_run(action, content))
         return
     try:
-        if action == "install":
-            path = manager.install(content)
-            click.echo(f"installed {path}")
-            logs = (f"logs: {manager.log_dir}" if platform_name == "macos"
-                    else "logs: journalctl --user -u ocrd.service")
-            click.echo(f"{logs}; check with `ocrd service status` and `ocrd status`")
-        elif action == "uninstall":
-            existed = manager.uninstall()
-            click.echo(f"removed {manager.file_path}" if existed else f"not installed ({manager.file_path} absent)")
-        elif action == "restart":
-            manager.restart()
-            click.echo("restarted")
-        else:
-            result = manager.status()
-            out = (result.stdout or "") + (result.stderr or "")
-            click.echo(out.rstrip("\n") or f"exit status {result.returncode}")
-            ctx.exit(0 if result.returncode == 0 else 1)
+        message, code = manager.perform(action, content)
     except ServiceError as exc:
         _fail(ctx, str(exc))
+    else:
+        click.echo(message)
+        ctx.exit(code)
 
 
 # -- doctor ---------------------------------------------------------------------------------------
@@ -516,21 +504,12 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     Exits 1 if any check failed (warnings do not count).
     """
     from ocrd.daemon.config import ConfigError, load_config
-    from ocrd.daemon.doctor import Check, run_checks
+    from .doctor import Check, render_checks, run_checks
     try:
         checks = run_checks(load_config(_obj(ctx).get("config_path")))
     except ConfigError as exc:
         checks = [Check("config", False, str(exc), "fix that key in the config file")]
-    if as_json:
-        click.echo(fmt.to_json([c.__dict__ for c in checks]))
-    else:
-        width = max(len(c.name) for c in checks)
-        for c in checks:
-            mark = "FAIL" if not c.ok else "warn" if c.warn else "ok"
-            color = "red" if not c.ok else "yellow" if c.warn else "green"
-            click.echo(f"{click.style(f'{mark:<4}', fg=color)}  {c.name:<{width}}  {c.detail}")
-            if c.fix and (not c.ok or c.warn):
-                click.echo(f"{'':4}  {'':<{width}}  fix: {c.fix}")
+    click.echo(fmt.to_json([c.__dict__ for c in checks]) if as_json else render_checks(checks))
     ctx.exit(0 if all(c.ok for c in checks) else 1)
 
 

@@ -11,10 +11,12 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from ..ledger.states import OnDuplicate
+from .modes import MODES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
-MODES = ("tiny", "small", "base", "large", "gundam")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -22,6 +24,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 class ConfigError(ValueError):
     """A config problem, in one line that names the key."""
 
+
+# The dataclass defaults are the one source of every default: parse_config reads them
+# (tests/daemon/test_config.py checks that configs/ocrd.toml spells the same values).
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -47,6 +52,9 @@ class PdfConfig:
 
 @dataclass(frozen=True)
 class InboxConfig:
+    # archive's default as written in a config file: expanded (~, $VARS) when the file is read
+    DEFAULT_ARCHIVE: ClassVar[str] = "~/OCR/archive"
+
     path: Path
     outbox: Path
     archive: Path | None          # None: delete originals after success
@@ -55,7 +63,7 @@ class InboxConfig:
     polling: bool = False
     stable_for_s: float = 2.0
     ignore: tuple[str, ...] = ()
-    on_duplicate: str = "skip"
+    on_duplicate: OnDuplicate = OnDuplicate.SKIP
     prompt: str | None = None
     mode: str | None = None
 
@@ -151,21 +159,21 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     model_cfg = ModelConfig(
         path=model.str("path", ModelConfig.path, nonempty=True),
         prompt=model.str("prompt", ModelConfig.prompt, nonempty=True),
-        mode=model.choice("mode", ModelConfig.mode, MODES),
+        mode=model.choice("mode", ModelConfig.mode, tuple(MODES)),
         max_tokens=model.int("max_tokens", ModelConfig.max_tokens, low=1),
         page_timeout_s=model.num("page_timeout_s", ModelConfig.page_timeout_s, low=1),
     )
     model.done()
     workers_cfg = WorkersConfig(
-        count=workers.count(),
-        memory_budget=workers.budget(),
-        max_pages_per_worker=workers.int("max_pages_per_worker", 500, low=1),
-        max_attempts=workers.int("max_attempts", 3, low=1),
+        count=_worker_count(workers),
+        memory_budget=_memory_budget(workers),
+        max_pages_per_worker=workers.int("max_pages_per_worker", WorkersConfig.max_pages_per_worker, low=1),
+        max_attempts=workers.int("max_attempts", WorkersConfig.max_attempts, low=1),
     )
     workers.done()
-    pdf_cfg = PdfConfig(dpi=pdf.int("dpi", 144, low=36, high=1200))
+    pdf_cfg = PdfConfig(dpi=pdf.int("dpi", PdfConfig.dpi, low=36, high=1200))
     pdf.done()
-    url = ledger.str("url", "")
+    url = ledger.str("url", Config.ledger_url)
     if url and not url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..., not {url!r}")
     ledger.done()
@@ -185,20 +193,20 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
 
 def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:
     t = _Reader(raw, f"inbox[{n}].")
-    path = _path(t.str("path", None, nonempty=True))
-    archive = t.str("archive", "~/OCR/archive")
+    path = _path(t.str("path", None, nonempty=True, required=True))
+    archive = t.str("archive", InboxConfig.DEFAULT_ARCHIVE)
     inbox = InboxConfig(
         path=path,
-        outbox=_path(t.str("outbox", None, nonempty=True)),
+        outbox=_path(t.str("outbox", None, nonempty=True, required=True)),
         archive=_path(archive) if archive else None,
-        failed=_path(t.str("failed", None, nonempty=True)),
-        recursive=t.bool("recursive", True),
-        polling=t.bool("polling", False),
-        stable_for_s=t.num("stable_for_s", 2.0, low=0),
-        ignore=tuple(t.str_list("ignore")),
-        on_duplicate=t.choice("on_duplicate", "skip", ("skip", "process")),
-        prompt=t.str("prompt", None, nonempty=True),
-        mode=t.choice("mode", None, MODES),
+        failed=_path(t.str("failed", None, nonempty=True, required=True)),
+        recursive=t.bool("recursive", InboxConfig.recursive),
+        polling=t.bool("polling", InboxConfig.polling),
+        stable_for_s=t.num("stable_for_s", InboxConfig.stable_for_s, low=0),
+        ignore=tuple(t.str_list("ignore", list(InboxConfig.ignore))),
+        on_duplicate=OnDuplicate(t.choice("on_duplicate", InboxConfig.on_duplicate, tuple(OnDuplicate))),
+        prompt=t.str("prompt", InboxConfig.prompt, nonempty=True),
+        mode=t.choice("mode", InboxConfig.mode, tuple(MODES)),
     )
     t.done()
     return inbox
@@ -218,6 +226,33 @@ def _check_inboxes(inboxes: tuple[InboxConfig, ...]) -> None:
             p = getattr(inbox, name)
             if p is not None and p.is_relative_to(inbox.path):
                 raise ConfigError(f"inbox[{n}].{name}: {p} must not be inside the inbox {inbox.path}")
+
+
+def _worker_count(workers: _Reader) -> int | None:
+    """`[workers] count`: "auto" (None) or a positive integer."""
+    value = workers.get("count", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise workers.fail("count", 'must be "auto" or an integer of at least 1', value)
+    return value
+
+
+def _memory_budget(workers: _Reader) -> int | float | None:
+    """`[workers] memory_budget`: "auto" (None), bytes (an integer or "12GB"), or a fraction in (0, 1]."""
+    value = workers.get("memory_budget", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, float) and 0 < value <= 1:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_bytes(value)
+        except ValueError:
+            pass
+    raise workers.fail("memory_budget", 'must be "auto", a size such as "12GB", or a fraction in (0, 1]', value)
 
 
 def _path(value: str) -> Path:
@@ -245,11 +280,12 @@ class _Reader:
             raise ConfigError(f"{prefix.rstrip('.')}: must be a table")
         self.raw, self.prefix, self.seen = raw, prefix, set()
 
-    def _get(self, key: str, default: Any) -> Any:
+    def get(self, key: str, default: Any, required: bool = False) -> Any:
+        """The raw value of `key` (marked as read), or `default` when the table lacks it."""
         self.seen.add(key)
         value = self.raw.get(key, _MISSING)
         if value is _MISSING:
-            if default is None and key in ("path", "outbox", "failed"):
+            if required:
                 raise ConfigError(f"{self.prefix}{key}: is required")
             return default
         return value
@@ -261,8 +297,8 @@ class _Reader:
         self.seen.add(key)
         return _Reader(self.raw.get(key, {}), f"{self.prefix}{key}.")
 
-    def str(self, key: str, default: Any, nonempty: bool = False) -> Any:
-        value = self._get(key, default)
+    def str(self, key: str, default: Any, nonempty: bool = False, required: bool = False) -> Any:
+        value = self.get(key, default, required)
         if value is None:
             return None
         if not isinstance(value, str) or (nonempty and not value.strip()):
@@ -270,20 +306,20 @@ class _Reader:
         return value
 
     def bool(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, "must be true or false", value)
         return value
 
     def int(self, key: str, default: int, low: int | None = None, high: int | None = None) -> int:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(key, "must be an integer", value)
         self._range(key, value, low, high)
         return value
 
     def num(self, key: str, default: float, low: float | None = None) -> float:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(key, "must be a number", value)
         self._range(key, value, low, None)
@@ -296,39 +332,16 @@ class _Reader:
             raise self.fail(key, f"must be at most {high}", value)
 
     def choice(self, key: str, default: Any, choices: tuple[str, ...]) -> Any:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if value is not None and value not in choices:
             raise self.fail(key, f"must be one of {', '.join(choices)}", value)
         return value
 
-    def str_list(self, key: str) -> list[str]:
-        value = self._get(key, [])
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self.get(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, "must be a list of strings", value)
         return value
-
-    def count(self) -> int | None:
-        value = self._get("count", "auto")
-        if value == "auto":
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail("count", 'must be "auto" or an integer of at least 1', value)
-        return value
-
-    def budget(self) -> int | float | None:
-        value = self._get("memory_budget", "auto")
-        if value == "auto":
-            return None
-        if isinstance(value, float) and 0 < value <= 1:
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        if isinstance(value, str):
-            try:
-                return parse_bytes(value)
-            except ValueError:
-                pass
-        raise self.fail("memory_budget", 'must be "auto", a size such as "12GB", or a fraction in (0, 1]', value)
 
     def done(self, extra: set[str] = frozenset()) -> None:
         unknown = sorted(set(self.raw) - self.seen - set(extra))

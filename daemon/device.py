@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .engine import model_size_bytes
+from .modes import MODES
 
 if TYPE_CHECKING:
     from .config import Config, ModelConfig
@@ -19,18 +21,8 @@ GB = 10**9
 CPU_WARNING = ("CPU mode: no Metal/CUDA device; OCR will run roughly 10-50x slower than on a GPU "
                "(expect minutes per page with DeepSeek-OCR)")
 DEFAULT_MODEL_BYTES = 4 * GB   # DeepSeek-OCR-8bit when its size can't be read from disk
-
-# Working memory per worker on top of the weights: vision activations, KV cache for up to
-# max_tokens, MLX's buffer cache. Estimates scaled from the H100 measurement in DESIGN.md
-# (3.3B bf16: 6.7 GB weights, 10 GB peak for one base page); a measured peak replaces them.
-MODE_RESERVE_BYTES = {
-    "tiny": int(0.75 * GB),
-    "small": int(1.0 * GB),
-    "base": int(1.5 * GB),
-    "large": int(2.0 * GB),
-    "gundam": int(2.0 * GB),     # one 1024 view + up to nine 640 crops
-}
 MEASURED_HEADROOM = 1.2
+RECYCLE_FACTOR = 2.0           # active memory past this x footprint is a leak: replace the worker
 METAL_BUDGET_SHARE = 0.8       # of macOS's recommended working set: leave room for the desktop
 CUDA_BUDGET_SHARE = 0.85       # of each GPU's memory
 CPU_BUDGET_SHARE = 0.6         # of physical RAM: the OS, page cache and other programs need the rest
@@ -49,11 +41,16 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class PoolPlan:
-    count: int
-    footprint_bytes: int
+    """Every sizing number the daemon uses, each with the one-line reason that chose it."""
+    count: int                 # worker processes
+    footprint_bytes: int       # one worker's memory (estimated or measured)
     budget_bytes: int
     cap: int
-    reason: str
+    reason: str                # why `count`
+    batch: int = 1             # pages one worker decodes at once
+    batch_reason: str = ""
+    recycle_bytes: int = 0     # a worker whose active memory passes this is replaced; 0: never
+    recycle_reason: str = ""
 
 
 def detect_device(mx_module: Any = None) -> DeviceInfo:
@@ -108,23 +105,32 @@ def _physical_ram() -> int:
 def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | None = None,
               budget: int | float | None = None, measured_peak_bytes: int | None = None) -> PoolPlan:
     """Size the worker pool: clamp(floor(budget / footprint), 1, cap), or an explicit `count`
-    lowered to what the budget holds. The reason says which rule decided, in one line."""
+    lowered to what the budget holds; one page at a time per worker; a worker is recycled past
+    RECYCLE_FACTOR x its footprint. Each reason says which rule decided, in one line."""
     if measured_peak_bytes:
         footprint = int(measured_peak_bytes * MEASURED_HEADROOM)
         what = f"measured peak {_gb(measured_peak_bytes)} x {MEASURED_HEADROOM}"
     else:
-        footprint = model_bytes + MODE_RESERVE_BYTES.get(mode, MODE_RESERVE_BYTES["gundam"])
+        footprint = model_bytes + MODES.get(mode, MODES["gundam"]).reserve_bytes
         what = f"model {_gb(model_bytes)} + {mode} reserve {_gb(footprint - model_bytes)}"
     budget_bytes, budget_how = _budget(device, budget)
     cap, cap_why = _cap(device)
     fits = budget_bytes // max(footprint, 1)
     head = f"budget {_gb(budget_bytes)} ({budget_how}) / footprint {_gb(footprint)} ({what}) = {fits}"
+    chosen, reason = _count(count, fits, cap, cap_why, head)
+    recycle = int(footprint * RECYCLE_FACTOR)
+    return PoolPlan(chosen, footprint, budget_bytes, cap, reason,
+                    batch=1, batch_reason="1: one page at a time per worker",
+                    recycle_bytes=recycle,
+                    recycle_reason=f"{_gb(recycle)}: {RECYCLE_FACTOR:g} x footprint {_gb(footprint)}")
+
+
+def _count(count: int | None, fits: int, cap: int, cap_why: str, head: str) -> tuple[int, str]:
     if count is not None:
         if count <= max(fits, 1):
-            return PoolPlan(count, footprint, budget_bytes, cap, f"{count} as configured; {head}")
+            return count, f"{count} as configured; {head}"
         lowered = max(fits, 1)
-        return PoolPlan(lowered, footprint, budget_bytes, cap,
-                        f"configured count {count} lowered to {lowered}: {head}")
+        return lowered, f"configured count {count} lowered to {lowered}: {head}"
     chosen = min(max(fits, 1), cap)
     if fits < 1:
         tail = ", raised to 1 (one worker even if it does not fit: expect swapping or OOM)"
@@ -132,7 +138,7 @@ def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | N
         tail = f", capped at {cap} ({cap_why})"
     else:
         tail = f" (cap {cap}: {cap_why})"
-    return PoolPlan(chosen, footprint, budget_bytes, cap, head + tail)
+    return chosen, head + tail
 
 
 def _budget(device: DeviceInfo, budget: int | float | None) -> tuple[int, str]:
@@ -171,28 +177,6 @@ def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int
     return plan_pool(device, model_bytes=model_size_bytes(config.model.path) or DEFAULT_MODEL_BYTES,
                      mode=config.model.mode, count=config.workers.count,
                      budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes)
-
-
-def model_size_bytes(path: str) -> int | None:
-    """Bytes of *.safetensors weights for a local model dir, or a hub id in the local HF cache."""
-    local = Path(path).expanduser()
-    if not local.exists():
-        try:
-            from huggingface_hub import snapshot_download
-
-            local = Path(snapshot_download(path, local_files_only=True, cache_dir=hf_cache_dir(),
-                                           allow_patterns=["*.safetensors", "*.json"]))
-        except Exception:
-            return None
-    files = list(local.glob("*.safetensors"))
-    if not files:
-        return None
-    return sum(f.stat().st_size for f in files)   # stat follows the HF cache's symlinks to blobs
-
-
-def hf_cache_dir() -> str | None:
-    """HF_HUB_CACHE as set now (huggingface_hub reads it once, at import), else its default."""
-    return os.environ.get("HF_HUB_CACHE") or None
 
 
 def _gb(n: int) -> str:

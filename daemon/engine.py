@@ -14,24 +14,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from .config import ModelConfig
-from .errors import EngineError, ModelUnavailable
+from .errors import EngineError, ModelUnavailable, first_line
+from .modes import MODES
 
 if TYPE_CHECKING:
     from PIL import Image
 
-DEFAULT_FACTORY = "ocrd.daemon.engine:MlxVlmEngine"
-
-# DeepSeek-OCR resolution modes: (base_size, image_size, cropping), from the model card.
-DEEPSEEK_MODES: dict[str, tuple[int, int, bool]] = {
-    "tiny": (512, 512, False),
-    "small": (640, 640, False),
-    "base": (1024, 1024, False),
-    "large": (1280, 1280, False),
-    "gundam": (1024, 640, True),
-}
+DEFAULT_ENGINE = "ocrd.daemon.engine:MlxVlmEngine"   # the factory string workers get by default
 
 # Repetition guard. A looping page otherwise burns max_tokens (8192 by default: minutes of
 # decode). Thresholds are generous because OCR output repeats legitimately (table rules, dot
@@ -138,8 +130,6 @@ def resolve_model_path(path: str) -> Path:
         raise ModelUnavailable(f"model path {path} does not exist")
     from huggingface_hub import snapshot_download
 
-    from .device import hf_cache_dir
-
     patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
         return Path(snapshot_download(path, allow_patterns=patterns, local_files_only=True,
@@ -152,7 +142,30 @@ def resolve_model_path(path: str) -> Path:
         return Path(snapshot_download(path, allow_patterns=patterns, etag_timeout=10,
                                       cache_dir=hf_cache_dir()))
     except Exception as exc:
-        raise ModelUnavailable(f"model {path} could not be downloaded: {_one_line(exc)}") from None
+        reason = first_line(exc, with_type=True)
+        raise ModelUnavailable(f"model {path} could not be downloaded: {reason}") from None
+
+
+def model_size_bytes(path: str) -> int | None:
+    """Bytes of *.safetensors weights for a local model dir, or a hub id in the local HF cache."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(path, local_files_only=True, cache_dir=hf_cache_dir(),
+                                           allow_patterns=["*.safetensors", "*.json"]))
+        except Exception:
+            return None
+    files = list(local.glob("*.safetensors"))
+    if not files:
+        return None
+    return sum(f.stat().st_size for f in files)   # stat follows the HF cache's symlinks to blobs
+
+
+def hf_cache_dir() -> str | None:
+    """HF_HUB_CACHE as set now (huggingface_hub reads it once, at import), else its default."""
+    return os.environ.get("HF_HUB_CACHE") or None
 
 
 class MlxVlmEngine:
@@ -182,7 +195,8 @@ class MlxVlmEngine:
             with contextlib.redirect_stdout(sys.stderr):
                 self.model, self.processor = mlx_vlm.load(str(local))
         except Exception as exc:
-            raise ModelUnavailable(f"model {self.config.path} cannot be loaded: {_one_line(exc)}") from None
+            reason = first_line(exc, with_type=True)
+            raise ModelUnavailable(f"model {self.config.path} cannot be loaded: {reason}") from None
 
     @property
     def model_type(self) -> str:
@@ -200,10 +214,7 @@ class MlxVlmEngine:
 
         kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
         if self.model_type == "deepseekocr":
-            if mode not in DEEPSEEK_MODES:
-                raise EngineError(f"unknown resolution mode {mode!r}")
-            base_size, image_size, cropping = DEEPSEEK_MODES[mode]
-            kwargs.update(base_size=base_size, image_size=image_size, cropping=cropping)
+            kwargs.update(_mode_kwargs(mode))
         if "<image>" not in prompt:
             prompt = mlx_vlm.apply_chat_template(self.processor, self.model.config, prompt, num_images=1)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -236,7 +247,7 @@ class MlxVlmEngine:
                 finally:
                     stream.close()
         except Exception as exc:
-            raise EngineError(f"generate failed: {_one_line(exc)}") from exc
+            raise EngineError(f"generate failed: {first_line(exc, with_type=True)}") from exc
         finally:
             mx.clear_cache()
         if finish == "length" and (cut := self._find_loop(ids)) is not None:
@@ -259,14 +270,14 @@ class MlxVlmEngine:
         return find_repetition(ids, min_len=self.repeat_min_tokens)
 
 
+def _mode_kwargs(mode: str) -> dict[str, Any]:
+    """mlx-vlm's DeepSeek-OCR resolution arguments for a mode name; EngineError if unknown."""
+    if mode not in MODES:
+        raise EngineError(f"unknown resolution mode {mode!r}")
+    m = MODES[mode]
+    return {"base_size": m.base_size, "image_size": m.image_size, "cropping": m.cropping}
+
+
 def _decode(tokenizer: Any, ids: list[int]) -> str:
     # Token ids cut anywhere can end inside a multi-byte character: drop the dangling half.
     return tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-EngineFactory = Callable[[ModelConfig], Engine]

@@ -49,3 +49,10 @@ def first_line(exc: BaseException, *, with_type: bool = False) -> str:
     if with_type:
         return f"{type(exc).__name__}: {text}".rstrip(": ")
     return text or type(exc).__name__
+
+
+class WorkerDied(OcrdError):
+    """A worker process died with pages in hand (a crash, an OOM kill); they run again."""
+
+    kind = "crash"
+    retryable = True

@@ -21,6 +21,11 @@ _SHARED = [
 ]
 
 
+def _not_stop_noise(record: logging.LogRecord) -> bool:
+    # watchdog logs this at ERROR when an inotify event races the observer's own stop; harmless.
+    return "called when the thread is inactive" not in record.getMessage()
+
+
 def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
                       level: int = logging.INFO) -> None:
     """Log to `log_dir/ocrd.log` (JSON, rotated at 10 MB x 5) and to `stream` (default stderr):
@@ -46,6 +51,7 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)  # added once
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

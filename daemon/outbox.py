@@ -6,23 +6,25 @@ Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the sup
   -> record its new place -> job running -> done.
 A crash before the last step leaves a running job with every page done; the supervisor notices
 such jobs (at start and every few seconds) and finishes them.
+
+`place_original` is the one place that moves an original out of the spool (to archive/, to
+failed/ with its `.error.txt`, or deletes it when the inbox keeps no archive); finishing, failing,
+ingest, reconcile and retry all go through it.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Iterator
 
 import structlog
 
-from ..ledger.states import JobState
-from ..ledger.store import Ledger
-from .config import Config
-from .files import atomic_write_text, move_file, unique_path, write_error_file
+from ocrd.ledger.states import JobState
+from ocrd.ledger.store import Job, Ledger
+
+from .config import Config, InboxConfig
+from .files import atomic_write_text, flocked, move_file, unique_path, write_error_file
 
 log = structlog.get_logger()
 
@@ -30,13 +32,56 @@ _DET = re.compile(r"<\|det\|>.*?<\|/det\|>", re.S)
 _REF = re.compile(r"<\|/?ref\|>")
 
 
-def job_relative_path(config: Config, job: dict) -> Path:
+class Place(StrEnum):
+    """Where an original goes once it leaves the spool."""
+    ARCHIVE = "archive"     # done, or a duplicate
+    FAILED = "failed"
+
+
+def job_relative_path(config: Config, job: Job) -> Path:
     """A job's source path below its inbox (just its name when it came from elsewhere): the
     path it keeps under outbox/, archive/ and failed/."""
-    source, inbox = Path(job["source_path"]), config.inbox_for(job["inbox"])
+    source, inbox = Path(job.source_path), config.inbox_for(job.inbox)
     if inbox is not None and source.is_relative_to(inbox.path):
         return source.relative_to(inbox.path)
     return Path(source.name)
+
+
+def plan_destination(inbox: InboxConfig, to: Place, rel: Path) -> Path | None:
+    """A free path for an original under the inbox's archive/ or failed/ (its relative path
+    kept, numbered on a clash); None when it is to be deleted (an inbox with no archive)."""
+    folder = inbox.failed if to == Place.FAILED else inbox.archive
+    return None if folder is None else unique_path(folder / rel)
+
+
+def place_original(ledger: Ledger, original: Path, dest: Path | None, *, job_id: int | None = None,
+                   error: str | None = None, details: str = "",
+                   event: str = "original_not_moved") -> Path | None:
+    """Move an original out of the spool to `dest` (from plan_destination; callers that a crash
+    could interrupt journal it first), or delete it when `dest` is None. The job's new path is
+    recorded right after (when the job exists yet: at ingest the caller records it), and a failed
+    original (`error` given) gets `<name>.error.txt` beside it. When the folder cannot take it
+    (unwritable, full, a file where a folder should be) it stays in the spool, where the ledger
+    already has it, and the next start's reconcile moves it on: one bad folder must not stop the
+    daemon. Returns where the original lies now (None: deleted)."""
+    try:
+        if dest is None:
+            original.unlink(missing_ok=True)
+        else:
+            dest = move_file(original, dest, overwrite=True)
+    except OSError as exc:
+        log.error(event, job_id=job_id, original=str(original), dest=str(dest), error=str(exc),
+                  note="kept in the spool; moved at the next start")
+        return original
+    if job_id is not None:
+        ledger.set_job_paths(job_id, spool_path=str(dest) if dest else "")
+    if dest is not None and error is not None:
+        try:
+            write_error_file(dest, error, details)
+        except OSError as exc:  # the original is safe in failed/; only the note is missing
+            log.error(event, job_id=job_id, original=str(dest), error=str(exc),
+                      note="moved, but its .error.txt could not be written")
+    return dest
 
 
 def clean_markdown(text: str) -> str:
@@ -51,33 +96,30 @@ def assemble(texts: list[str]) -> str:
     return "\n".join(parts)
 
 
-@contextmanager
-def _outbox_lock(config: Config) -> Iterator[None]:
-    # Two workers finishing `a.pdf` and `a.png` at once must not both pick `a.md`.
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(config.state_dir / "outbox.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _in_spool(config: Config, job: Job) -> Path | None:
+    """The job's original when it still lies in the spool."""
+    original = Path(job.spool_path) if job.spool_path else None
+    if original is None or not original.is_relative_to(config.spool_dir) or not original.exists():
+        return None
+    return original
 
 
 def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
     """Write the outbox file of a job whose pages are all done, archive the original, mark it done.
     Runs under a lock shared by every finisher, so a worker and the supervisor (finishing for a
     worker that died) never interleave, and two documents never pick the same output name."""
-    with _outbox_lock(config):
+    # Two workers finishing `a.pdf` and `a.png` at once must not both pick `a.md`.
+    with flocked(config.state_dir / "outbox.lock"):
         job = ledger.job(job_id)
-        if job is None or job["state"] not in (JobState.RUNNING, JobState.QUEUED) \
+        if job is None or job.state not in (JobState.RUNNING, JobState.QUEUED) \
                 or not ledger.job_complete(job_id):
             return None
-        inbox = config.home_inbox(job["inbox"])
+        inbox = config.home_inbox(job.inbox)
         if inbox is None:
-            log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job["inbox"])
+            log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job.inbox)
             return None
         rel = job_relative_path(config, job)
-        out = Path(job["output_path"]) if job["output_path"] else unique_path(
+        out = Path(job.output_path) if job.output_path else unique_path(
             inbox.outbox / rel.with_suffix(".md"))
         ledger.set_job_paths(job_id, output_path=str(out))
         texts = ledger.page_texts(job_id)
@@ -88,19 +130,11 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
             ledger.fail_job(job_id, reason)
             fail_document(config, ledger, job_id, reason)
             return None
-        original = Path(job["spool_path"]) if job["spool_path"] else None
-        if original is not None and original.is_relative_to(config.spool_dir) and original.exists():
-            if inbox.archive is None:
-                original.unlink()
-                ledger.set_job_paths(job_id, spool_path="")
-            else:
-                try:
-                    moved = move_file(original, inbox.archive / rel)
-                    ledger.set_job_paths(job_id, spool_path=str(moved))
-                except OSError as exc:  # the output is written; the original waits in the spool
-                    log.error("archive_failed", job_id=job_id, original=str(original),
-                              error=str(exc), note="kept in the spool; moved at the next start")
-        elif original is not None and inbox.archive and (inbox.archive / rel).exists():
+        original = _in_spool(config, job)
+        if original is not None:   # the output is written; if archive/ refuses, it waits in the spool
+            place_original(ledger, original, plan_destination(inbox, Place.ARCHIVE, rel),
+                           job_id=job_id, event="archive_failed")
+        elif job.spool_path and inbox.archive and (inbox.archive / rel).exists():
             ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
         ledger.finish_job(job_id, str(out))
     log.info("job_done", job_id=job_id, output=str(out), pages=len(texts))
@@ -110,20 +144,14 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
 def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, details: str = "") -> None:
     """After the ledger failed a job: move its original to failed/<rel> with `<name>.error.txt`."""
     job = ledger.job(job_id)
-    if job is None or job["state"] != JobState.FAILED:
+    if job is None or job.state != JobState.FAILED:
         return
-    original = Path(job["spool_path"]) if job["spool_path"] else None
-    if original is None or not original.is_relative_to(config.spool_dir) or not original.exists():
+    original = _in_spool(config, job)
+    inbox = config.home_inbox(job.inbox)
+    if original is None or inbox is None:
         return
-    inbox = config.home_inbox(job["inbox"])
-    if inbox is None:
-        return
-    try:
-        moved = move_file(original, inbox.failed / job_relative_path(config, job))
-        ledger.set_job_paths(job_id, spool_path=str(moved))
-        write_error_file(moved, job["error"] or reason, details)
-    except OSError as exc:  # failed/ unwritable: the original waits in the spool, the ledger says so
-        log.error("failed_move_failed", job_id=job_id, original=str(original), error=str(exc),
-                  note="kept in the spool; moved at the next start")
-        return
-    log.warning("job_failed", job_id=job_id, reason=job["error"] or reason, moved_to=str(moved))
+    dest = plan_destination(inbox, Place.FAILED, job_relative_path(config, job))
+    moved = place_original(ledger, original, dest, job_id=job_id, error=job.error or reason,
+                           details=details, event="failed_move_failed")
+    if moved != original:
+        log.warning("job_failed", job_id=job_id, reason=job.error or reason, moved_to=str(moved))

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from PIL import Image, ImageOps
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 MAX_SIDE = 4096        # px; the model works at <= 1280 px, so more only costs memory
 # Modes Pillow reduces and resizes with a real filter (1 and P only by nearest neighbour).
@@ -89,7 +89,7 @@ def render_page(path: Path, page_no: int, dpi: int = 144) -> Image.Image:
         except InputError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InputError(f"corrupt image: {_reason(exc)}") from None
+            raise InputError(f"corrupt image: {first_line(exc)}") from None
     return _cap_size(out)
 
 
@@ -110,7 +110,7 @@ def _render_pdf_page(path: Path, page_no: int, dpi: int) -> Image.Image:
             finally:
                 bitmap.close()
         except Exception as exc:
-            raise InputError(f"corrupt PDF: page {page_no} cannot be rendered: {_reason(exc)}") from None
+            raise InputError(f"corrupt PDF: page {page_no} cannot be rendered: {first_line(exc)}") from None
         finally:
             page.close()
     return image
@@ -129,7 +129,7 @@ def _pdf(path: Path) -> Iterator:
             raise InputError("PDF is password-protected") from None
         if _has_no_pages(path):        # pdfium refuses a zero-page document outright
             raise InputError("PDF has no pages") from None
-        reason = _reason(exc).replace(" (PDFium: Success)", "")   # a stale "no error" code says nothing
+        reason = first_line(exc).replace(" (PDFium: Success)", "")   # a stale "no error" code says nothing
         raise InputError(f"corrupt PDF: {reason}") from None
     try:
         yield pdf
@@ -148,7 +148,7 @@ def _image(path: Path) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large: {_pixels(exc)}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"corrupt image: {_reason(exc)}") from None
+        raise InputError(f"corrupt image: {first_line(exc)}") from None
     try:
         yield im
     finally:
@@ -188,7 +188,7 @@ def _tiff_frames(im: Image.Image) -> int:
         im.seek(n - 1)          # walks every IFD: a broken chain fails here, not mid-document
         im.seek(0)
     except (OSError, ValueError, EOFError, SyntaxError) as exc:
-        raise InputError(f"corrupt image: {_reason(exc)}") from None
+        raise InputError(f"corrupt image: {first_line(exc)}") from None
     return n
 
 
@@ -199,7 +199,7 @@ def _seek(im: Image.Image, page_no: int) -> None:
     try:
         im.seek(page_no - 1)
     except (OSError, ValueError, EOFError, SyntaxError) as exc:
-        raise InputError(f"corrupt image: {_reason(exc)}") from None
+        raise InputError(f"corrupt image: {first_line(exc)}") from None
 
 
 def _check_decodes(im: Image.Image) -> None:
@@ -209,7 +209,7 @@ def _check_decodes(im: Image.Image) -> None:
             im.draft("L", (256, 256))
         im.load()
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InputError(f"corrupt image: {_reason(exc)}") from None
+        raise InputError(f"corrupt image: {first_line(exc)}") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -249,8 +249,3 @@ def _cap_size(im: Image.Image) -> Image.Image:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                        Image.Resampling.LANCZOS)
     return im
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

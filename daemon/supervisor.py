@@ -1,126 +1,116 @@
-"""`ocrd run`: the supervisor that ties the watcher, the ledger and the worker pool together.
+"""`ocrd run`: the supervisor that ties the ingest service, the ledger and the worker pool together.
 
-Its tick: reap dead workers (their pages go back with the attempt counted), kill a worker stuck on
-a page past page_timeout_s, rescue expired leases, start workers up to the pool size. Signal
-handlers only set flags: the first SIGTERM/SIGINT is a warm stop (nothing new is claimed, pages in
-flight finish or are released), a second one or the deadline is a cold stop. SIGHUP reloads the
-inbox list without dropping work.
+Its tick: act on what the workers said (model loaded, pages stored), reap the workers that ended
+(their pages go back with the attempt counted), kill a worker stuck on a page past page_timeout_s,
+rescue expired leases, start workers up to the pool size. The pool (pool.py) owns the processes;
+the supervisor decides what each exit means for the ledger, and writes it, on the tick's thread.
+Signal handlers only set flags: the first SIGTERM/SIGINT is a warm stop (nothing new is claimed,
+pages in flight finish or are released), a second one or the deadline is a cold stop. SIGHUP
+reloads the inbox list without dropping work.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
-from ..ledger.store import Ledger
+from ocrd.ledger.states import ModelState, ModelStatus, WorkerState
+from ocrd.ledger.store import BACKOFF_BASE_S, DaemonInfo, Ledger
+
 from .config import Config, ConfigError, load_config
+from .device import CPU_WARNING, DeviceInfo, detect_device, footprint_key, plan_for_config
+from .engine import DEFAULT_ENGINE
+from .errors import OcrdError, PageTimeout, WorkerDied
+from .ingest import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
-from .worker import DEFAULT_ENGINE, EXIT_MODEL_UNAVAILABLE, WorkerContext, start_worker_process
+from .logs import configure_logging
+from .outbox import fail_document, finish_document
+from .pool import Exit, WorkerPool
+from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
 
 log = structlog.get_logger()
 
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
-MODEL_RETRY_MAX_S = 300.0
 
 
-@dataclass
-class _Slot:
-    ctx: WorkerContext
-    proc: subprocess.Popen
-    busy_since: float | None = None
-    busy_count: int = 1
-    timed_out: bool = False
-    load_error: str | None = None
+@dataclass(frozen=True)
+class Settings:
+    """The supervisor's knobs (seams for tests and benches); sizing comes from the pool plan."""
 
-
-@dataclass
-class _Backoff:
-    failures: int = 0
-    next_at: float = 0.0
-    base_s: float = 2.0
-    max_s: float = 60.0
-
-    def failed(self, now: float) -> float:
-        self.failures += 1
-        delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s)
-        self.next_at = now + delay
-        return delay
-
-    def reset(self) -> None:
-        self.failures, self.next_at = 0, 0.0
-
-
-@dataclass
-class Supervisor:
-    config: Config
     engine_factory: str = DEFAULT_ENGINE
-    rescan_s: float = 60.0
-    empty_grace_s: float = 60.0
+    rescan_s: float = 60.0           # the watcher's full rescan of every inbox
+    empty_grace_s: float = 60.0      # an empty file waits this long before it fails
     lease_s: float = 60.0
     heartbeat_s: float = 5.0
-    device: object | None = None          # a DeviceInfo; None: detect through MLX
-    slots: list[_Slot] = field(default_factory=list)
+    backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base
 
-    def __post_init__(self) -> None:
+
+class Supervisor:
+    """start() plans the pool, recovers the last run and starts ingest; tick() supervises once;
+    stop() stops the workers (warm, then cold) and gives their pages back."""
+
+    def __init__(self, config: Config, settings: Settings = Settings(),
+                 device: DeviceInfo | None = None) -> None:
+        self.config = config
+        self.settings = settings
+        self.device = device             # None: detect through MLX at start
         self.host = socket.gethostname()
+        self.pool = WorkerPool()
         self.ledger: Ledger | None = None
-        self.ingest = None
+        self.ingest: IngestService | None = None
         self.pool_size = 1
         self.batch_size = 1
         self.recycle_bytes = 0
         self.model_ok: bool | None = None
-        self.model_backoff = _Backoff(base_s=5.0, max_s=MODEL_RETRY_MAX_S)
-        self.crash_backoff = _Backoff()
         self.ready = threading.Event()   # set once the model loaded, or its first load failed
-        self._serial = 0
-        self._next_rescue = 0.0
         self.peak_seen = 0               # highest peak memory a worker reported on real pages
         self._peak_saved = 0
+        self._serial = 0
+        self._next_rescue = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        from .device import CPU_WARNING, detect_device, footprint_key, plan_for_config
-        from .ingest import IngestService
-
         for folder in (self.config.state_dir, self.config.spool_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.config.db_url)
-        device = self.device or detect_device()
-        self.device = device
+        self.ledger = Ledger(self.config.db_url, backoff_base_s=self.settings.backoff_base_s)
+        device = self.device = self.device or detect_device()
         if device.backend == "cpu":
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
         measured = self.ledger.get_meta(footprint_key(self.config.model))
         plan = plan_for_config(device, self.config, int(measured) if measured else None)
-        self.pool_size = plan.count
-        self.recycle_bytes = int(plan.footprint_bytes * 2)
-        log.info("pool_planned", workers=plan.count, reason=plan.reason, backend=device.backend,
-                 device=device.name, memory_bytes=device.memory_bytes)
-        self.ledger.set_meta("device", json.dumps({"backend": device.backend, "name": device.name,
-                                                   "memory_bytes": device.memory_bytes}))
-        self.ledger.set_meta("pool_plan", json.dumps({"count": plan.count, "reason": plan.reason}))
-        self.ledger.set_meta("model_status", "loading")
+        self.pool_size, self.batch_size, self.recycle_bytes = plan.count, plan.batch, plan.recycle_bytes
+        log.info("pool_planned", workers=plan.count, reason=plan.reason, batch=plan.batch,
+                 batch_reason=plan.batch_reason, recycle_bytes=plan.recycle_bytes,
+                 recycle_reason=plan.recycle_reason, backend=device.backend, device=device.name,
+                 memory_bytes=device.memory_bytes)
+        self.ledger.set_daemon_info(DaemonInfo(
+            backend=device.backend, name=device.name, memory_bytes=device.memory_bytes,
+            workers=plan.count, batch=plan.batch, reason=plan.reason))
+        self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
         self._recover_previous_run()
-        self.ingest = IngestService(self.config, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)
+        self.ingest = IngestService(self.config, rescan_s=self.settings.rescan_s,
+                                    empty_grace_s=self.settings.empty_grace_s)
         self.ingest.start()
 
     def tick(self, now: float | None = None) -> None:
         """One round of supervision; `now` is time.monotonic() (a seam for tests)."""
         now = time.monotonic() if now is None else now
-        self._reap(now)
-        self._enforce_page_timeout(now)
+        exits = self.pool.reap()
+        for worker_id, message in self.pool.drain_events():
+            self._on_message(worker_id, message)
+        for ended in exits:
+            self._on_exit(ended, now)
+        self.pool.enforce_timeout(now, self.config.model.page_timeout_s)
         if now >= self._next_rescue:  # a write transaction: not every tick (leases last lease_s)
-            self._next_rescue = now + min(5.0, self.lease_s / 4)
+            self._next_rescue = now + min(5.0, self.settings.lease_s / 4)
             rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
@@ -129,29 +119,19 @@ class Supervisor:
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
-        """Warm stop: SIGTERM every worker, wait until they exit (they finish the page in hand),
-        SIGKILL what is left at the deadline or when `cold` is set, and give their pages back."""
+        """Warm stop: every worker finishes the page in hand and exits; at the deadline, or when
+        `cold` is set, what is left is killed. Pages still held go back to the queue."""
         if self.ingest is not None:
             self.ingest.stop()
         if self.ledger is None:
             return
-        for slot in self.slots:
-            _signal(slot.proc, signal.SIGTERM)
-        deadline = time.monotonic() + deadline_s
-        while any(s.proc.poll() is None for s in self.slots):
-            if time.monotonic() > deadline or (cold is not None and cold.is_set()):
-                log.warning("cold_stop", workers=sum(s.proc.poll() is None for s in self.slots))
-                for slot in self.slots:
-                    _signal(slot.proc, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        for slot in self.slots:
-            slot.proc.wait()
-            released = self.ledger.release_pages(slot.ctx.worker_id)
+        for ended in self.pool.stop(deadline_s, cold):
+            released = self.ledger.release_pages(ended.worker_id)
             if released:
-                log.info("pages_released", worker_id=slot.ctx.worker_id, pages=released)
-            self.ledger.set_worker_state(slot.ctx.worker_id, "stopped")
-        self.slots.clear()
+                log.info("pages_released", worker_id=ended.worker_id, pages=released)
+            self.ledger.set_worker_state(ended.worker_id, WorkerState.STOPPED)
+        for worker_id, message in self.pool.drain_events():
+            self._on_message(worker_id, message)
         self._save_footprint()
         self.ledger.close()
 
@@ -160,11 +140,55 @@ class Supervisor:
         self.config = config
         if self.ingest is not None:
             self.ingest.reload(config)
-        for slot in self.slots:  # running workers re-read it between pages; new ones get it
-            _signal(slot.proc, signal.SIGHUP)
+        self.pool.signal_all(signal.SIGHUP)  # running workers re-read it between pages
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
 
-    # -- the tick's parts -----------------------------------------------------------------------
+    # -- what the workers said and how they ended ------------------------------------------------
+    def _on_message(self, worker_id: str, message: Message) -> None:
+        if message.event == WorkerEvent.LOADED:
+            if not self.model_ok:
+                self.model_ok = True
+                self.pool.model_backoff.reset()
+                self.ledger.set_model_status(ModelStatus(ModelState.OK))
+            self.pool.crash_backoff.reset()
+            self.ready.set()
+        elif message.event == WorkerEvent.PAGE_STORED:  # measured on a real page: what a worker needs
+            self.peak_seen = max(self.peak_seen, message.peak_memory_bytes)
+
+    def _on_exit(self, ended: Exit, now: float) -> None:
+        if ended.timed_out:
+            limit = self.config.model.page_timeout_s
+            self._fail_held_pages(ended.worker_id, PageTimeout(f"page timed out after {limit:g} s"))
+        elif ended.code == EXIT_MODEL_UNAVAILABLE:
+            self._model_unavailable(ended.load_error or "model could not be loaded", now)
+        elif ended.code != 0:
+            delay = self.pool.crash_backoff.failed(now)
+            log.error("worker_died", worker_id=ended.worker_id, exit_code=ended.code, restart_in_s=delay)
+            self._fail_held_pages(ended.worker_id, WorkerDied(f"worker died (exit code {ended.code})"))
+        state = WorkerState.STOPPED if ended.code == 0 else WorkerState.DEAD
+        self.ledger.set_worker_state(ended.worker_id, state, error=ended.reason)
+
+    def _model_unavailable(self, reason: str, now: float) -> None:
+        delay = self.pool.model_backoff.failed(now)
+        status = ModelStatus(ModelState.UNAVAILABLE, reason, delay)
+        previous = self.ledger.model_status()
+        if previous is None or previous.describe() != status.describe():
+            log.error("model_unavailable", reason=reason, model=self.config.model.path,
+                      retry_in_s=delay, note="pages stay queued until the model loads")
+        self.ledger.set_model_status(status)
+        self.model_ok = False
+        self.ready.set()
+
+    def _fail_held_pages(self, worker_id: str, exc: OcrdError) -> None:
+        for job_id, page_no in self.ledger.pages_of_worker(worker_id):
+            outcome = self.ledger.fail_page(job_id, page_no, None, str(exc), retryable=exc.retryable,
+                                            max_attempts=self.config.workers.max_attempts)
+            log.warning("page_failed", job_id=job_id, page=page_no, reason=str(exc),
+                        kind=exc.kind, outcome=str(outcome.state))
+            if outcome.job_failed:
+                fail_document(self.config, self.ledger, job_id, str(exc))
+
+    # -- the tick's other parts -----------------------------------------------------------------
     def _recover_previous_run(self) -> None:
         """Pages held by workers of an earlier run on this host go back at once, not after their
         lease. We hold the daemon lock, so those workers are dead or orphans about to exit (they
@@ -182,8 +206,6 @@ class Supervisor:
     def _finish_orphaned_documents(self) -> None:
         """Jobs with every page done but no outbox file: their finisher died in between (a worker
         killed right after its last page). Finishing is idempotent, so racing a live finisher is safe."""
-        from .outbox import finish_document
-
         for job_id in self.ledger.completed_jobs_not_done():
             try:
                 if finish_document(self.config, self.ledger, job_id):
@@ -191,117 +213,26 @@ class Supervisor:
             except Exception:  # one document must never stop the supervisor
                 log.exception("finish_failed", job_id=job_id)
 
-    def _reap(self, now: float) -> None:
-        for slot in [s for s in self.slots if s.proc.poll() is not None]:
-            self.slots.remove(slot)
-            code = slot.proc.returncode
-            worker_id = slot.ctx.worker_id
-            if slot.timed_out:
-                self._fail_held_pages(worker_id, f"page timed out after {self.config.model.page_timeout_s:g} s")
-            elif code == EXIT_MODEL_UNAVAILABLE:
-                delay = self.model_backoff.failed(now)
-                reason = slot.load_error or "model could not be loaded"
-                status = f"unavailable: {reason} (retrying in {delay:.0f} s)"
-                if self.ledger.get_meta("model_status") != status:
-                    log.error("model_unavailable", reason=reason, model=self.config.model.path,
-                              retry_in_s=delay, note="pages stay queued until the model loads")
-                self.ledger.set_meta("model_status", status)
-                self.model_ok = False
-                self.ready.set()
-            elif code != 0:
-                delay = self.crash_backoff.failed(now)
-                log.error("worker_died", worker_id=worker_id, exit_code=code, restart_in_s=delay)
-                self._fail_held_pages(worker_id, f"worker died (exit code {code})")
-            error = None if code == 0 else (slot.load_error or ("killed: page timed out" if slot.timed_out
-                                                                else f"exit code {code}"))
-            self.ledger.set_worker_state(worker_id, "stopped" if code == 0 else "dead", error=error)
-
     def _save_footprint(self) -> None:
         """The peak memory measured on real pages sizes the pool at the next start."""
-        from .device import footprint_key
-
         if self.peak_seen > self._peak_saved:
             self.ledger.set_meta(footprint_key(self.config.model), str(self.peak_seen))
             self._peak_saved = self.peak_seen
 
-    def _fail_held_pages(self, worker_id: str, reason: str) -> None:
-        from .outbox import fail_document
-
-        for job_id, page_no in self.ledger.pages_of_worker(worker_id):
-            outcome = self.ledger.fail_page(job_id, page_no, None, reason, retryable=True,
-                                            max_attempts=self.config.workers.max_attempts)
-            log.warning("page_failed", job_id=job_id, page=page_no, reason=reason, outcome=str(outcome.state))
-            if outcome.job_failed:
-                fail_document(self.config, self.ledger, job_id, reason)
-
-    def _enforce_page_timeout(self, now: float) -> None:
-        # A hang inside native code can't be interrupted from within the worker: kill it.
-        limit = self.config.model.page_timeout_s
-        for slot in self.slots:
-            since = slot.busy_since
-            if since is not None and not slot.timed_out and now - since > limit * slot.busy_count:
-                log.error("page_timeout", worker_id=slot.ctx.worker_id, seconds=round(now - since, 1))
-                slot.timed_out = True
-                _signal(slot.proc, signal.SIGKILL)
-
     def _spawn(self, now: float) -> None:
         target = self.pool_size if self.model_ok else 1   # one probe until the model is known to load
-        if now < max(self.model_backoff.next_at, self.crash_backoff.next_at):
+        if self.pool.held_off(now):
             return
-        while len(self.slots) < target:
+        while len(self.pool) < target:
             self._serial += 1
             ctx = WorkerContext(
                 worker_id=f"{self.host.split('.')[0]}-{os.getpid()}-{self._serial}-{secrets.token_hex(2)}",
-                config=self.config, engine_factory=self.engine_factory, batch_size=self.batch_size,
-                lease_s=self.lease_s, heartbeat_s=self.heartbeat_s,
-                recycle_memory_bytes=self.recycle_bytes, sys_path=tuple(sys.path))
-            slot = _Slot(ctx=ctx, proc=None)  # type: ignore[arg-type]
-            slot.proc = start_worker_process(ctx, lambda e, s=slot: self._on_event(s, e),
-                                             lambda line, w=ctx.worker_id: log.info("worker_output", worker_id=w, line=line))
-            self.slots.append(slot)
-            log.info("worker_started", worker_id=ctx.worker_id, pid=slot.proc.pid)
-
-    def _on_event(self, slot: _Slot, event: dict) -> None:
-        """Runs on a reader thread: note what the supervisor needs, then log the event."""
-        name = event.pop("event", "worker_event")
-        level = event.pop("level", "info")
-        event.pop("timestamp", None)
-        if name == "page_start":
-            slot.busy_count = int(event.get("count", 1))
-            slot.busy_since = time.monotonic()
-        elif name == "page_end":
-            slot.busy_since = None
-        elif name == "model_unavailable":
-            slot.load_error = event.get("reason")
-        elif name == "model_loaded":
-            self._model_loaded()
-        elif name == "page_done":  # measured on a real page: what a worker really needs
-            self.peak_seen = max(self.peak_seen, int(event.get("peak_memory_bytes") or 0))
-        log.log(logging.getLevelName(level.upper()) if isinstance(level, str) else logging.INFO, name, **event)
-
-    def _model_loaded(self) -> None:
-        if not self.model_ok:
-            self.model_ok = True
-            self.model_backoff.reset()
-            self._set_meta_from_thread("model_status", "ok")
-        self.crash_backoff.reset()
-        self.ready.set()
-
-    def _set_meta_from_thread(self, key: str, value: str) -> None:
-        # Reader threads must not share the supervisor's connection mid-transaction: use a short one.
-        ledger = Ledger(self.config.db_url)
-        try:
-            ledger.set_meta(key, value)
-        finally:
-            ledger.close()
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
+                config=self.config, engine_factory=self.settings.engine_factory,
+                batch_size=self.batch_size, lease_s=self.settings.lease_s,
+                heartbeat_s=self.settings.heartbeat_s, recycle_memory_bytes=self.recycle_bytes,
+                backoff_base_s=self.settings.backoff_base_s, sys_path=tuple(sys.path))
+            pid = self.pool.start_worker(ctx)
+            log.info("worker_started", worker_id=ctx.worker_id, pid=pid)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -331,10 +262,8 @@ def sd_notify(message: str) -> None:
             pass
 
 
-def run_daemon(config: Config, *, engine_factory: str = DEFAULT_ENGINE, tick_s: float = 0.5) -> int:
+def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float = 0.5) -> int:
     """Run the supervisor in the foreground until SIGTERM/SIGINT; the exit code for `ocrd run`."""
-    from .logs import configure_logging
-
     configure_logging(config.log_dir)
     lock = DaemonLock(config.lock_path)
     try:
@@ -358,7 +287,7 @@ def run_daemon(config: Config, *, engine_factory: str = DEFAULT_ENGINE, tick_s: 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    supervisor = Supervisor(config, engine_factory=engine_factory)
+    supervisor = Supervisor(config, settings)
     log.info("daemon_starting", pid=os.getpid(), config=str(config.source), state_dir=str(config.state_dir))
     try:
         supervisor.start()

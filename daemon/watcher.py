@@ -9,12 +9,8 @@ The watcher never hashes, renders or moves anything.
 
 from __future__ import annotations
 
-import errno
-import fnmatch
-import logging
 import os
 import stat
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,64 +33,14 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
+from .inbox import is_ignored, is_permission_error, permission_fix, refusal_reason
 
 log = structlog.get_logger()
 
-
-def _not_stop_noise(record: logging.LogRecord) -> bool:
-    # watchdog logs this at ERROR when an inotify event races the observer's own stop; harmless.
-    return "called when the thread is inactive" not in record.getMessage()
-
-
-logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)
-
-# Partial downloads, editor lock files and sync placeholders: never ours to touch.
-_IGNORED_NAMES = ("~$*", "*.part", "*.crdownload", "*.download", "*.tmp", "*.icloud")
 # macOS: the file's content lives only in iCloud; reading it would block on a download.
 SF_DATALESS = 0x40000000
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
            DirCreatedEvent, DirMovedEvent]
-
-
-def is_ignored(inbox: InboxConfig, path: Path) -> bool:
-    """Hidden files and folders, partial downloads, lock files, iCloud placeholders and the
-    inbox's own `ignore` globs (matched against the name and the path relative to the inbox)."""
-    try:
-        rel = path.relative_to(inbox.path)
-    except ValueError:
-        rel = Path(path.name)
-    if any(part.startswith(".") for part in rel.parts):
-        return True  # also .DS_Store, ._AppleDouble and `.name.pdf.icloud`
-    name = path.name
-    lowered = name.lower()
-    if any(fnmatch.fnmatchcase(lowered, pattern) for pattern in _IGNORED_NAMES):
-        return True
-    rel_text = rel.as_posix()
-    return any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel_text, g) for g in inbox.ignore)
-
-
-def refusal(inbox: InboxConfig, path: Path) -> str | None:
-    """Why `path` must not be read or moved (a symlink, or it resolves outside the inbox), else
-    None. Raises OSError (FileNotFoundError, PermissionError) from lstat."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        return "symlink"
-    real = Path(os.path.realpath(path))
-    if not real.is_relative_to(os.path.realpath(inbox.path)):
-        return "outside inbox"
-    return None
-
-
-def permission_fix(path: Path) -> str:
-    """One line telling a person how to let the daemon read `path`."""
-    if sys.platform == "darwin":
-        return (f"grant Full Disk Access to {os.path.realpath(sys.executable)} in System Settings > Privacy & Security, "
-                "or move the inbox out of ~/Documents, ~/Desktop, ~/Downloads, iCloud Drive")
-    return f"give the daemon's user read and write access to {path} (check `ls -ld {path.parent}`)"
-
-
-def is_permission_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)
 
 
 @dataclass
@@ -305,7 +251,7 @@ class Watcher:
             if now - track.since < needed:
                 continue
             try:
-                why = refusal(inbox, path)  # a parent folder may be a symlink out of the inbox
+                why = refusal_reason(inbox, path)  # a parent folder may be a symlink out of the inbox
                 if why is not None:
                     self._refuse(inbox, path, why)
                     continue

@@ -8,8 +8,9 @@ CONTRACT (other modules are written against exactly these names and signatures; 
   FOR UPDATE also blocks the foreign-key checks of event inserts, and two claims of one job then
   deadlock; SQLite's dialect renders nothing, BEGIN IMMEDIATE already made it the only writer).
   Deadlocks, serialization failures and lock timeouts are retried like SQLITE_BUSY.
-- Every state change goes through `_transition_job` / `_transition_page` (conditional UPDATE ...
-  WHERE state = :from) and appends an `events` row in the same transaction.
+- Every state change goes through transitions.py's `transition_job` / `transition_page`
+  (conditional UPDATE ... WHERE state = :from) and appends an `events` row in the same transaction.
+- Engine set-up and the transaction runner live in _engine.py, the read-only reports in reports.py.
 - `jobs.spool_path` always holds where the original lies NOW: the spool while queued/running, the
   archive path once done (None if deleted), the failed/ path once failed. Whoever moves the file
   calls `set_job_paths` right after the move; the supervisor reconciles at start.
@@ -18,42 +19,31 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
-import sys
-import time
-from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import (Connection, Engine, Row, and_, create_engine, delete, event, func, insert,
-                        or_, select, text, update)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, text, update
 
 from . import migrations as _migrations
-from .schema import events, heartbeats, jobs, meta, pages, workers
-from .states import (ENDED_WORKER_STATES, JobState, ModelStatus, PageState, TransitionError,
-                     WorkerState, check_job, check_page)
+from . import reports
+from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction, upsert
+from .clock import from_text, to_text, utc_now
+from .schema import heartbeats, jobs, meta, pages, workers
+from .states import (ENDED_WORKER_STATES, JobState, ModelStatus, OnDuplicate, PageState,
+                     TransitionError, WorkerState)
+from .transitions import (append_event, fail_job_with_pages, page_key, transition_job,
+                          transition_page)
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 30_000
-RETRY_FOR_S = 120.0                  # on top of busy_timeout: only a wedged writer gets this far
 HEARTBEAT_RETENTION = timedelta(hours=24)
-LIVE_WORKER_WINDOW = timedelta(minutes=10)
-BACKOFF_BASE_S = 10.0
+BACKOFF_BASE_S = 10.0                # backoff_s doubles it per attempt
 BACKOFF_MAX_S = 600.0
 LEASE_LOST = "lease expired (worker lost)"
 _KEEP: Any = object()                # set_job_paths: leave this column as it is
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-# serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout)
-_PG_RETRY = frozenset({"40001", "40P01", "55P03"})
 _PG_INGEST_LOCK = 7262002            # pg_advisory_xact_lock key (migrations.py uses 7262001)
 
 
@@ -62,6 +52,37 @@ class AddResult:
     job_id: int
     state: JobState              # queued, duplicate or failed
     duplicate_of: int | None     # the original job when state is duplicate
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `jobs` row (DESIGN.md documents the columns); times are ISO-8601 UTC text."""
+    id: int
+    inbox: str                   # InboxConfig.key
+    source_path: str             # where it was dropped
+    spool_path: str | None       # where the original lies now ("" or None: deleted)
+    sha256: str | None
+    size_bytes: int | None
+    state: JobState
+    pages_total: int
+    pages_done: int
+    attempts: int
+    priority: int
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    output_path: str | None
+    error: str | None
+    duplicate_of: int | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        return cls(**{**row._mapping, "state": JobState(row.state)})
+
+    def __getitem__(self, column: str) -> Any:
+        # Row-style access (`job["state"]`) for scripts and tests written against the dict rows
+        # this replaced; the daemon and the CLI use the attributes.
+        return getattr(self, column)
 
 
 @dataclass(frozen=True)
@@ -94,214 +115,26 @@ class PageOutcome:
     job_failed: bool             # the page's failure failed its job
 
 
-# -- time -----------------------------------------------------------------------------------------
-def utc_now(now: datetime | None = None) -> datetime:
-    """`now` as an aware UTC datetime (naive values are taken as UTC)."""
-    if now is None:
-        return datetime.now(UTC)
-    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-
-
-def to_text(moment: datetime) -> str:
-    """The one stored time format: fixed width, so text order is time order; sqlite3's date
-    functions read it."""
-    return utc_now(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_text(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def backoff_s(attempts: int, rng: random.Random | None = None) -> float:
-    """Delay before a failed page may run again: min(10 s * 2**attempts, 600 s) * U(0.8, 1.2)."""
+def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random | None = None) -> float:
+    """Delay before a failed page may run again: `base_s` doubled per attempt so far, capped at
+    BACKOFF_MAX_S, jittered so that pages failed together do not come back together."""
     jitter = (rng or random).uniform(0.8, 1.2)
-    return min(BACKOFF_BASE_S * 2 ** attempts, BACKOFF_MAX_S) * jitter
-
-
-# -- engine -------------------------------------------------------------------------------------
-def _make_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")   # not SQLAlchemy's psycopg2 default
-    if parsed.get_backend_name() != "sqlite":
-        # lock_timeout plays busy_timeout's part: a wait past it is retried like SQLITE_BUSY
-        options = f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
-        return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
-                             connect_args={"options": options.strip()})
-    if parsed.database in (None, "", ":memory:"):
-        raise ValueError("the ledger needs a SQLite file, not an in-memory database")
-    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        parsed, pool_size=pool_size, max_overflow=2,
-        # the worker's heartbeat thread shares the Ledger with its main thread; each checkout is
-        # used by one thread at a time, which is all sqlite3 needs
-        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
-
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # sqlite3 must not emit its own (deferred) BEGIN: `on_begin` decides the kind
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")   # first: WAL may wait
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if sys.platform == "darwin":
-            # plain fsync on macOS does not reach the platter; F_FULLFSYNC does
-            cursor.execute("PRAGMA fullfsync = ON")
-        cursor.close()
-
-    def on_begin(conn: Connection) -> None:
-        # A deferred write transaction that later needs the write lock fails with SQLITE_BUSY at
-        # once (busy_timeout cannot help it); IMMEDIATE takes the lock up front and waits for it.
-        # Pure reads stay deferred so `ocrd status` never queues behind the workers.
-        read = conn.get_execution_options().get("ledger_read", False)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
-
-    event.listen(engine, "connect", on_connect)
-    event.listen(engine, "begin", on_begin)
-    return engine
-
-
-def _is_busy(exc: OperationalError) -> bool:
-    """A transient lock conflict: retry the whole transaction."""
-    if getattr(exc.orig, "sqlstate", None) in _PG_RETRY:
-        return True
-    code = getattr(exc.orig, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return True
-    message = str(exc.orig).lower()
-    return "database is locked" in message or "database table is locked" in message
-
-
-# -- the one writer of state ----------------------------------------------------------------------
-def _add_event(conn: Connection, job_id: int | None, page_no: int | None, now: datetime, kind: str,
-               detail: str = "") -> None:
-    conn.execute(insert(events).values(job_id=job_id, page_no=page_no, at=to_text(now), kind=kind,
-                                       detail=detail))
-
-
-def _describe(src: str, dst: str, detail: str) -> str:
-    return f"{src} -> {dst}" + (f": {detail}" if detail else "")
-
-
-def _transition_job(conn: Connection, job_id: int, dst: JobState, now: datetime, *,
-                    src: Collection[JobState] | None = None, detail: str = "",
-                    **values: Any) -> JobState:
-    """Move one job to `dst` (from its current state, which must be in `src` when given) with a
-    conditional UPDATE, set `values` and append an event. Raises TransitionError when the table
-    forbids it, the job is not in `src`, or the row moved on meanwhile. Returns the old state."""
-    current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)
-                           .with_for_update(key_share=True)).scalar_one_or_none()
-    if current is None:
-        raise TransitionError(f"job {job_id} does not exist")
-    current = JobState(current)
-    if src is not None and current not in src:
-        raise TransitionError(f"job {job_id} is {current}, not {'/'.join(sorted(src))}")
-    check_job(current, dst)
-    result = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == current)
-                          .values(state=dst, updated_at=to_text(now), **values))
-    if result.rowcount != 1:
-        raise TransitionError(f"job {job_id} moved on from {current} (lost a race)")
-    _add_event(conn, job_id, None, now, f"job_{dst}", _describe(current, dst, detail))
-    return current
-
-
-def _transition_page(conn: Connection, src: PageState, dst: PageState, now: datetime, *,
-                     where: Any, detail: str = "", values: dict[str, Any] | None = None,
-                     one: bool = False) -> list[Row]:
-    """Move every page that matches `where` AND is in `src` to `dst` in one conditional UPDATE,
-    set `values`, and append one event per page moved. Returns the moved rows (id, job_id,
-    page_no, attempts). With `one`, moving nothing raises TransitionError (lost the race)."""
-    check_page(src, dst)
-    stmt = (update(pages).where(pages.c.state == src, where)
-            .values(state=dst, **(values or {}))
-            .returning(pages.c.id, pages.c.job_id, pages.c.page_no, pages.c.attempts))
-    rows = conn.execute(stmt).all()
-    if one and len(rows) != 1:
-        raise TransitionError(f"page transition {src} -> {dst}: no such {src} page (lost a race)")
-    if rows:
-        at, text_ = to_text(now), _describe(src, dst, detail)
-        conn.execute(insert(events), [dict(job_id=r.job_id, page_no=r.page_no, at=at,
-                                           kind=f"page_{dst}", detail=text_) for r in rows])
-    return rows
-
-
-def _fail_job(conn: Connection, job_id: int, error: str, now: datetime) -> bool:
-    """queued/running -> failed, with the job's unfinished pages; False if it was neither."""
-    state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)
-                         .with_for_update(key_share=True)).scalar_one_or_none()
-    if state not in (JobState.QUEUED, JobState.RUNNING):
-        return False
-    _transition_job(conn, job_id, JobState.FAILED, now, detail=error, error=error,
-                    finished_at=to_text(now))
-    for src in (PageState.QUEUED, PageState.RUNNING):
-        _transition_page(conn, src, PageState.FAILED, now, where=pages.c.job_id == job_id,
-                         detail="its job failed",
-                         values=dict(error=f"job failed: {error}", lease_expires_at=None))
-    return True
-
-
-def _page_key(job_id: int, page_no: int) -> Any:
-    return and_(pages.c.job_id == job_id, pages.c.page_no == page_no)
-
-
-def _row(row: Row | None) -> dict[str, Any] | None:
-    return None if row is None else dict(row._mapping)
-
-
-_MEMORY_KEYS = ("active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes",
-                "memory_limit_bytes", "tokens_per_s")
-
-
-def _workers_status(conn: Connection, now: datetime) -> list[dict[str, Any]]:
-    query = (select(workers)
-             .where(or_(workers.c.state.not_in(["stopped", "dead"]),
-                        workers.c.last_heartbeat_at >= to_text(now - LIVE_WORKER_WINDOW)))
-             .order_by(workers.c.started_at, workers.c.id))
-    out = []
-    for w in conn.execute(query).all():
-        latest = conn.execute(
-            select(*(heartbeats.c[k] for k in _MEMORY_KEYS))
-            .where(heartbeats.c.worker_id == w.id)
-            .order_by(heartbeats.c.at.desc(), heartbeats.c.id.desc()).limit(1)).first()
-        age = (now - from_text(w.last_heartbeat_at)).total_seconds() if w.last_heartbeat_at else None
-        out.append(dict(id=w.id, host=w.host, pid=w.pid, backend=w.backend,
-                        device_name=w.device_name, state=w.state, started_at=w.started_at,
-                        heartbeat_age_s=age, current_page=w.current_page, pages_done=w.pages_done,
-                        error=w.error,
-                        **{k: (latest._mapping[k] if latest else None) for k in _MEMORY_KEYS}))
-    return out
-
-
-def _throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
-    def per_min(minutes: int) -> float:
-        # Pages over the time the window really held work (at least a minute): right after a
-        # start, 500 pages in 8 s is not "100 pages/min over 5 min". Bounded above too, so a
-        # `now` in the past (tests, replays) reads like a live one.
-        count, first = conn.execute(select(func.count(), func.min(pages.c.finished_at)).where(
-            pages.c.finished_at >= to_text(now - timedelta(minutes=minutes)),
-            pages.c.finished_at <= to_text(now))).one()
-        if not count:
-            return 0.0
-        span_min = (now - from_text(first)).total_seconds() / 60
-        return count / min(max(span_min, 1.0), minutes)
-
-    per_min_5 = per_min(5)
-    per_min_60 = per_min(60)
-    left = conn.execute(select(func.count()).select_from(pages).where(
-        pages.c.state.in_([PageState.QUEUED, PageState.RUNNING]))).scalar_one()
-    rate = per_min_5 or per_min_60
-    eta = 0.0 if left == 0 else (left / rate * 60 if rate else None)
-    return {"pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60, "eta_s": eta}
+    return min(base_s * 2 ** attempts, BACKOFF_MAX_S) * jitter
 
 
 class Ledger:
+    """The job database's one API: open it (creating and migrating as needed), call its methods
+    (each one short transaction, from any thread or process), close it (or use it as a context)."""
+
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 2,
-                 migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS) -> None:
-        """Open (creating and migrating as needed) the ledger at a SQLAlchemy URL
-        ("sqlite:////abs/path/ledger.db" or "postgresql+psycopg://...")."""
+                 migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS,
+                 backoff_base_s: float = BACKOFF_BASE_S) -> None:
+        """Open the ledger at a SQLAlchemy URL ("sqlite:////abs/path/ledger.db" or
+        "postgresql+psycopg://..."). `backoff_base_s` scales fail_page's retry delay (tests
+        shorten it)."""
         self.url = url
-        self._engine = _make_engine(url, busy_timeout_ms, pool_size)
+        self.backoff_base_s = backoff_base_s
+        self._engine = make_sql_engine(url, busy_timeout_ms, pool_size)
         self._sqlite = self._engine.dialect.name == "sqlite"
         try:
             self._migrate(migrations)
@@ -319,51 +152,23 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- transactions ---------------------------------------------------------------------------
-    def _run(self, fn: Callable[[Connection], T], *, read: bool = False) -> T:
-        """Run `fn` in one short transaction: committed if it returns, rolled back if it raises.
-        SQLITE_BUSY past busy_timeout is retried (whole transaction) with jittered backoff, so a
-        "database is locked" only reaches the caller after RETRY_FOR_S more seconds."""
-        deadline = time.monotonic() + RETRY_FOR_S
-        for attempt in itertools.count():
-            try:
-                with self._engine.connect() as conn:
-                    if read and self._sqlite:
-                        conn.execution_options(ledger_read=True)
-                    elif read:
-                        # one snapshot for the whole read, as SQLite's deferred transaction has
-                        conn.execution_options(isolation_level="REPEATABLE READ",
-                                               postgresql_readonly=True)
-                    with conn.begin():
-                        return fn(conn)
-            except OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
-
+    # -- transactions (_engine.run_transaction: BEGIN IMMEDIATE for writes, retried when busy) --
     def _write(self, fn: Callable[[Connection], T]) -> T:
-        return self._run(fn)
+        return run_transaction(self._engine, fn)
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
-        return self._run(fn, read=True)
+        return run_transaction(self._engine, fn, read=True)
 
     def _migrate(self, migrations: tuple[_migrations.Migration, ...]) -> None:
         for migration in self._read(lambda conn: _migrations.pending(conn, migrations)):
             self._write(lambda conn: _migrations.apply_one(conn, migration, utc_now(), to_text))
 
-    def _upsert(self, conn: Connection, table: Any, key: str, values: dict[str, Any]) -> None:
-        stmt = (sqlite_insert if self._sqlite else pg_insert)(table).values(**values)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[table.c[key]],
-            set_={k: stmt.excluded[k] for k in values if k != key}))
-
     # -- jobs -----------------------------------------------------------------------------------
     def add_job(self, *, inbox: str, source_path: str, spool_path: str, sha256: str, size_bytes: int,
-                pages_total: int, priority: int = 0, on_duplicate: str = "skip",
+                pages_total: int, priority: int = 0, on_duplicate: OnDuplicate = OnDuplicate.SKIP,
                 now: datetime | None = None) -> AddResult:
         """Insert a job and its `pages_total` page rows in one transaction.
-        If on_duplicate == "skip" and a queued/running/done job has the same sha256, insert a
+        If on_duplicate is SKIP and a queued/running/done job has the same sha256, insert a
         `duplicate` job instead (no pages, error = "duplicate of job N") and return duplicate_of=N.
         Idempotent on spool_path: if a job with this spool_path exists, return it unchanged."""
         if pages_total < 1:
@@ -377,9 +182,9 @@ class Ledger:
             self._lock_ingest(conn)
             existing = self._by_spool_path(conn, spool_path)
             if existing is not None:
-                return AddResult(existing["id"], JobState(existing["state"]), existing["duplicate_of"])
+                return AddResult(existing.id, existing.state, existing.duplicate_of)
             original = None
-            if on_duplicate == "skip" and sha256:
+            if on_duplicate == OnDuplicate.SKIP and sha256:
                 original = conn.execute(
                     select(jobs.c.id).where(jobs.c.sha256 == sha256,
                                             jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING,
@@ -390,12 +195,12 @@ class Ledger:
                 job_id = conn.execute(insert(jobs).values(
                     **common, state=JobState.DUPLICATE, pages_total=0, duplicate_of=original,
                     error=error, finished_at=stamp)).inserted_primary_key[0]
-                _add_event(conn, job_id, None, now, "job_duplicate", error)
+                append_event(conn, job_id, None, now, "job_duplicate", error)
                 return AddResult(job_id, JobState.DUPLICATE, original)
             job_id = conn.execute(insert(jobs).values(
                 **common, state=JobState.QUEUED, pages_total=pages_total)).inserted_primary_key[0]
             self._insert_pages(conn, job_id, pages_total, priority)
-            _add_event(conn, job_id, None, now, "job_added", f"{pages_total} pages from {source_path}")
+            append_event(conn, job_id, None, now, "job_added", f"{pages_total} pages from {source_path}")
             return AddResult(job_id, JobState.QUEUED, None)
 
         return self._write(tx)
@@ -413,9 +218,10 @@ class Ledger:
                                      for n in range(1, pages_total + 1)])
 
     @staticmethod
-    def _by_spool_path(conn: Connection, spool_path: str) -> dict[str, Any] | None:
-        return _row(conn.execute(select(jobs).where(jobs.c.spool_path == spool_path)
-                                 .order_by(jobs.c.id.desc()).limit(1)).first())
+    def _by_spool_path(conn: Connection, spool_path: str) -> Job | None:
+        row = conn.execute(select(jobs).where(jobs.c.spool_path == spool_path)
+                           .order_by(jobs.c.id.desc()).limit(1)).first()
+        return None if row is None else Job.from_row(row)
 
     def add_failed_job(self, *, inbox: str, source_path: str, spool_path: str, sha256: str,
                        size_bytes: int, error: str, now: datetime | None = None) -> int:
@@ -429,28 +235,32 @@ class Ledger:
             self._lock_ingest(conn)
             existing = self._by_spool_path(conn, spool_path)
             if existing is not None:
-                return existing["id"]
+                return existing.id
             job_id = conn.execute(insert(jobs).values(
                 inbox=inbox, source_path=source_path, spool_path=spool_path, sha256=sha256,
                 size_bytes=size_bytes, state=JobState.FAILED, pages_total=0, created_at=stamp,
                 updated_at=stamp, finished_at=stamp, error=error)).inserted_primary_key[0]
-            _add_event(conn, job_id, None, now, "job_failed", f"at ingest: {error}")
+            append_event(conn, job_id, None, now, "job_failed", f"at ingest: {error}")
             return job_id
 
         return self._write(tx)
 
-    def job(self, job_id: int) -> dict[str, Any] | None:
-        """One jobs row as a dict (all columns), or None."""
-        return self._read(lambda c: _row(c.execute(select(jobs).where(jobs.c.id == job_id)).first()))
+    def job(self, job_id: int) -> Job | None:
+        """One jobs row, or None."""
+        def tx(conn: Connection) -> Job | None:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            return None if row is None else Job.from_row(row)
 
-    def job_by_spool_path(self, spool_path: str) -> dict[str, Any] | None:
+        return self._read(tx)
+
+    def job_by_spool_path(self, spool_path: str) -> Job | None:
         """The newest job whose original lies at spool_path, or None."""
         return self._read(lambda c: self._by_spool_path(c, spool_path))
 
-    def jobs_in_states(self, states: list[JobState]) -> list[dict[str, Any]]:
-        """All jobs rows in these states (for reconciling spool and ledger at start)."""
+    def jobs_in_states(self, states: list[JobState]) -> list[Job]:
+        """All jobs rows in these states, oldest first."""
         query = select(jobs).where(jobs.c.state.in_(list(states))).order_by(jobs.c.id)
-        return self._read(lambda c: [dict(r._mapping) for r in c.execute(query)])
+        return self._read(lambda c: [Job.from_row(r) for r in c.execute(query)])
 
     def set_job_paths(self, job_id: int, *, spool_path: str | None = _KEEP,
                       output_path: str | None = _KEEP) -> None:
@@ -478,9 +288,9 @@ class Ledger:
                 if state == JobState.QUEUED:
                     # a retried job whose failure came after its last page (the outbox write):
                     # nothing is left to claim, so it never went running again
-                    _transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
+                    transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
                                     detail="every page was already done")
-                _transition_job(conn, job_id, JobState.DONE, now, src={JobState.RUNNING},
+                transition_job(conn, job_id, JobState.DONE, now, src={JobState.RUNNING},
                                 detail=output_path, output_path=output_path,
                                 finished_at=to_text(now), error=None)
             except TransitionError:
@@ -492,7 +302,7 @@ class Ledger:
     def fail_job(self, job_id: int, error: str, now: datetime | None = None) -> bool:
         """queued/running -> failed with error (its queued/running pages -> failed too)."""
         now = utc_now(now)
-        return self._write(lambda conn: _fail_job(conn, job_id, error, now))
+        return self._write(lambda conn: fail_job_with_pages(conn, job_id, error, now))
 
     def completed_jobs_not_done(self) -> list[int]:
         """Jobs in running/queued whose pages are all done (a finisher died before the outbox
@@ -531,13 +341,13 @@ class Ledger:
                 has_pages = conn.execute(select(pages.c.id).where(pages.c.job_id == job_id)
                                          .limit(1)).first() is not None
                 if not has_pages:
-                    _add_event(conn, job_id, None, now, "retry_ingest",
+                    append_event(conn, job_id, None, now, "retry_ingest",
                                "failed at ingest: the original goes back to its inbox")
                     continue
-                _transition_job(conn, job_id, JobState.QUEUED, now, src={JobState.FAILED},
+                transition_job(conn, job_id, JobState.QUEUED, now, src={JobState.FAILED},
                                 detail="retry", error=None, finished_at=None,
                                 attempts=jobs.c.attempts + 1)
-                _transition_page(conn, PageState.FAILED, PageState.QUEUED, now,
+                transition_page(conn, PageState.FAILED, PageState.QUEUED, now,
                                  where=pages.c.job_id == job_id, detail="retry",
                                  values=dict(attempts=0, error=None, run_after=None,
                                              lease_expires_at=None))
@@ -561,7 +371,7 @@ class Ledger:
                                      .limit(1)).first() is not None
             if row is None or row.state != JobState.FAILED or has_pages:
                 return False
-            _transition_job(conn, job_id, JobState.QUEUED, now, src={JobState.FAILED},
+            transition_job(conn, job_id, JobState.QUEUED, now, src={JobState.FAILED},
                             detail="reopened after a new ingest", spool_path=spool_path,
                             sha256=sha256, size_bytes=size_bytes, pages_total=pages_total,
                             pages_done=0, error=None, finished_at=None, output_path=None,
@@ -607,7 +417,7 @@ class Ledger:
                           .prefix_with("MATERIALIZED").c.id)
 
         def tx(conn: Connection) -> list[ClaimedPage]:
-            claimed = _transition_page(
+            claimed = transition_page(
                 conn, PageState.QUEUED, PageState.RUNNING, now,
                 where=pages.c.id.in_(pick), detail=f"worker {worker_id}",
                 values=dict(lease_owner=worker_id, lease_expires_at=to_text(now + timedelta(seconds=lease_s)),
@@ -623,7 +433,7 @@ class Ledger:
                 .order_by(jobs.c.id).with_for_update(key_share=True))}
             for job_id in job_ids:
                 if info[job_id].state == JobState.QUEUED:
-                    _transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
+                    transition_job(conn, job_id, JobState.RUNNING, now, src={JobState.QUEUED},
                                     detail=f"first page claimed by worker {worker_id}")
             claimed = sorted(claimed, key=lambda r: (r.job_id, r.page_no))
             conn.execute(update(workers).where(workers.c.id == worker_id).values(
@@ -658,9 +468,9 @@ class Ledger:
         stamp = to_text(now)
 
         def tx(conn: Connection) -> bool:
-            moved = _transition_page(
+            moved = transition_page(
                 conn, PageState.RUNNING, PageState.DONE, now,
-                where=and_(_page_key(job_id, page_no), pages.c.lease_owner == worker_id),
+                where=and_(page_key(job_id, page_no), pages.c.lease_owner == worker_id),
                 detail=f"worker {worker_id}",
                 values=dict(text=text, prompt_tokens=prompt_tokens,
                             generation_tokens=generation_tokens, seconds=seconds,
@@ -687,7 +497,7 @@ class Ledger:
                   now: datetime | None = None) -> PageOutcome:
         """A page's attempt failed. worker_id None: the supervisor fails it on a dead worker's
         behalf (page timeout). Retryable and attempts < max_attempts: back to queued with
-        run_after = now + min(10 s * 2**attempts, 600 s) * jitter(0.8..1.2). Otherwise the page
+        run_after = now + backoff_s(attempts, self.backoff_base_s). Otherwise the page
         -> failed and its job -> failed with error "page N: <error>".
         A page no longer running under this worker (its lease was rescued, its job failed through
         another page) is left alone: the outcome then reports its current state, job_failed False.
@@ -695,7 +505,7 @@ class Ledger:
         now = utc_now(now)
 
         def tx(conn: Connection) -> PageOutcome:
-            where = _page_key(job_id, page_no)
+            where = page_key(job_id, page_no)
             page = conn.execute(select(pages.c.state, pages.c.attempts, pages.c.lease_owner,
                                        pages.c.run_after).where(where)
                                 .with_for_update(key_share=True)).first()
@@ -707,15 +517,15 @@ class Ledger:
                                    from_text(page.run_after) if page.run_after else None, False)
             attempts = page.attempts
             if retryable and attempts < max_attempts:
-                run_after = now + timedelta(seconds=backoff_s(attempts))
-                _transition_page(conn, PageState.RUNNING, PageState.QUEUED, now, where=where,
+                run_after = now + timedelta(seconds=backoff_s(attempts, self.backoff_base_s))
+                transition_page(conn, PageState.RUNNING, PageState.QUEUED, now, where=where,
                                  one=True, detail=error,
                                  values=dict(error=error, run_after=to_text(run_after),
                                              lease_expires_at=None))
                 return PageOutcome(PageState.QUEUED, run_after, False)
-            _transition_page(conn, PageState.RUNNING, PageState.FAILED, now, where=where, one=True,
+            transition_page(conn, PageState.RUNNING, PageState.FAILED, now, where=where, one=True,
                              detail=error, values=dict(error=error, lease_expires_at=None))
-            job_failed = _fail_job(conn, job_id, f"page {page_no}: {error}", now)
+            job_failed = fail_job_with_pages(conn, job_id, f"page {page_no}: {error}", now)
             return PageOutcome(PageState.FAILED, None, job_failed)
 
         return self._write(tx)
@@ -723,7 +533,7 @@ class Ledger:
     def release_pages(self, worker_id: str, now: datetime | None = None) -> int:
         """Warm stop: running pages of this worker -> queued, attempts -= 1 (not its fault)."""
         now = utc_now(now)
-        return self._write(lambda conn: len(_transition_page(
+        return self._write(lambda conn: len(transition_page(
             conn, PageState.RUNNING, PageState.QUEUED, now, where=pages.c.lease_owner == worker_id,
             detail=f"released by worker {worker_id}",
             values=dict(attempts=pages.c.attempts - 1, lease_expires_at=None, run_after=None))))
@@ -735,13 +545,13 @@ class Ledger:
         expired = pages.c.lease_expires_at < to_text(now)
 
         def tx(conn: Connection) -> int:
-            failed = _transition_page(conn, PageState.RUNNING, PageState.FAILED, now,
+            failed = transition_page(conn, PageState.RUNNING, PageState.FAILED, now,
                                       where=and_(expired, pages.c.attempts >= max_attempts),
                                       detail=LEASE_LOST,
                                       values=dict(error=LEASE_LOST, lease_expires_at=None))
             for r in failed:
-                _fail_job(conn, r.job_id, f"page {r.page_no}: {LEASE_LOST}", now)
-            requeued = _transition_page(conn, PageState.RUNNING, PageState.QUEUED, now, where=expired,
+                fail_job_with_pages(conn, r.job_id, f"page {r.page_no}: {LEASE_LOST}", now)
+            requeued = transition_page(conn, PageState.RUNNING, PageState.QUEUED, now, where=expired,
                                         detail=LEASE_LOST,
                                         values=dict(error=LEASE_LOST, lease_expires_at=None,
                                                     run_after=None))
@@ -758,32 +568,34 @@ class Ledger:
 
     # -- workers and heartbeats -----------------------------------------------------------------
     def register_worker(self, worker_id: str, *, host: str, pid: int, backend: str,
-                        device_name: str, state: str = "starting", now: datetime | None = None) -> None:
+                        device_name: str, state: WorkerState = WorkerState.STARTING,
+                        now: datetime | None = None) -> None:
         """Insert or reset the workers row (a restarted worker may reuse its id)."""
         stamp = to_text(utc_now(now))
-        self._write(lambda conn: self._upsert(conn, workers, "id", dict(
+        state = WorkerState(state)
+        self._write(lambda conn: upsert(conn, workers, "id", dict(
             id=worker_id, host=host, pid=pid, backend=backend, device_name=device_name, state=state,
             started_at=stamp, last_heartbeat_at=stamp, current_page=None, pages_done=0, error=None)))
 
-    def set_worker_state(self, worker_id: str, state: str, now: datetime | None = None, *,
+    def set_worker_state(self, worker_id: str, state: WorkerState, now: datetime | None = None, *,
                          error: str | None = None) -> None:
-        """Worker states are free text: starting, loading, idle, busy, stopping, stopped, dead,
-        load_failed. `error` (optional) records why, e.g. the load failure."""
-        values: dict[str, Any] = {"state": state}
+        """The one writer of a worker's state (heartbeats may repeat it). `error` (optional)
+        records why, e.g. the load failure."""
+        values: dict[str, Any] = {"state": WorkerState(state)}
         if error is not None:
             values["error"] = error
-        if state in ("stopped", "dead"):
+        if state in ENDED_WORKER_STATES:
             values["current_page"] = None
         self._write(lambda c: c.execute(update(workers).where(workers.c.id == worker_id).values(**values)))
 
     def record_heartbeat(self, worker_id: str, *, backend: str, active_memory_bytes: int,
                          peak_memory_bytes: int, cache_memory_bytes: int, memory_limit_bytes: int,
                          pages_done: int, tokens_per_s: float, current_page: str | None,
-                         state: str | None = None, lease_s: float = 60.0,
+                         state: WorkerState | None = None, lease_s: float = 60.0,
                          now: datetime | None = None) -> None:
         """One transaction: insert a heartbeats row, update the workers row (last_heartbeat_at,
         current_page, pages_done, state if given), renew this worker's leases, and delete
-        heartbeats older than 24 h."""
+        heartbeats older than HEARTBEAT_RETENTION."""
         now = utc_now(now)
         stamp = to_text(now)
 
@@ -796,7 +608,7 @@ class Ledger:
             values: dict[str, Any] = dict(last_heartbeat_at=stamp, current_page=current_page,
                                           pages_done=pages_done)
             if state is not None:
-                values["state"] = state
+                values["state"] = WorkerState(state)
             # pages before workers, the order complete_page locks them in (PostgreSQL deadlocks)
             self._renew(conn, worker_id, lease_s, now)
             conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
@@ -805,18 +617,18 @@ class Ledger:
         self._write(tx)
 
     def mark_workers_dead(self, host: str, alive_ids: list[str], now: datetime | None = None) -> int:
-        """Workers of this host not in alive_ids and not stopped/dead -> dead."""
+        """Workers of this host not in alive_ids and not ended -> dead."""
         stmt = (update(workers)
                 .where(workers.c.host == host, workers.c.id.not_in(list(alive_ids)),
-                       workers.c.state.not_in(["stopped", "dead"]))
-                .values(state="dead", current_page=None))
+                       workers.c.state.not_in(list(ENDED_WORKER_STATES)))
+                .values(state=WorkerState.DEAD, current_page=None))
         return self._write(lambda c: c.execute(stmt).rowcount)
 
     def add_event(self, job_id: int | None, kind: str, detail: str = "",
                   now: datetime | None = None, *, page_no: int | None = None) -> None:
         """Append an events row that is not a state change (e.g. ingest notes, outbox written)."""
         now = utc_now(now)
-        self._write(lambda c: _add_event(c, job_id, page_no, now, kind, detail))
+        self._write(lambda c: append_event(c, job_id, page_no, now, kind, detail))
 
     # -- small key/value store (pool sizing memory, model load status) ----------------------------
     def get_meta(self, key: str) -> str | None:
@@ -828,7 +640,7 @@ class Ledger:
         if value is None:
             self._write(lambda c: c.execute(delete(meta).where(meta.c.key == key)))
         else:
-            self._write(lambda c: self._upsert(c, meta, "key", dict(key=key, value=value)))
+            self._write(lambda c: upsert(c, meta, "key", dict(key=key, value=value)))
 
     def set_model_status(self, status: ModelStatus) -> None:
         self.set_meta("model_status", status.dumps())
@@ -855,72 +667,28 @@ class Ledger:
         except (ValueError, KeyError, TypeError):
             return None
 
-    # -- queries for the CLI --------------------------------------------------------------------
+    # -- read-only reports (ledger/reports.py), each in one read transaction ---------------------
     def counts(self) -> dict[str, dict[str, int]]:
-        """{"jobs": {state: n for every JobState}, "pages": {state: n for every PageState}}."""
-        return self._read(self._counts)
-
-    @staticmethod
-    def _counts(conn: Connection) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {"jobs": {s.value: 0 for s in JobState},
-                                          "pages": {s.value: 0 for s in PageState}}
-        for state, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)):
-            out["jobs"][state] = n
-        # Done pages are most of a big ledger and counting them walks a million index entries
-        # (~70 ms); jobs.pages_done counts them too, in the same transaction as every page's
-        # running -> done, and done is final, so its sum is exact and costs one pass over jobs.
-        unfinished = [PageState.QUEUED, PageState.RUNNING, PageState.FAILED]
-        for state, n in conn.execute(select(pages.c.state, func.count())
-                                     .where(pages.c.state.in_(unfinished)).group_by(pages.c.state)):
-            out["pages"][state] = n
-        out["pages"][PageState.DONE.value] = conn.execute(
-            select(func.coalesce(func.sum(jobs.c.pages_done), 0))).scalar_one()
-        return out
+        return self._read(reports.counts)
 
     def workers_status(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Live-ish workers (not stopped/dead, or heartbeat within 10 min), each with keys id, host,
-        pid, backend, device_name, state, started_at, heartbeat_age_s, current_page, pages_done,
-        and from its latest heartbeat: active_memory_bytes, peak_memory_bytes, cache_memory_bytes,
-        memory_limit_bytes, tokens_per_s."""
         now = utc_now(now)
-        return self._read(lambda conn: _workers_status(conn, now))
+        return self._read(lambda conn: reports.workers_status(conn, now))
 
     def throughput(self, now: datetime | None = None) -> dict[str, float | None]:
-        """{"pages_per_min_5": ..., "pages_per_min_60": ..., "eta_s": queued+running pages /
-        rate (rate: 5-min figure, else 60-min; None when no rate; 0 when nothing is left)}."""
         now = utc_now(now)
-        return self._read(lambda conn: _throughput(conn, now))
+        return self._read(lambda conn: reports.throughput(conn, now))
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
-        """{"counts": counts(), "workers": workers_status(), "throughput": throughput()} read in
-        one transaction, so the three agree with each other."""
+        """counts, workers_status and throughput read together, so the three agree."""
         now = utc_now(now)
-        return self._read(lambda conn: {"counts": self._counts(conn),
-                                        "workers": _workers_status(conn, now),
-                                        "throughput": _throughput(conn, now)})
+        return self._read(lambda conn: reports.status(conn, now))
 
-    def list_jobs(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first."""
-        query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
-        if state is not None:
-            query = query.where(jobs.c.state == state)
-        return self._read(lambda c: [dict(r._mapping) for r in c.execute(query)])
+    def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._read(lambda conn: reports.list_jobs(conn, state, limit))
 
     def show_job(self, job_id: int) -> dict[str, Any] | None:
-        """The jobs row plus "pages": [pages rows without text], "events": [events rows]."""
-        page_cols = [c for c in pages.c if c.name != "text"]
-
-        def tx(conn: Connection) -> dict[str, Any] | None:
-            job = _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
-            if job is None:
-                return None
-            job["pages"] = [dict(r._mapping) for r in conn.execute(
-                select(*page_cols).where(pages.c.job_id == job_id).order_by(pages.c.page_no))]
-            job["events"] = [dict(r._mapping) for r in conn.execute(
-                select(events).where(events.c.job_id == job_id).order_by(events.c.id))]
-            return job
-
-        return self._read(tx)
+        return self._read(lambda conn: reports.show_job(conn, job_id))
 
     def integrity_check(self) -> str:
         """'ok' or SQLite's complaint."""

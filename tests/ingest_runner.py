@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ocrd.daemon.config import Config, InboxConfig
+import configs
+from ocrd.daemon.config import Config
 
 
 def png_bytes(n: int, size: int = 8) -> bytes:
@@ -33,18 +34,14 @@ def pdf_bytes(n: int, pages: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def make_config(root: Path, *, stable_for_s: float = 0.3, polling: bool = False,
-                archive: bool = True, **inbox_kw) -> Config:
-    inbox = InboxConfig(path=root / "inbox", outbox=root / "outbox",
-                        archive=(root / "archive") if archive else None, failed=root / "failed",
-                        stable_for_s=stable_for_s, polling=polling, **inbox_kw)
-    return Config(state_dir=root / "state", inboxes=(inbox,))
+def make_config(root: Path, *, stable_for_s: float = 0.3, **inbox_keys: object) -> Config:
+    """The ingest tests' config: everything under root, one inbox that settles quickly."""
+    return configs.make_config(root, inbox={"stable_for_s": stable_for_s, **inbox_keys})
 
 
 def config_toml(root: Path, stable_for_s: float = 0.3) -> str:
-    return (f'state_dir = "{root / "state"}"\n[[inbox]]\npath = "{root / "inbox"}"\n'
-            f'outbox = "{root / "outbox"}"\narchive = "{root / "archive"}"\n'
-            f'failed = "{root / "failed"}"\nstable_for_s = {stable_for_s}\n')
+    """The same config as a file's text, for the runner processes."""
+    return configs.to_toml(configs.config_dict(root, inbox={"stable_for_s": stable_for_s}))
 
 
 def main(argv: list[str]) -> int:

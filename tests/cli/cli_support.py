@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
 
+import configs
 from ocrd.cli.main import main
 
 OCRD = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "ocrd"
 
 
 def write_config(tmp_path: Path, *, extra: str = "", outbox: Path | None = None,
-                 name: str = "ocrd.toml") -> Path:
-    """A config with its state dir and one inbox under tmp_path."""
-    root = tmp_path / "ocr"
-    outbox = outbox or root / "outbox"
+                 name: str = "ocrd.toml", **tables: Any) -> Path:
+    """A config file with its state dir and one inbox (folders in tmp_path/ocr) under tmp_path.
+    `extra` is TOML text of further tables ("[model]\\npath = ..."); `tables` the same as dicts."""
+    inbox = {"outbox": outbox} if outbox else {}
+    raw = configs.config_dict(tmp_path, folders=tmp_path / "ocr", inbox=inbox,
+                              **tomllib.loads(extra), **tables)
     path = tmp_path / name
-    path.write_text(
-        f'state_dir = "{tmp_path / "state"}"\n'
-        f"{extra}\n"
-        "[[inbox]]\n"
-        f'path = "{root / "inbox"}"\n'
-        f'outbox = "{outbox}"\n'
-        f'archive = "{root / "archive"}"\n'
-        f'failed = "{root / "failed"}"\n'
-    )
+    path.write_text(configs.to_toml(raw))
     return path
 
 

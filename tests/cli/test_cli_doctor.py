@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli_support import invoke, write_config
 from ocrd.daemon.config import load_config
-from ocrd.daemon.doctor import check_folder, check_model, folder_fix, run_checks
+from ocrd.cli.doctor import check_folder, check_model, folder_fix, run_checks
 
 
 def by_name(checks):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import OCRD, Recorder, invoke, write_config
-from ocrd.daemon.service import (LABEL, ServiceError, ServiceManager, program_argv, render_plist,
+from ocrd.cli.service import (LABEL, ServiceError, ServiceManager, program_argv, render_plist,
                                  render_unit)
 
 PROGRAM = ["/opt/ocrd/.venv/bin/ocrd"]

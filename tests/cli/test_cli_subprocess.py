@@ -114,7 +114,7 @@ def test_status_sees_a_real_daemon(tmp_path: Path):
     config = write_config(tmp_path, extra=f'[model]\npath = "{tmp_path / "no-model"}"\n'
                                            '[workers]\ncount = 1\n')
     env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
-    from ocrd.daemon.service import program_argv, render_unit
+    from ocrd.cli.service import program_argv, render_unit
 
     unit = render_unit(program=program_argv(), config_path=config, working_dir=tmp_path)
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from ocrd.daemon.config import DEFAULT_CONFIG, ConfigError, load_config, parse_bytes, parse_config
+from configs import config_dict, to_toml
+from ocrd.daemon.config import (DEFAULT_CONFIG, Config, ConfigError, InboxConfig, ModelConfig, PdfConfig,
+                                WorkersConfig, load_config, parse_bytes, parse_config)
+from ocrd.ledger.states import OnDuplicate
 
 INBOX = '[[inbox]]\npath = "/srv/in"\noutbox = "/srv/out"\nfailed = "/srv/failed"\n'
 
@@ -29,6 +33,26 @@ def test_shipped_defaults_load_with_every_documented_value() -> None:
     assert (inbox.recursive, inbox.polling, inbox.stable_for_s, inbox.ignore, inbox.on_duplicate) == (
         True, False, 2.0, (), "skip")
     assert config.db_url == f"sqlite:///{config.state_dir / 'ledger.db'}"
+
+
+def test_shipped_file_and_omitted_keys_both_give_the_dataclass_defaults() -> None:
+    """The dataclasses hold every default once: configs/ocrd.toml must spell the same values, and a
+    key left out must read as the same value."""
+    for config in (load_config(DEFAULT_CONFIG), parse(INBOX)):
+        assert (config.model, config.workers, config.pdf) == (ModelConfig(), WorkersConfig(), PdfConfig())
+        assert config.ledger_url == Config.ledger_url
+        [inbox] = config.inboxes
+        assert inbox == InboxConfig(path=inbox.path, outbox=inbox.outbox, failed=inbox.failed,
+                                    archive=Path(InboxConfig.DEFAULT_ARCHIVE).expanduser())
+        assert inbox.on_duplicate is OnDuplicate.SKIP
+
+
+def test_config_is_frozen_and_picklable() -> None:
+    config = parse(INBOX + 'on_duplicate = "process"\n')
+    assert config.inboxes[0].on_duplicate is OnDuplicate.PROCESS
+    assert pickle.loads(pickle.dumps(config)) == config
+    with pytest.raises(AttributeError):
+        config.inboxes[0].polling = True  # type: ignore[misc]
 
 
 def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +109,14 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     broken.write_text("[model\npath = 1")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(broken)
+
+
+def test_the_tests_config_builder_writes_what_it_builds(tmp_path: Path) -> None:
+    """tests/configs.py: the dict and its TOML file give the same Config (quotes, lists, floats)."""
+    raw = config_dict(tmp_path / 'a "quoted" dir', model={"prompt": "<image>\nFree OCR.", "mode": "tiny"},
+                      workers={"count": 2, "memory_budget": 0.5}, pdf={"dpi": 72},
+                      inbox={"ignore": ["*.bak", "~*"], "polling": True, "stable_for_s": 0.3})
+    assert tomllib.loads(to_toml(raw)) == raw
+    path = tmp_path / "built.toml"
+    path.write_text(to_toml(raw))
+    assert load_config(path) == parse_config(raw, source=path)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ocrd.daemon.device import (CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device,
-                                model_size_bytes, plan_pool)
+from ocrd.daemon.device import CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device, plan_pool
+from ocrd.daemon.engine import model_size_bytes
 
 
 def fake_mx(metal: bool = False, cuda: bool = False, info: dict | None = None, gpus: int = 0):

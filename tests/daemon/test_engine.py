@@ -13,9 +13,9 @@ from PIL import Image
 
 from ocrd.daemon import engine as eng
 from ocrd.daemon.config import ModelConfig
-from ocrd.daemon.engine import (DEEPSEEK_MODES, MlxVlmEngine, PageResult, find_repetition,
-                                make_engine, memory_stats)
+from ocrd.daemon.engine import MlxVlmEngine, PageResult, find_repetition, make_engine, memory_stats
 from ocrd.daemon.errors import EngineError, ModelUnavailable
+from ocrd.daemon.modes import MODES
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 
@@ -96,7 +96,7 @@ def test_make_engine_imports_factory():
 
 
 def test_make_engine_default_is_mlx_vlm():
-    assert isinstance(make_engine(eng.DEFAULT_FACTORY, ModelConfig(path="/nowhere")), MlxVlmEngine)
+    assert isinstance(make_engine(eng.DEFAULT_ENGINE, ModelConfig(path="/nowhere")), MlxVlmEngine)
 
 
 @pytest.mark.parametrize("bad", ["engines", "engines:", ":FakeEngine"])
@@ -176,7 +176,7 @@ def test_max_tokens_is_honoured(engine):
     assert r.generation_tokens == 5 and r.finish_reason == "length"
 
 
-@pytest.mark.parametrize("mode", list(DEEPSEEK_MODES))
+@pytest.mark.parametrize("mode", list(MODES))
 def test_every_resolution_mode_is_accepted(engine, mode):
     [r] = engine.generate([page(900, 1200)], PROMPT, mode=mode, max_tokens=4)
     assert r.prompt_tokens > 0 and r.generation_tokens > 0

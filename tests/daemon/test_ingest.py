@@ -16,7 +16,7 @@ from helpers import wait_for
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
-from ocrd.daemon.ingest import IngestService, Ingestor, retry_jobs, submit_paths
+from ocrd.daemon.ingest import IngestService, Ingestor, Retried, RetryOutcome
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 
@@ -227,18 +227,19 @@ def test_submit_copies_outside_files_and_moves_inbox_files(config, ledger, tmp_p
     single.write_bytes(b"PK\x03\x04" + b"\0" * 50)
     inbox_file = config.inboxes[0].path / "in.png"
     inbox_file.write_bytes(png_bytes(23))
-    out = submit_paths(config, ledger, [outside, single, inbox_file, tmp_path / "missing.pdf"])
-    got = {p.name: (r, err) for p, r, err in out}
+    out = Ingestor(config, ledger).submit([outside, single, inbox_file, tmp_path / "missing.pdf"])
+    got = {s.path.name: (s.result, s.error) for s in out}
     assert set(got) == {"a.png", "b.pdf", "single.docx", "in.png", "missing.pdf"}
     assert got["a.png"][0].state == JobState.QUEUED and got["a.png"][1] is None
-    assert ledger.job(got["b.pdf"][0].job_id)["pages_total"] == 2
+    assert ledger.job(got["b.pdf"][0].job_id).pages_total == 2
+    assert {s.path.name: s.pages for s in out}["b.pdf"] == 2
     assert got["single.docx"][0].state == JobState.FAILED and "unsupported" in got["single.docx"][1]
     assert got["missing.pdf"] == (None, f"no such file: {tmp_path / 'missing.pdf'}")
     assert (outside / "a.png").exists() and single.exists()        # the user's files stay
     assert not inbox_file.exists()                                  # inbox files are moved
     assert (config.inboxes[0].failed / "single.docx").exists()
     job = ledger.job(got["a.png"][0].job_id)
-    assert job["inbox"] == config.inboxes[0].key and job["source_path"] == str(outside / "a.png")
+    assert job.inbox == config.inboxes[0].key and job.source_path == str(outside / "a.png")
 
 
 def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -> None:
@@ -250,20 +251,21 @@ def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -
     fixable = ing.ingest(inbox, inbox.path / "fixable.pdf")
     assert bad.state == fixable.state == JobState.FAILED
     (inbox.failed / "fixable.pdf").write_bytes(pdf_bytes(30, pages=2))   # the user repaired it
-    out = dict(retry_jobs(config, ledger, None))
-    assert out[fixable.job_id] == "requeued (2 pages)"
-    assert out[bad.job_id].startswith("still failing")
+    out = {r.job_id: r for r in Ingestor(config, ledger).retry()}
+    assert out[fixable.job_id] == Retried(fixable.job_id, RetryOutcome.REOPENED, pages=2)
+    assert out[bad.job_id].outcome == RetryOutcome.STILL_FAILING and out[bad.job_id].detail
     job = ledger.job(fixable.job_id)
-    assert job["state"] == JobState.QUEUED and job["pages_total"] == 2
-    assert Path(job["spool_path"]).parent == config.spool_dir and Path(job["spool_path"]).exists()
+    assert job.state == JobState.QUEUED and job.pages_total == 2
+    assert Path(job.spool_path).parent == config.spool_dir and Path(job.spool_path).exists()
     assert not (inbox.failed / "fixable.pdf.error.txt").exists()
     still = ledger.job(bad.job_id)
-    assert still["state"] == JobState.FAILED and still["spool_path"] == str(inbox.failed / "bad.pdf")
+    assert still.state == JobState.FAILED and still.spool_path == str(inbox.failed / "bad.pdf")
     assert (inbox.failed / "bad.pdf").exists() and (inbox.failed / "bad.pdf.error.txt").exists()
     assert sorted(p.name for p in inbox.failed.iterdir()) == ["bad.pdf", "bad.pdf.error.txt"]
-    assert spool_files(config) == [Path(job["spool_path"])] and intents(config) == []
-    assert retry_jobs(config, ledger, [fixable.job_id, 999]) == [
-        (fixable.job_id, "not failed (it is queued)"), (999, "no such job")]
+    assert spool_files(config) == [Path(job.spool_path)] and intents(config) == []
+    assert Ingestor(config, ledger).retry([fixable.job_id, 999]) == [
+        Retried(fixable.job_id, RetryOutcome.NOT_FAILED, detail="queued"),
+        Retried(999, RetryOutcome.NO_SUCH_JOB)]
 
 
 def test_retry_requeues_failed_pages_of_a_job_that_had_pages(config, ledger) -> None:
@@ -272,12 +274,12 @@ def test_retry_requeues_failed_pages_of_a_job_that_had_pages(config, ledger) -> 
     res = Ingestor(config, ledger).ingest(inbox, inbox.path / "two.pdf")
     [page] = ledger.claim_pages("w1", n=1)
     ledger.fail_page(page.job_id, page.page_no, "w1", "boom", retryable=False)
-    failed_at = files.move_file(Path(ledger.job(res.job_id)["spool_path"]), inbox.failed / "two.pdf")
+    failed_at = files.move_file(Path(ledger.job(res.job_id).spool_path), inbox.failed / "two.pdf")
     ledger.set_job_paths(res.job_id, spool_path=str(failed_at))
     files.write_error_file(failed_at, "page 1: boom")
-    assert retry_jobs(config, ledger, [res.job_id]) == [(res.job_id, "requeued (failed pages only)")]
+    assert Ingestor(config, ledger).retry([res.job_id]) == [Retried(res.job_id, RetryOutcome.REQUEUED)]
     job = ledger.job(res.job_id)
-    assert job["state"] == JobState.QUEUED and Path(job["spool_path"]).parent == config.spool_dir
+    assert job.state == JobState.QUEUED and Path(job.spool_path).parent == config.spool_dir
     assert list(inbox.failed.iterdir()) == []
 
 
@@ -329,13 +331,13 @@ def test_reconcile_finishes_or_undoes_each_interrupted_step(config, ledger) -> N
     assert counts["resumed"] == 2 and counts["dropped_intents"] == 1 and counts["removed_copies"] == 1
     assert counts["failed_moved"] == 1 and counts["done_archived"] == 1 and counts["temp_removed"] == 1
     a = ledger.job_by_spool_path(str(config.spool_dir / "s1-a.png"))
-    assert a["state"] == JobState.QUEUED and a["source_path"] == str(inbox.path / "a.png")
+    assert a.state == JobState.QUEUED and a.source_path == str(inbox.path / "a.png")
     assert (inbox.path / "b.png").exists() and (inbox.path / "c.png").exists()
     d = ledger.job_by_spool_path(str(inbox.failed / "d.docx"))
-    assert d["state"] == JobState.FAILED and (inbox.failed / "d.docx.error.txt").exists()
-    assert ledger.job(done.job_id)["spool_path"] == str(inbox.archive / "e.png")
+    assert d.state == JobState.FAILED and (inbox.failed / "d.docx.error.txt").exists()
+    assert ledger.job(done.job_id).spool_path == str(inbox.archive / "e.png")
     assert (inbox.archive / "e.png").exists()
-    assert ledger.job(failed.job_id)["spool_path"] == str(inbox.failed / "sub" / "f.png")
+    assert ledger.job(failed.job_id).spool_path == str(inbox.failed / "sub" / "f.png")
     assert (inbox.failed / "sub" / "f.png.error.txt").read_text().startswith("page 1: boom")
     assert [p.name for p in spool_files(config)] == ["s1-a.png"] and intents(config) == []
     assert sorted(os.listdir(config.spool_dir)) == [".intents", ".lock", "s1-a.png"]
@@ -350,7 +352,7 @@ def test_reconcile_finishes_an_interrupted_duplicate_and_keeps_an_orphan(config,
     # a duplicate was recorded and moved to archive/, then the process died before set_job_paths
     spool = config.spool_dir / "s7-two.png"
     dup = ledger.add_job(inbox=inbox.key, source_path=str(inbox.path / "two.png"), spool_path=str(spool),
-                         sha256=ledger.job(first.job_id)["sha256"], size_bytes=1, pages_total=1)
+                         sha256=ledger.job(first.job_id).sha256, size_bytes=1, pages_total=1)
     assert dup.state == JobState.DUPLICATE
     (inbox.archive).mkdir(parents=True)
     (inbox.archive / "two.png").write_bytes(png_bytes(50))
@@ -360,9 +362,9 @@ def test_reconcile_finishes_an_interrupted_duplicate_and_keeps_an_orphan(config,
     (config.spool_dir / "stray.png").write_bytes(png_bytes(51))
     counts = ing.reconcile()
     assert counts["resumed"] == 1 and counts["orphans_ingested"] == 1
-    assert ledger.job(dup.job_id)["spool_path"] == str(inbox.archive / "two.png")
+    assert ledger.job(dup.job_id).spool_path == str(inbox.archive / "two.png")
     stray = ledger.job_by_spool_path(str(config.spool_dir / "stray.png"))
-    assert stray["state"] == JobState.QUEUED
+    assert stray.state == JobState.QUEUED
     assert intents(config) == []
 
 

@@ -110,12 +110,12 @@ def test_failed_folder_that_cannot_take_the_file_keeps_it_in_the_spool(ingestor:
     result = ingestor.ingest(inbox, inbox.path / "sub" / "letter.docx")
     assert result is not None and result.state == JobState.FAILED
     job = ingestor.ledger.job(result.job_id)
-    spool = Path(job["spool_path"])
+    spool = Path(job.spool_path)
     assert spool.is_file() and spool.parent == ingestor.spool          # the ledger says where it is
     assert sorted(p.name for p in ingestor.spool.iterdir() if not p.name.startswith(".")) == [spool.name]
 
     (inbox.failed / "sub").unlink()                                    # the user fixes the folder
     assert ingestor.reconcile()["failed_moved"] == 1
-    moved = Path(ingestor.ledger.job(result.job_id)["spool_path"])
+    moved = Path(ingestor.ledger.job(result.job_id).spool_path)
     assert moved == inbox.failed / "sub" / "letter.docx" and moved.is_file()
     assert files.error_file_for(moved).read_text().startswith("unsupported file type")

@@ -11,24 +11,20 @@ from typing import Iterator
 
 import pytest
 
+import configs
 import samples
 from helpers import wait_for
-from ocrd.daemon.config import Config, parse_config
-from ocrd.daemon.supervisor import Supervisor
+from ocrd.daemon.config import Config
+from ocrd.daemon.supervisor import Settings, Supervisor
 
 
 def make_config(root: Path, model: str, **workers: object) -> Config:
+    """The tiny model on small pages; `workers` overrides [workers] keys (and page_timeout_s)."""
     worker_keys = {"count": 1, "max_attempts": 2, **workers}
-    return parse_config({
-        "state_dir": str(root / "state"),
-        "model": {"path": model, "mode": "tiny", "max_tokens": 300,
-                  "page_timeout_s": worker_keys.pop("page_timeout_s", 60)},
-        "workers": worker_keys,
-        "pdf": {"dpi": 72},
-        "inbox": [{"path": str(root / "inbox"), "outbox": str(root / "outbox"),
-                   "archive": str(root / "archive"), "failed": str(root / "failed"),
-                   "stable_for_s": 0.2}],
-    })
+    timeout = worker_keys.pop("page_timeout_s", 60)
+    return configs.make_config(
+        root, model={"path": model, "mode": "tiny", "max_tokens": 300, "page_timeout_s": timeout},
+        workers=worker_keys, pdf={"dpi": 72}, inbox={"stable_for_s": 0.2})
 
 
 class Running:
@@ -37,7 +33,9 @@ class Running:
     def __init__(self, config: Config, engine: str) -> None:
         self.config = config
         (config.inboxes[0].path).mkdir(parents=True, exist_ok=True)
-        self.sup = Supervisor(config, engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0)
+        # a page's retry backoff is 1 s x 2^attempts (the ledger's default base is 10 s)
+        self.sup = Supervisor(config, Settings(engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0,
+                                               backoff_base_s=1.0))
         self._halt = threading.Event()
         self.sup.start()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -80,7 +78,7 @@ def running(tmp_path: Path) -> Iterator:
     for r in made:
         if r.thread.is_alive():
             r.stop(deadline_s=2)
-        for slot in r.sup.slots:
+        for slot in r.sup.pool.slots:
             slot.proc.kill()
 
 
@@ -89,7 +87,7 @@ def _at(text: str) -> float:
 
 
 def test_crashing_engine_retries_with_backoff_then_fails(running) -> None:
-    # ~20 s: the real backoff between attempts is 10 s x 2^1 with jitter.
+    # The backoff between attempts is 1 s x 2^1 with jitter (base 1 s through the seam).
     r = running("engines:CrashingEngine")
     samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 60, 0.2, "job failed")
@@ -101,12 +99,12 @@ def test_crashing_engine_retries_with_backoff_then_fails(running) -> None:
     claims = [_at(at) for (at,) in r.query("SELECT at FROM events WHERE kind = 'page_running' ORDER BY at")]
     requeued = [_at(at) for (at,) in r.query("SELECT at FROM events WHERE kind = 'page_queued' ORDER BY at")]
     assert len(claims) == 2 and len(requeued) == 1
-    assert claims[1] - requeued[0] >= 15, "the retry waited for its backoff (10 s x 2^1, +-20%)"
+    assert claims[1] - requeued[0] >= 1.5, "the retry waited for its backoff (1 s x 2^1, +-20%)"
     assert r.stop() < 10
 
 
 def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
-    # ~25 s: two page timeouts of 1 s plus one real backoff of ~20 s.
+    # ~5 s: two page timeouts of 1 s plus one backoff of ~2 s.
     r = running("engines:HangingEngine", page_timeout_s=1)
     samples.write_image(r.config.inboxes[0].path / "stuck.png", "PNG")
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 90, 0.2, "job failed")
@@ -115,7 +113,7 @@ def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
     # each stuck worker was killed (its row says so just after its page failed)...
     wait_for(lambda: r.query("SELECT COUNT(*) FROM workers WHERE state = 'dead'")[0][0] >= 2, 10, 0.1,
              "two dead workers")
-    wait_for(lambda: len(r.sup.slots) == 1 and r.sup.slots[0].proc.poll() is None, 30, 0.1,
+    wait_for(lambda: len(r.sup.pool.slots) == 1 and r.sup.pool.slots[0].proc.poll() is None, 30, 0.1,
              "a replacement worker")  # ...and replaced
     wait_for(lambda: (r.config.inboxes[0].failed / "stuck.png").exists(), 10, 0.1, "moved to failed/")
     r.stop(deadline_s=5)
@@ -168,7 +166,7 @@ def test_worker_recycled_after_its_page_budget(running) -> None:
 
 
 def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> None:
-    from ocrd.daemon.ingest import retry_jobs
+    from ocrd.daemon.ingest import Ingestor
     from ocrd.ledger.store import Ledger
 
     r = running("engines:FakeEngine")
@@ -182,7 +180,7 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
 
     outbox.unlink()  # the user fixes it, then retries: the done page is not run again
     with Ledger(r.config.db_url) as ledger:
-        retry_jobs(r.config, ledger, None)
+        Ingestor(r.config, ledger).retry()
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "job done")
     assert (outbox / "page.md").exists()
     assert r.query("SELECT COUNT(*) FROM events WHERE kind = 'page_running'") == [(1,)]
@@ -196,7 +194,7 @@ def test_worker_recycled_when_its_memory_grows_past_the_bound(running, tiny_mode
     wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'") == [(1,)], 60, 0.1,
              "the first worker loaded")
     r.sup.recycle_bytes = 1  # any real page's memory passes this: recycle after every page
-    for slot in list(r.sup.slots):
+    for slot in list(r.sup.pool.slots):
         slot.proc.terminate()
     for n in range(3):
         samples.write_image(r.config.inboxes[0].path / f"m{n}.png", "PNG", n=n)

@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 
 from helpers import wait_for
 from ocrd.daemon.config import InboxConfig
-from ocrd.daemon.watcher import Watcher, is_ignored, refusal
+from ocrd.daemon.inbox import is_ignored, refusal_reason
+from ocrd.daemon.watcher import Watcher
 
 
 def make_inbox(root: Path, name: str = "inbox", **kw) -> InboxConfig:
@@ -171,9 +172,9 @@ def test_symlinks_out_of_the_inbox_are_refused_and_logged_once(inbox: InboxConfi
     (inbox.path / "link.pdf").symlink_to(secret / "target.pdf")
     (inbox.path / "linkdir").symlink_to(secret)
     (inbox.path / "ok.pdf").write_bytes(b"ok")
-    assert refusal(inbox, inbox.path / "link.pdf") == "symlink"
-    assert refusal(inbox, inbox.path / "linkdir" / "target.pdf") == "outside inbox"
-    assert refusal(inbox, inbox.path / "ok.pdf") is None
+    assert refusal_reason(inbox, inbox.path / "link.pdf") == "symlink"
+    assert refusal_reason(inbox, inbox.path / "linkdir" / "target.pdf") == "outside inbox"
+    assert refusal_reason(inbox, inbox.path / "ok.pdf") is None
     w = watcher_factory(inbox, rescan_s=1.0)
     with capture_logs() as logs:
         # events naming the path through the symlinked folder (as inotify may report) are refused too

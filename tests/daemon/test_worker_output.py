@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ocrd.daemon.worker import _pump_lines
+from ocrd.daemon.pool import _pump_lines
 
 DOWNLOAD = (b"Fetching 5 files\nmodel.safetensors:  10%|#    |\rmodel.safetensors:  55%|###  |"
             b"\rmodel.safetensors: 100%|#####|\ndone\ntail without newline")

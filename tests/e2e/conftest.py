@@ -9,10 +9,11 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from configs import config_dict, to_toml
 from helpers import wait_for
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
@@ -22,7 +23,7 @@ class Daemon:
     """One `ocrd run` process and the folders of its single inbox."""
 
     def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
-                 max_attempts: int = 3, max_tokens: int = 12, extra: str = "",
+                 max_attempts: int = 3, max_tokens: int = 12, inbox_keys: dict[str, Any] | None = None,
                  state_dir: Path | None = None) -> None:
         self.root = root
         self.inbox, self.outbox = root / "inbox", root / "outbox"
@@ -30,26 +31,12 @@ class Daemon:
         self.state = state_dir or root / "state"
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.config = root / "ocrd.toml"
-        self.config.write_text(f"""
-state_dir = "{self.state}"
-[model]
-path = "{model}"
-mode = "tiny"
-max_tokens = {max_tokens}
-page_timeout_s = {page_timeout_s}
-[workers]
-count = {workers}
-max_attempts = {max_attempts}
-[pdf]
-dpi = 72
-[[inbox]]
-path = "{self.inbox}"
-outbox = "{self.outbox}"
-archive = "{self.archive}"
-failed = "{self.failed}"
-stable_for_s = 0.3
-{extra}
-""")
+        self.config.write_text(to_toml(config_dict(
+            root, state_dir=self.state,
+            model={"path": model, "mode": "tiny", "max_tokens": max_tokens, "page_timeout_s": page_timeout_s},
+            workers={"count": workers, "max_attempts": max_attempts},
+            pdf={"dpi": 72},
+            inbox={"stable_for_s": 0.3, **(inbox_keys or {})})))
         self.proc: subprocess.Popen | None = None
         self.log = root / "daemon.out"
 

@@ -15,7 +15,7 @@ def claim_and_complete(url: str, worker_id: str, max_batch: int, seed: int, star
     """Claim 1..max_batch pages at a time and complete them until no page is left; put
     (worker_id, claims, finishers, errors) on `results`. Every exception is reported, not raised,
     so the parent sees a "database is locked" that reached this caller."""
-    from ocrd.ledger.store import Ledger
+    from ocrd.ledger import Ledger, WorkerState
 
     rng = random.Random(seed)
     claims: list[tuple[int, int]] = []
@@ -24,7 +24,7 @@ def claim_and_complete(url: str, worker_id: str, max_batch: int, seed: int, star
     ledger = Ledger(url)
     try:
         ledger.register_worker(worker_id, host="test", pid=os.getpid(), backend="cpu",
-                               device_name="cpu", state="idle")
+                               device_name="cpu", state=WorkerState.IDLE)
         start.wait(60)
         while True:
             try:

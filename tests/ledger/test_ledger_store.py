@@ -12,8 +12,9 @@ from helpers import wait_for
 from ledger_testkit import T0, Db, add
 from sqlalchemy import event
 
-from ocrd.ledger.states import JobState, PageState, TransitionError
-from ocrd.ledger.store import Ledger, PageOutcome, from_text, to_text
+from ocrd.ledger.clock import from_text, to_text
+from ocrd.ledger.states import JobState, PageState, TransitionError, WorkerState
+from ocrd.ledger.store import Ledger, PageOutcome
 
 S = timedelta(seconds=1)
 
@@ -216,6 +217,14 @@ def test_backoff_bounds(ledger: Ledger, db: Db, attempts: int, base_s: float) ->
     assert [p.page_no for p in ledger.claim_pages("w", now=outcome.run_after)] == [1]
 
 
+def test_backoff_base_is_the_ledgers_to_set(db_url: str) -> None:
+    with Ledger(db_url, backoff_base_s=0.5) as ledger:            # the seam the daemon tests use
+        job_id = add(ledger, "a", 1)
+        ledger.claim_pages("w", now=T0)
+        outcome = ledger.fail_page(job_id, 1, "w", "engine hiccup", now=T0)
+        assert T0 + 0.8 * S <= outcome.run_after <= T0 + 1.2 * S  # 0.5 s x 2**1, +-20%
+
+
 def test_max_attempts_fails_page_and_job(ledger: Ledger) -> None:
     job_id = add(ledger, "a", 3)
     now = T0
@@ -336,10 +345,10 @@ def test_heartbeat_updates_worker_renews_leases_and_keeps_24h(ledger: Ledger, db
     job_id = add(ledger, "a", 1)
     ledger.register_worker("w", host="h", pid=7, backend="cpu", device_name="cpu", now=T0)
     ledger.claim_pages("w", lease_s=60, now=T0)
-    _beat(ledger, "w", T0 + 50 * S, current_page=f"{job_id}:1", state="busy", pages_done=4, lease_s=60)
+    _beat(ledger, "w", T0 + 50 * S, current_page=f"{job_id}:1", state=WorkerState.BUSY, pages_done=4, lease_s=60)
     assert ledger.rescue_expired(now=T0 + 100 * S) == 0          # the heartbeat renewed the lease
     [w] = ledger.workers_status(now=T0 + 60 * S)
-    assert (w["state"], w["current_page"], w["pages_done"], w["heartbeat_age_s"]) == ("busy", f"{job_id}:1", 4, 10.0)
+    assert (w["state"], w["current_page"], w["pages_done"], w["heartbeat_age_s"]) == (WorkerState.BUSY, f"{job_id}:1", 4, 10.0)
     for hours in (1, 23, 25):
         _beat(ledger, "w", T0 + timedelta(hours=hours))
     kept = [from_text(a) for (a,) in db.raw("SELECT at FROM heartbeats ORDER BY at")]
@@ -352,9 +361,9 @@ def test_workers_status_shape_and_liveness(ledger: Ledger) -> None:
     for wid in ("live", "stopped", "dead"):
         ledger.register_worker(wid, host="h", pid=1, backend="metal", device_name="M4", now=T0)
     _beat(ledger, "live", T0 + 20 * S, peak_memory_bytes=300)
-    ledger.set_worker_state("stopped", "stopped")
-    ledger.set_worker_state("dead", "load_failed", error="no network")
-    ledger.set_worker_state("dead", "dead")
+    ledger.set_worker_state("stopped", WorkerState.STOPPED)
+    ledger.set_worker_state("dead", WorkerState.LOAD_FAILED, error="no network")
+    ledger.set_worker_state("dead", WorkerState.DEAD)
     # stopped/dead workers stay listed while their last heartbeat is under 10 minutes old
     status = ledger.workers_status(now=T0 + 11 * 60 * S)
     assert [w["id"] for w in status] == ["live"]
@@ -373,10 +382,11 @@ def test_workers_status_shape_and_liveness(ledger: Ledger) -> None:
 def test_mark_workers_dead(ledger: Ledger) -> None:
     for wid, host in (("a", "h"), ("b", "h"), ("c", "other"), ("d", "h")):
         ledger.register_worker(wid, host=host, pid=1, backend="cpu", device_name="cpu")
-    ledger.set_worker_state("d", "stopped")
+    ledger.set_worker_state("d", WorkerState.STOPPED)
     assert ledger.mark_workers_dead("h", ["a"]) == 1
     states = {w["id"]: w["state"] for w in ledger.workers_status()}
-    assert states == {"a": "starting", "b": "dead", "c": "starting", "d": "stopped"}
+    assert states == {"a": WorkerState.STARTING, "b": WorkerState.DEAD, "c": WorkerState.STARTING,
+                      "d": WorkerState.STOPPED}
     assert ledger.mark_workers_dead("h", []) == 1
 
 

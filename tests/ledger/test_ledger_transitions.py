@@ -10,7 +10,8 @@ from sqlalchemy import insert
 
 from ocrd.ledger.schema import events
 from ocrd.ledger.states import JOB_TRANSITIONS, PAGE_TRANSITIONS, JobState, PageState, TransitionError
-from ocrd.ledger.store import Ledger, _page_key, _transition_job, _transition_page
+from ocrd.ledger.store import Ledger
+from ocrd.ledger.transitions import page_key, transition_job, transition_page
 
 JOB_PAIRS = list(itertools.product(JobState, JobState))
 PAGE_PAIRS = list(itertools.product(PageState, PageState))
@@ -33,7 +34,7 @@ def test_job_transition_table(ledger: Ledger, db: Db, src: JobState, dst: JobSta
     job_id = add(ledger)
     db.raw("UPDATE jobs SET state = ? WHERE id = ?", (src.value, job_id))   # seam: any start
     before, n_events = _job_row(db, job_id), _n_events(db)
-    move = lambda conn: _transition_job(conn, job_id, dst, T0, detail="test")  # noqa: E731
+    move = lambda conn: transition_job(conn, job_id, dst, T0, detail="test")  # noqa: E731
     if dst in JOB_TRANSITIONS[src]:
         assert ledger._write(move) == src
         assert ledger.job(job_id)["state"] == dst
@@ -51,8 +52,8 @@ def test_page_transition_table(ledger: Ledger, db: Db, src: PageState, dst: Page
     job_id = add(ledger)
     db.raw("UPDATE pages SET state = ? WHERE job_id = ? AND page_no = 2", (src.value, job_id))
     before, n_events = _page_row(db, job_id, 2), _n_events(db)
-    move = lambda conn: _transition_page(conn, src, dst, T0, where=_page_key(job_id, 2),  # noqa: E731
-                                         one=True, values={"error": "x"})
+    move = lambda conn: transition_page(conn, src, dst, T0, where=page_key(job_id, 2),  # noqa: E731
+                                        one=True, values={"error": "x"})
     if dst in PAGE_TRANSITIONS[src]:
         assert [(r.job_id, r.page_no) for r in ledger._write(move)] == [(job_id, 2)]
         assert db.raw("SELECT state, error FROM pages WHERE job_id = ? AND page_no = 2",
@@ -69,7 +70,7 @@ def test_job_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db: 
     job_id = add(ledger)                                  # queued; caller believes it is running
     before = _job_row(db, job_id)
     with pytest.raises(TransitionError, match="is queued"):
-        ledger._write(lambda c: _transition_job(c, job_id, JobState.DONE, T0, src={JobState.RUNNING}))
+        ledger._write(lambda c: transition_job(c, job_id, JobState.DONE, T0, src={JobState.RUNNING}))
     assert _job_row(db, job_id) == before
 
 
@@ -77,8 +78,8 @@ def test_page_transition_from_the_wrong_state_is_a_lost_race(ledger: Ledger, db:
     job_id = add(ledger)                                  # page 1 is queued, not running
     before = _page_row(db, job_id, 1)
     with pytest.raises(TransitionError, match="lost a race"):
-        ledger._write(lambda c: _transition_page(c, PageState.RUNNING, PageState.DONE, T0,
-                                                 where=_page_key(job_id, 1), one=True))
+        ledger._write(lambda c: transition_page(c, PageState.RUNNING, PageState.DONE, T0,
+                                                where=page_key(job_id, 1), one=True))
     assert _page_row(db, job_id, 1) == before
 
 
@@ -88,7 +89,7 @@ def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, d
 
     def tx(conn):
         conn.execute(insert(events).values(job_id=job_id, at="x", kind="note", detail="written first"))
-        _transition_job(conn, job_id, JobState.DONE, T0)          # queued -> done: refused
+        transition_job(conn, job_id, JobState.DONE, T0)          # queued -> done: refused
 
     with pytest.raises(TransitionError):
         ledger._write(tx)
@@ -98,4 +99,4 @@ def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, d
 
 def test_missing_job_is_refused(ledger: Ledger) -> None:
     with pytest.raises(TransitionError, match="does not exist"):
-        ledger._write(lambda c: _transition_job(c, 999, JobState.RUNNING, T0))
+        ledger._write(lambda c: transition_job(c, 999, JobState.RUNNING, T0))

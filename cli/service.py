@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import shlex
 import subprocess
 import sys
 import time
@@ -187,3 +188,33 @@ class ServiceManager:
 
     def restart(self) -> None:
         self._run_all(self.commands("restart"))
+
+    def dry_run(self, action: str, content: str | None) -> str:
+        """What `action` would do, for `--dry-run`: the file it would write, then its commands."""
+        lines = [f"# {self.file_path}", content.rstrip("\n"), ""] if content is not None else []
+        verb = {"install": "write the file above, then run",
+                "uninstall": f"run, and remove {self.file_path}"}.get(action, "run")
+        lines.append(f"# would {verb}:")
+        lines += [shlex.join(cmd) for cmd in self.commands(action)]
+        return "\n".join(lines)
+
+    def perform(self, action: str, content: str | None) -> tuple[str, int]:
+        """Run `action` (install needs the rendered `content`); returns what to print and the exit
+        status. Raises ServiceError when a launchctl/systemctl command fails."""
+        if action == "install":
+            if content is None:
+                raise ValueError("install needs the rendered plist/unit")
+            path = self.install(content)
+            logs = (f"logs: {self.log_dir}" if self.platform == "macos"
+                    else f"logs: journalctl --user -u {UNIT_NAME}")
+            return f"installed {path}\n{logs}; check with `ocrd service status` and `ocrd status`", 0
+        if action == "uninstall":
+            existed = self.uninstall()
+            return (f"removed {self.file_path}" if existed
+                    else f"not installed ({self.file_path} absent)"), 0
+        if action == "restart":
+            self.restart()
+            return "restarted", 0
+        result = self.status()
+        out = (result.stdout or "") + (result.stderr or "")
+        return out.rstrip("\n") or f"exit status {result.returncode}", 0 if result.returncode == 0 else 1

@@ -13,7 +13,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+import click
+
+from ocrd.daemon.config import Config
+from ocrd.daemon.device import CPU_WARNING, detect_device
+from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.errors import first_line
+from ocrd.daemon.inbox import permission_fix
+from ocrd.daemon.lockfile import running_pid
+from ocrd.ledger.states import ModelState
+from ocrd.ledger.store import Ledger
 
 # Folders under these are guarded by macOS privacy controls (TCC): a daemon started by launchd gets
 # EPERM there unless its interpreter has Full Disk Access.
@@ -27,6 +36,19 @@ class Check:
     detail: str
     fix: str = ""
     warn: bool = False       # ok, but worth reading (model not downloaded yet, CPU mode...)
+
+
+def render_checks(checks: list[Check]) -> str:
+    """The report for a terminal: one line per check, and the fix under each failure or warning."""
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        mark = "FAIL" if not c.ok else "warn" if c.warn else "ok"
+        color = "red" if not c.ok else "yellow" if c.warn else "green"
+        lines.append(f"{click.style(f'{mark:<4}', fg=color)}  {c.name:<{width}}  {c.detail}")
+        if c.fix and (not c.ok or c.warn):
+            lines.append(f"{'':4}  {'':<{width}}  fix: {c.fix}")
+    return "\n".join(lines)
 
 
 def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
@@ -79,9 +101,7 @@ def folder_fix(exc: OSError, folder: Path, platform: str) -> str:
     # TCC denials come back as EPERM ("Operation not permitted"); EACCES is plain Unix permissions,
     # unless the folder is one TCC guards.
     if denied and platform == "darwin" and (exc.errno == errno.EPERM or _mac_protected(folder)):
-        return (f"give Full Disk Access to {os.path.realpath(sys.executable)} (System Settings > Privacy & Security > "
-                "Full Disk Access), or move the folder out of ~/Documents, ~/Desktop, ~/Downloads "
-                "and iCloud Drive")
+        return permission_fix(folder, platform=platform)
     if denied:
         return f"let user {_user()} read and write {folder} (chown/chmod), or point the config elsewhere"
     if exc.errno == errno.EROFS:
@@ -114,8 +134,7 @@ def check_model(model_path: str) -> Check:
             return Check("model", False, f"{local} has no {' or '.join(missing)}",
                          "point model.path at a complete mlx model folder")
         return Check("model", True, f"local folder {local}")
-    from .device import model_size_bytes  # the daemon's own lookup (HF cache, offline)
-    size = model_size_bytes(model_path)
+    size = model_size_bytes(model_path)  # the daemon's own lookup (HF cache, offline)
     if size:
         return Check("model", True, f"{model_path} (in the Hugging Face cache, {size / 1e9:.1f} GB)")
     return Check("model", True, f"{model_path}: not downloaded yet: the daemon will download it on "
@@ -126,22 +145,21 @@ def check_ledger(config: Config) -> Check:
     if not config.ledger_url and not config.ledger_path.exists():
         return Check("ledger", True, f"{config.ledger_path} (created on first run)")
     try:
-        from ocrd.ledger.store import Ledger
         ledger = Ledger(config.db_url)
         try:
             result = ledger.integrity_check()
-            status = ledger.get_meta("model_status")
+            status = ledger.model_status()
         finally:
             ledger.close()
     except Exception as exc:
-        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-        return Check("ledger", False, f"cannot open {_safe_url(config)}: {reason}",
+        return Check("ledger", False, f"cannot open {_safe_url(config)}: {first_line(exc)}",
                      "check ledger.url / the state dir; restore the database from a backup")
     if result != "ok":
         return Check("ledger", False, f"integrity check: {result}",
                      "stop the daemon and restore ledger.db from a backup (sqlite3 .recover)")
-    if status and status != "ok":
-        return Check("ledger", True, f"integrity ok; the daemon last reported the model {status}", warn=True)
+    if status is not None and status.state != ModelState.OK:
+        return Check("ledger", True, f"integrity ok; the daemon last reported the model {status.describe()}",
+                     warn=True)
     return Check("ledger", True, f"{_safe_url(config)}: integrity ok")
 
 
@@ -154,7 +172,6 @@ def _safe_url(config: Config) -> str:
 
 
 def check_daemon(config: Config) -> Check:
-    from .lockfile import running_pid
     pid = running_pid(config.lock_path)
     if pid:
         return Check("daemon", True, f"running (pid {pid})")
@@ -163,7 +180,6 @@ def check_daemon(config: Config) -> Check:
 
 def check_device() -> Check:
     try:
-        from .device import CPU_WARNING, detect_device
         device = detect_device()
     except Exception as exc:
         return Check("device", False, f"cannot detect the device: {exc}", "check the mlx installation")

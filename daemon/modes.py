@@ -1,0 +1,29 @@
+"""DeepSeek-OCR resolution modes: one table for config (the names), engine (the image sizes),
+device (the memory reserve) and bench/workers.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    base_size: int        # the global view's side, in pixels (model card)
+    image_size: int       # each crop's side, in pixels (model card)
+    cropping: bool        # gundam tiles the page into crops on top of the global view
+    reserve_bytes: int    # working memory per worker on top of the weights (device.plan_pool)
+
+
+# Reserves: vision activations, KV cache for up to max_tokens, MLX's buffer cache. Estimates scaled
+# from the H100 measurement in DESIGN.md (3.3B bf16: 6.7 GB weights, 10 GB peak for one base page);
+# a measured peak replaces them.
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("tiny", 512, 512, False, int(0.75 * GB)),
+    Mode("small", 640, 640, False, int(1.0 * GB)),
+    Mode("base", 1024, 1024, False, int(1.5 * GB)),
+    Mode("large", 1280, 1280, False, int(2.0 * GB)),
+    Mode("gundam", 1024, 640, True, int(2.0 * GB)),     # one 1024 view + up to nine 640 crops
+)}

@@ -1,0 +1,79 @@
+"""What a worker process and the supervisor say to each other.
+
+Parent -> child: a `WorkerContext`, pickled onto the child's stdin once at start (never on its
+command line: it carries the ledger URL, which may hold a password, and `ps` shows argv to all).
+Child -> parent: `Message`s, one JSON line each, on a pipe of their own. The supervisor's page
+timeout, model backoff and footprint measurement act on these and nothing else; the worker's log
+lines travel on a second pipe and are only ever logged, so renaming a log event changes no logic.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import IO
+
+from ocrd.ledger.store import BACKOFF_BASE_S
+
+from .config import Config
+from .engine import DEFAULT_ENGINE
+
+EXIT_MODEL_UNAVAILABLE = 3     # the worker's exit status when the model could not be loaded
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a worker process needs; small and picklable."""
+
+    worker_id: str
+    config: Config
+    engine_factory: str = DEFAULT_ENGINE
+    batch_size: int = 1
+    lease_s: float = 60.0
+    heartbeat_s: float = 5.0
+    recycle_memory_bytes: int = 0     # exit (and be replaced) once active memory passes this; 0: never
+    backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base (a seam for tests)
+    sys_path: tuple[str, ...] = ()    # the parent's sys.path, so test engines import in the child
+
+
+def send_context(ctx: WorkerContext, stream: IO[bytes]) -> None:
+    with stream:
+        stream.write(pickle.dumps(ctx))
+
+
+def read_context(stream: IO[bytes]) -> WorkerContext:
+    ctx = pickle.loads(stream.read())
+    if not isinstance(ctx, WorkerContext):
+        raise TypeError(f"expected a WorkerContext on stdin, got {type(ctx).__name__}")
+    return ctx
+
+
+class WorkerEvent(StrEnum):
+    LOADED = "loaded"              # the model is loaded: the worker is ready for pages
+    LOAD_FAILED = "load_failed"    # the model could not be loaded (reason); the worker exits 3
+    BUSY = "busy"                  # inference on `pages` pages started: the page timeout runs
+    IDLE = "idle"                  # that inference ended
+    PAGE_STORED = "page_stored"    # a page's result is in the ledger (its peak_memory_bytes)
+
+
+@dataclass(frozen=True)
+class Message:
+    event: WorkerEvent
+    pages: int = 0                 # BUSY
+    reason: str = ""               # LOAD_FAILED
+    seconds: float = 0.0           # LOADED: load time
+    peak_memory_bytes: int = 0     # PAGE_STORED
+
+    def encode(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v or k == "event"}) + "\n"
+
+    @classmethod
+    def decode(cls, line: str) -> Message:
+        """Raises ValueError for a line that is not a message."""
+        try:
+            data = json.loads(line)
+            return cls(**{**data, "event": WorkerEvent(data["event"])})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a worker message: {line[:200]!r}") from exc

@@ -1,0 +1,116 @@
+"""How the Ledger talks to its database: the SQLAlchemy engine (SQLite's pragmas and BEGIN kind,
+PostgreSQL's lock timeout), one short transaction retried whole on a lock conflict, and the
+dialect's upsert. Nothing here knows about jobs or pages."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+RETRY_FOR_S = 120.0                  # on top of busy_timeout: only a wedged writer gets this far
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout)
+_PG_RETRY = frozenset({"40001", "40P01", "55P03"})
+
+
+def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
+    """The engine for a ledger URL; a SQLite file's folder is created, an in-memory one refused."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")   # not SQLAlchemy's psycopg2 default
+    if parsed.get_backend_name() != "sqlite":
+        # lock_timeout plays busy_timeout's part: a wait past it is retried like SQLITE_BUSY
+        options = f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
+        return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
+                             connect_args={"options": options.strip()})
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("the ledger needs a SQLite file, not an in-memory database")
+    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed, pool_size=pool_size, max_overflow=2,
+        # the worker's heartbeat thread shares the Ledger with its main thread; each checkout is
+        # used by one thread at a time, which is all sqlite3 needs
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # sqlite3 must not emit its own (deferred) BEGIN: `on_begin` decides the kind
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")   # first: WAL may wait
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if sys.platform == "darwin":
+            # plain fsync on macOS does not reach the platter; F_FULLFSYNC does
+            cursor.execute("PRAGMA fullfsync = ON")
+        cursor.close()
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+def _on_begin(conn: Connection) -> None:
+    # A deferred write transaction that later needs the write lock fails with SQLITE_BUSY at
+    # once (busy_timeout cannot help it); IMMEDIATE takes the lock up front and waits for it.
+    # Pure reads stay deferred so `ocrd status` never queues behind the workers.
+    read = conn.get_execution_options().get("ledger_read", False)
+    conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+
+def is_busy(exc: OperationalError) -> bool:
+    """A transient lock conflict: retry the whole transaction."""
+    if getattr(exc.orig, "sqlstate", None) in _PG_RETRY:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return True
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database table is locked" in message
+
+
+def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool = False) -> T:
+    """Run `fn` in one short transaction: committed if it returns, rolled back if it raises.
+    A lock conflict past busy_timeout is retried (whole transaction) with jittered backoff, so a
+    "database is locked" only reaches the caller after RETRY_FOR_S more seconds.
+    A callable, not a context manager: only a callable can be run again whole."""
+    deadline = time.monotonic() + RETRY_FOR_S
+    sqlite = engine.dialect.name == "sqlite"
+    for attempt in itertools.count():
+        try:
+            with engine.connect() as conn:
+                if read and sqlite:
+                    conn.execution_options(ledger_read=True)
+                elif read:
+                    # one snapshot for the whole read, as SQLite's deferred transaction has
+                    conn.execution_options(isolation_level="REPEATABLE READ",
+                                           postgresql_readonly=True)
+                with conn.begin():
+                    return fn(conn)
+        except OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:
+    """Insert a row, or update every other column of the row with the same `key`."""
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    stmt = insert(table).values(**values)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[table.c[key]],
+        set_={k: stmt.excluded[k] for k in values if k != key}))

@@ -1,0 +1,111 @@
+"""Read-only reports for `ocrd status`, `ocrd jobs` and `ocrd show`: functions of a Connection,
+run by the Ledger in one read transaction (see its thin methods of the same names)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, or_, select
+
+from .clock import from_text, to_text
+from .schema import events, heartbeats, jobs, pages, workers
+from .states import ENDED_WORKER_STATES, JobState, PageState
+
+LIVE_WORKER_WINDOW = timedelta(minutes=10)   # an ended worker stays listed this long
+_MEMORY_KEYS = ("active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes",
+                "memory_limit_bytes", "tokens_per_s")
+
+
+def counts(conn: Connection) -> dict[str, dict[str, int]]:
+    """{"jobs": {state: n for every JobState}, "pages": {state: n for every PageState}}."""
+    out: dict[str, dict[str, int]] = {"jobs": {s.value: 0 for s in JobState},
+                                      "pages": {s.value: 0 for s in PageState}}
+    for state, n in conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)):
+        out["jobs"][state] = n
+    # Done pages are most of a big ledger and counting them walks a million index entries
+    # (~70 ms); jobs.pages_done counts them too, in the same transaction as every page's
+    # running -> done, and done is final, so its sum is exact and costs one pass over jobs.
+    unfinished = [PageState.QUEUED, PageState.RUNNING, PageState.FAILED]
+    for state, n in conn.execute(select(pages.c.state, func.count())
+                                 .where(pages.c.state.in_(unfinished)).group_by(pages.c.state)):
+        out["pages"][state] = n
+    out["pages"][PageState.DONE.value] = conn.execute(
+        select(func.coalesce(func.sum(jobs.c.pages_done), 0))).scalar_one()
+    return out
+
+
+def workers_status(conn: Connection, now: datetime) -> list[dict[str, Any]]:
+    """Workers not ended, or ended within LIVE_WORKER_WINDOW of their last heartbeat, each with
+    keys id, host, pid, backend, device_name, state, started_at, heartbeat_age_s, current_page,
+    pages_done, error, and from its latest heartbeat: active_memory_bytes, peak_memory_bytes,
+    cache_memory_bytes, memory_limit_bytes, tokens_per_s."""
+    query = (select(workers)
+             .where(or_(workers.c.state.not_in(list(ENDED_WORKER_STATES)),
+                        workers.c.last_heartbeat_at >= to_text(now - LIVE_WORKER_WINDOW)))
+             .order_by(workers.c.started_at, workers.c.id))
+    out = []
+    for w in conn.execute(query).all():
+        latest = conn.execute(
+            select(*(heartbeats.c[k] for k in _MEMORY_KEYS))
+            .where(heartbeats.c.worker_id == w.id)
+            .order_by(heartbeats.c.at.desc(), heartbeats.c.id.desc()).limit(1)).first()
+        age = (now - from_text(w.last_heartbeat_at)).total_seconds() if w.last_heartbeat_at else None
+        out.append(dict(id=w.id, host=w.host, pid=w.pid, backend=w.backend,
+                        device_name=w.device_name, state=w.state, started_at=w.started_at,
+                        heartbeat_age_s=age, current_page=w.current_page, pages_done=w.pages_done,
+                        error=w.error,
+                        **{k: (latest._mapping[k] if latest else None) for k in _MEMORY_KEYS}))
+    return out
+
+
+def throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
+    """{"pages_per_min_5": ..., "pages_per_min_60": ..., "eta_s": queued+running pages / rate
+    (rate: the 5-min figure, else the 60-min one; None when no rate; 0 when nothing is left)}."""
+    def per_min(minutes: int) -> float:
+        # Pages over the time the window really held work (at least a minute): right after a
+        # start, 500 pages in 8 s is not "100 pages/min over 5 min". Bounded above too, so a
+        # `now` in the past (tests, replays) reads like a live one.
+        count, first = conn.execute(select(func.count(), func.min(pages.c.finished_at)).where(
+            pages.c.finished_at >= to_text(now - timedelta(minutes=minutes)),
+            pages.c.finished_at <= to_text(now))).one()
+        if not count:
+            return 0.0
+        span_min = (now - from_text(first)).total_seconds() / 60
+        return count / min(max(span_min, 1.0), minutes)
+
+    per_min_5 = per_min(5)
+    per_min_60 = per_min(60)
+    left = conn.execute(select(func.count()).select_from(pages).where(
+        pages.c.state.in_([PageState.QUEUED, PageState.RUNNING]))).scalar_one()
+    rate = per_min_5 or per_min_60
+    eta = 0.0 if left == 0 else (left / rate * 60 if rate else None)
+    return {"pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60, "eta_s": eta}
+
+
+def status(conn: Connection, now: datetime) -> dict[str, Any]:
+    """{"counts": ..., "workers": ..., "throughput": ...}; in one transaction they agree."""
+    return {"counts": counts(conn), "workers": workers_status(conn, now),
+            "throughput": throughput(conn, now)}
+
+
+def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """jobs rows (all columns), newest first."""
+    query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(jobs.c.state == state)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def show_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
+    """The jobs row plus "pages": [pages rows without text], "events": [events rows]."""
+    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return None
+    job = dict(row._mapping)
+    page_cols = [c for c in pages.c if c.name != "text"]
+    job["pages"] = [dict(r._mapping) for r in conn.execute(
+        select(*page_cols).where(pages.c.job_id == job_id).order_by(pages.c.page_no))]
+    job["events"] = [dict(r._mapping) for r in conn.execute(
+        select(events).where(events.c.job_id == job_id).order_by(events.c.id))]
+    return job

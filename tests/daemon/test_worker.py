@@ -1,0 +1,174 @@
+"""A Worker ticked in-process on a real SQLite ledger, with test engines through the engine seam.
+
+These are the fast tests of the worker's loop (claim ahead, recycle, finishing a document, release
+on stop, the messages the supervisor acts on); tests/daemon/test_supervisor.py runs the same
+worker as a real child process under the supervisor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import samples
+from configs import make_config
+from helpers import wait_for
+from ocrd.daemon.config import Config
+from ocrd.daemon.protocol import Message, WorkerContext, WorkerEvent
+from ocrd.daemon.worker import Worker
+from ocrd.ledger.store import Ledger
+
+
+class Harness:
+    """A config, a ledger with jobs added straight into the spool, and the worker under test."""
+
+    def __init__(self, root: Path, **workers: object) -> None:
+        self.config: Config = make_config(root, model={"path": "fake", "mode": "tiny"},
+                                          workers={"count": 1, "max_attempts": 2, **workers},
+                                          pdf={"dpi": 72})
+        self.config.spool_dir.mkdir(parents=True)
+        self.ledger = Ledger(self.config.db_url)
+        self.sent: list[Message] = []
+        self.workers: list[Worker] = []
+        self.added = 0
+
+    def add(self, name: str, pages: int = 1) -> int:
+        """A job whose original already lies in the spool, as ingest leaves it."""
+        made = self.config.inboxes[0].path / name
+        made.parent.mkdir(parents=True, exist_ok=True)
+        self.added += 1   # distinct content: the same bytes twice would be a duplicate job
+        if pages > 1:
+            samples.write_pdf(made, pages)
+        else:
+            samples.write_image(made, "PNG", n=self.added)
+        spooled = self.config.spool_dir / name
+        shutil.move(made, spooled)
+        return self.ledger.add_job(
+            inbox=self.config.inboxes[0].key, source_path=str(made), spool_path=str(spooled),
+            sha256=hashlib.sha256(spooled.read_bytes()).hexdigest(),
+            size_bytes=spooled.stat().st_size, pages_total=pages).job_id
+
+    def worker(self, engine: str = "engines:FakeEngine", **ctx: object) -> Worker:
+        worker = Worker(WorkerContext(worker_id=f"w{len(self.workers) + 1}", config=self.config,
+                                      engine_factory=engine, heartbeat_s=0.2, **ctx),
+                        send=self.sent.append)
+        self.workers.append(worker)
+        return worker
+
+    def pages(self, worker: Worker | None = None) -> list[tuple]:
+        """(job_id, page_no, state, attempts, lease_owner) of every page, or of those a worker holds."""
+        rows = self.ledger.show_job  # one read per job keeps this independent of report internals
+        out = []
+        for job in self.ledger.list_jobs(limit=1000):
+            for p in rows(job["id"])["pages"]:
+                if worker is None or (p["state"] == "running" and p["lease_owner"] == worker.ctx.worker_id):
+                    out.append((p["job_id"], p["page_no"], p["state"], p["attempts"], p["lease_owner"]))
+        return sorted(out)
+
+    def job_state(self, job_id: int) -> str:
+        return self.ledger.show_job(job_id)["state"]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.ledger.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    made: list[Harness] = []
+
+    def make(**workers: object) -> Harness:
+        made.append(Harness(tmp_path, **workers))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_start_loads_once_and_says_so(harness) -> None:
+    h = harness()
+    worker = h.worker()
+    assert worker.start()
+    assert [m.event for m in h.sent] == [WorkerEvent.LOADED]
+    row = h.ledger.workers_status()[0]
+    assert (row["id"], row["state"]) == ("w1", "idle")
+
+
+def test_unloadable_model_says_why_and_claims_nothing(harness) -> None:
+    h = harness()
+    h.add("a.png")
+    worker = h.worker("engines:UnloadableEngine")
+    assert not worker.start()
+    assert h.sent[-1].event == WorkerEvent.LOAD_FAILED and "unavailable" in h.sent[-1].reason
+    worker.stop()
+    assert h.ledger.workers_status()[0]["state"] == "load_failed"
+    assert h.pages() == [(1, 1, "queued", 0, None)]
+
+
+def test_a_tick_infers_one_page_and_claims_the_next_ahead(harness) -> None:
+    h = harness()
+    first, second, third = h.add("a.png"), h.add("b.png"), h.add("c.png")
+    worker = h.worker()
+    assert worker.start() and worker.tick()
+    wait_for(lambda: h.job_state(first) == "done", 10, 0.02, "the first page stored")
+    # the next page was claimed (and rendered) while the first one was inferred
+    wait_for(lambda: h.pages(worker) == [(second, 1, "running", 1, "w1")], 10, 0.02, "claimed ahead")
+    assert h.job_state(third) == "queued"
+    events = [m.event for m in h.sent]
+    assert events == [WorkerEvent.LOADED, WorkerEvent.BUSY, WorkerEvent.IDLE, WorkerEvent.PAGE_STORED]
+    assert h.sent[1].pages == 1 and h.sent[3].peak_memory_bytes == 1 << 20
+
+
+def test_the_last_page_finishes_the_document(harness) -> None:
+    h = harness()
+    job = h.add("two.pdf", pages=2)
+    worker = h.worker()
+    assert worker.start()
+    wait_for(lambda: worker.tick() and h.job_state(job) == "done", 10, 0.02, "the job done")
+    inbox = h.config.inboxes[0]
+    text = (inbox.outbox / "two.md").read_text()
+    assert "<!-- page 1 of 2 -->" in text and "<!-- page 2 of 2 -->" in text
+    assert (inbox.archive / "two.pdf").exists() and not list(h.config.spool_dir.glob("two*"))
+
+
+def test_recycles_after_its_page_budget(harness) -> None:
+    h = harness(max_pages_per_worker=2)
+    jobs = [h.add(f"p{n}.png") for n in range(3)]
+    worker = h.worker()
+    assert worker.start()
+    ticks = 0
+    while worker.tick():
+        ticks += 1
+        assert ticks < 50, "the worker never reached its page budget"
+    assert worker.exit_reason == "page budget" and worker.claimed == 2
+    worker.stop()
+    assert [h.job_state(j) for j in jobs] == ["done", "done", "queued"]
+
+
+def test_stop_releases_the_page_claimed_ahead_without_charging_it(harness) -> None:
+    h = harness()
+    first, second = h.add("a.png"), h.add("b.png")
+    worker = h.worker()
+    assert worker.start() and worker.tick()
+    wait_for(lambda: h.pages(worker) == [(second, 1, "running", 1, "w1")], 10, 0.02, "claimed ahead")
+    worker.stop()
+    assert h.job_state(first) == "done"
+    assert [row[:4] for row in h.pages()] == [(first, 1, "done", 1), (second, 1, "queued", 0)]
+    assert h.ledger.workers_status()[0]["state"] == "stopped"
+
+
+def test_a_failing_engine_fails_its_pages_not_the_worker(harness) -> None:
+    h = harness()
+    job = h.add("a.png")
+    worker = h.worker("engines:CrashingEngine", backoff_base_s=0.01)
+    assert worker.start()
+    wait_for(lambda: worker.tick() and h.job_state(job) == "failed", 10, 0.02, "the job failed")
+    failed = h.config.inboxes[0].failed
+    assert "crashing engine" in (failed / "a.png.error.txt").read_text()
+    assert [m.event for m in h.sent].count(WorkerEvent.BUSY) == 2   # max_attempts = 2
