@@ -163,7 +163,7 @@ def bench_worker(model_path: Path, pdf: Path, pages: int, mode: str, max_tokens:
         if not supervisor.model_ok:
             raise RuntimeError("the worker did not load the model")
         started = next_tick = time.perf_counter()
-        while ledger.job(job_id)["state"] != "done":
+        while ledger.job(job_id).state != "done":
             if time.perf_counter() - started > 300:
                 raise RuntimeError(f"job not done after 300 s: {ledger.job(job_id)}")
             if time.perf_counter() >= next_tick:  # the supervisor ticks as in run_daemon

@@ -21,8 +21,7 @@ from ocrd.daemon.engine import model_size_bytes
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.inbox import permission_fix
 from ocrd.daemon.lockfile import running_pid
-from ocrd.ledger.states import ModelState
-from ocrd.ledger.store import Ledger
+from ocrd.ledger import Ledger, ModelState
 
 # Folders under these are guarded by macOS privacy controls (TCC): a daemon started by launchd gets
 # EPERM there unless its interpreter has Full Disk Access.

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger.states import JobState
-from ocrd.ledger.store import AddResult, Job, Ledger
+from ocrd.ledger import AddResult, Job, JobState, Ledger
 
 from . import files
 from .config import Config, InboxConfig

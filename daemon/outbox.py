@@ -20,8 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger.states import JobState
-from ocrd.ledger.store import Job, Ledger
+from ocrd.ledger import Job, JobState, Ledger
 
 from .config import Config, InboxConfig
 from .files import atomic_write_text, flocked, move_file, unique_path, write_error_file

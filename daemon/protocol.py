@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import IO
 
-from ocrd.ledger.store import BACKOFF_BASE_S
+from ocrd.ledger import BACKOFF_BASE_S
 
 from .config import Config
 from .engine import DEFAULT_ENGINE

@@ -18,8 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from ocrd.ledger.states import JobState
-from ocrd.ledger.store import Ledger
+from ocrd.ledger import JobState, Ledger
 
 from . import files
 from .config import Config, InboxConfig

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocrd.ledger.states import ModelState, ModelStatus, WorkerState
-from ocrd.ledger.store import BACKOFF_BASE_S, DaemonInfo, Ledger
+from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
 
 from .config import Config, ConfigError, load_config
 from .device import CPU_WARNING, DeviceInfo, detect_device, footprint_key, plan_for_config

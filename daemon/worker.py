@@ -21,8 +21,7 @@ from typing import Callable
 import structlog
 from PIL import Image
 
-from ocrd.ledger.states import WorkerState
-from ocrd.ledger.store import ClaimedPage, Ledger
+from ocrd.ledger import ClaimedPage, Ledger, WorkerState
 
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus, OnDuplicate,
                          PageState, TransitionError, WorkerState)
-    from .store import (BACKOFF_BASE_S, AddResult, ClaimedPage, DaemonInfo, Job, Ledger,
-                        PageOutcome)
+    from .records import AddResult, ClaimedPage, DaemonInfo, Job, PageOutcome
+    from .store import BACKOFF_BASE_S, Ledger
 
 _HOME = {
-    **dict.fromkeys(("BACKOFF_BASE_S", "AddResult", "ClaimedPage", "DaemonInfo", "Job", "Ledger",
-                     "PageOutcome"), "store"),
+    **dict.fromkeys(("BACKOFF_BASE_S", "Ledger"), "store"),
+    **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "Job", "PageOutcome"), "records"),
     **dict.fromkeys(("ENDED_WORKER_STATES", "JobState", "ModelState", "ModelStatus", "OnDuplicate",
                      "PageState", "TransitionError", "WorkerState"), "states"),
 }

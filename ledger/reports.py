@@ -4,11 +4,11 @@ run by the Ledger in one read transaction (see its thin methods of the same name
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, or_, select, text
 
-from .clock import from_text, to_text
+from .clock import from_text, to_text, utc_now
 from .schema import events, heartbeats, jobs, pages, workers
 from .states import ENDED_WORKER_STATES, JobState, PageState
 
@@ -109,3 +109,39 @@ def show_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
     job["events"] = [dict(r._mapping) for r in conn.execute(
         select(events).where(events.c.job_id == job_id).order_by(events.c.id))]
     return job
+
+
+class Reports:
+    """The Ledger's read-only side (a mixin of `Ledger`): each report in one read transaction."""
+
+    _read: Callable[[Callable[[Connection], Any]], Any]
+    _sqlite: bool
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self._read(counts)
+
+    def workers_status(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        now = utc_now(now)
+        return self._read(lambda conn: workers_status(conn, now))
+
+    def throughput(self, now: datetime | None = None) -> dict[str, float | None]:
+        now = utc_now(now)
+        return self._read(lambda conn: throughput(conn, now))
+
+    def status(self, now: datetime | None = None) -> dict[str, Any]:
+        """counts, workers_status and throughput read together, so the three agree."""
+        now = utc_now(now)
+        return self._read(lambda conn: status(conn, now))
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._read(lambda conn: list_jobs(conn, state, limit))
+
+    def show_job(self, job_id: int) -> dict[str, Any] | None:
+        return self._read(lambda conn: show_job(conn, job_id))
+
+    def integrity_check(self) -> str:
+        """'ok' or SQLite's complaint."""
+        if not self._sqlite:
+            return "ok"
+        rows = self._read(lambda c: [r[0] for r in c.execute(text("PRAGMA integrity_check"))])
+        return "ok" if rows == ["ok"] else "\n".join(rows)

@@ -19,100 +19,30 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from . import migrations as _migrations
-from . import reports
-from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction, upsert
+from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction
 from .clock import from_text, to_text, utc_now
-from .schema import heartbeats, jobs, meta, pages, workers
-from .states import (ENDED_WORKER_STATES, JobState, ModelStatus, OnDuplicate, PageState,
-                     TransitionError, WorkerState)
+from .records import AddResult, ClaimedPage, Job, PageOutcome
+from .reports import Reports
+from .schema import jobs, pages, workers
+from .states import JobState, OnDuplicate, PageState, TransitionError
 from .transitions import (append_event, fail_job_with_pages, page_key, transition_job,
                           transition_page)
+from .workers import WorkerBook
 
 T = TypeVar("T")
 
-HEARTBEAT_RETENTION = timedelta(hours=24)
 BACKOFF_BASE_S = 10.0                # backoff_s doubles it per attempt
 BACKOFF_MAX_S = 600.0
 LEASE_LOST = "lease expired (worker lost)"
 _KEEP: Any = object()                # set_job_paths: leave this column as it is
 _PG_INGEST_LOCK = 7262002            # pg_advisory_xact_lock key (migrations.py uses 7262001)
-
-
-@dataclass(frozen=True)
-class AddResult:
-    job_id: int
-    state: JobState              # queued, duplicate or failed
-    duplicate_of: int | None     # the original job when state is duplicate
-
-
-@dataclass(frozen=True)
-class Job:
-    """One `jobs` row (DESIGN.md documents the columns); times are ISO-8601 UTC text."""
-    id: int
-    inbox: str                   # InboxConfig.key
-    source_path: str             # where it was dropped
-    spool_path: str | None       # where the original lies now ("" or None: deleted)
-    sha256: str | None
-    size_bytes: int | None
-    state: JobState
-    pages_total: int
-    pages_done: int
-    attempts: int
-    priority: int
-    created_at: str
-    updated_at: str
-    finished_at: str | None
-    output_path: str | None
-    error: str | None
-    duplicate_of: int | None
-
-    @classmethod
-    def from_row(cls, row: Row) -> Job:
-        return cls(**{**row._mapping, "state": JobState(row.state)})
-
-    def __getitem__(self, column: str) -> Any:
-        # Row-style access (`job["state"]`) for scripts and tests written against the dict rows
-        # this replaced; the daemon and the CLI use the attributes.
-        return getattr(self, column)
-
-
-@dataclass(frozen=True)
-class ClaimedPage:
-    job_id: int
-    page_no: int                 # 1-based
-    attempts: int                # including this claim
-    pages_total: int
-    inbox: str                   # InboxConfig.key
-    source_path: str
-    spool_path: str
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    """What the running daemon recorded at start: its device and its pool plan (meta keys
-    `device` and `pool_plan`), for `ocrd status` and `ocrd device`."""
-    backend: str
-    name: str
-    memory_bytes: int
-    workers: int
-    batch: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class PageOutcome:
-    state: PageState             # queued (will retry) or failed
-    run_after: datetime | None   # when a queued page may be claimed again
-    job_failed: bool             # the page's failure failed its job
 
 
 def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random | None = None) -> float:
@@ -122,7 +52,7 @@ def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random 
     return min(base_s * 2 ** attempts, BACKOFF_MAX_S) * jitter
 
 
-class Ledger:
+class Ledger(WorkerBook, Reports):
     """The job database's one API: open it (creating and migrating as needed), call its methods
     (each one short transaction, from any thread or process), close it (or use it as a context)."""
 
@@ -565,134 +495,3 @@ class Ledger:
                  .where(pages.c.state == PageState.RUNNING, pages.c.lease_owner == worker_id)
                  .order_by(pages.c.job_id, pages.c.page_no))
         return self._read(lambda c: [(r.job_id, r.page_no) for r in c.execute(query)])
-
-    # -- workers and heartbeats -----------------------------------------------------------------
-    def register_worker(self, worker_id: str, *, host: str, pid: int, backend: str,
-                        device_name: str, state: WorkerState = WorkerState.STARTING,
-                        now: datetime | None = None) -> None:
-        """Insert or reset the workers row (a restarted worker may reuse its id)."""
-        stamp = to_text(utc_now(now))
-        state = WorkerState(state)
-        self._write(lambda conn: upsert(conn, workers, "id", dict(
-            id=worker_id, host=host, pid=pid, backend=backend, device_name=device_name, state=state,
-            started_at=stamp, last_heartbeat_at=stamp, current_page=None, pages_done=0, error=None)))
-
-    def set_worker_state(self, worker_id: str, state: WorkerState, now: datetime | None = None, *,
-                         error: str | None = None) -> None:
-        """The one writer of a worker's state (heartbeats may repeat it). `error` (optional)
-        records why, e.g. the load failure."""
-        values: dict[str, Any] = {"state": WorkerState(state)}
-        if error is not None:
-            values["error"] = error
-        if state in ENDED_WORKER_STATES:
-            values["current_page"] = None
-        self._write(lambda c: c.execute(update(workers).where(workers.c.id == worker_id).values(**values)))
-
-    def record_heartbeat(self, worker_id: str, *, backend: str, active_memory_bytes: int,
-                         peak_memory_bytes: int, cache_memory_bytes: int, memory_limit_bytes: int,
-                         pages_done: int, tokens_per_s: float, current_page: str | None,
-                         state: WorkerState | None = None, lease_s: float = 60.0,
-                         now: datetime | None = None) -> None:
-        """One transaction: insert a heartbeats row, update the workers row (last_heartbeat_at,
-        current_page, pages_done, state if given), renew this worker's leases, and delete
-        heartbeats older than HEARTBEAT_RETENTION."""
-        now = utc_now(now)
-        stamp = to_text(now)
-
-        def tx(conn: Connection) -> None:
-            conn.execute(insert(heartbeats).values(
-                worker_id=worker_id, at=stamp, backend=backend,
-                active_memory_bytes=active_memory_bytes, peak_memory_bytes=peak_memory_bytes,
-                cache_memory_bytes=cache_memory_bytes, memory_limit_bytes=memory_limit_bytes,
-                pages_done=pages_done, tokens_per_s=tokens_per_s))
-            values: dict[str, Any] = dict(last_heartbeat_at=stamp, current_page=current_page,
-                                          pages_done=pages_done)
-            if state is not None:
-                values["state"] = WorkerState(state)
-            # pages before workers, the order complete_page locks them in (PostgreSQL deadlocks)
-            self._renew(conn, worker_id, lease_s, now)
-            conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
-            conn.execute(delete(heartbeats).where(heartbeats.c.at < to_text(now - HEARTBEAT_RETENTION)))
-
-        self._write(tx)
-
-    def mark_workers_dead(self, host: str, alive_ids: list[str], now: datetime | None = None) -> int:
-        """Workers of this host not in alive_ids and not ended -> dead."""
-        stmt = (update(workers)
-                .where(workers.c.host == host, workers.c.id.not_in(list(alive_ids)),
-                       workers.c.state.not_in(list(ENDED_WORKER_STATES)))
-                .values(state=WorkerState.DEAD, current_page=None))
-        return self._write(lambda c: c.execute(stmt).rowcount)
-
-    def add_event(self, job_id: int | None, kind: str, detail: str = "",
-                  now: datetime | None = None, *, page_no: int | None = None) -> None:
-        """Append an events row that is not a state change (e.g. ingest notes, outbox written)."""
-        now = utc_now(now)
-        self._write(lambda c: append_event(c, job_id, page_no, now, kind, detail))
-
-    # -- small key/value store (pool sizing memory, model load status) ----------------------------
-    def get_meta(self, key: str) -> str | None:
-        return self._read(lambda c: c.execute(select(meta.c.value).where(meta.c.key == key))
-                          .scalar_one_or_none())
-
-    def set_meta(self, key: str, value: str | None) -> None:
-        """Set a value; None deletes the key."""
-        if value is None:
-            self._write(lambda c: c.execute(delete(meta).where(meta.c.key == key)))
-        else:
-            self._write(lambda c: upsert(c, meta, "key", dict(key=key, value=value)))
-
-    def set_model_status(self, status: ModelStatus) -> None:
-        self.set_meta("model_status", status.dumps())
-
-    def model_status(self) -> ModelStatus | None:
-        text_ = self.get_meta("model_status")
-        return None if text_ is None else ModelStatus.loads(text_)
-
-    def set_daemon_info(self, info: DaemonInfo) -> None:
-        self.set_meta("device", json.dumps({"backend": info.backend, "name": info.name,
-                                            "memory_bytes": info.memory_bytes}))
-        self.set_meta("pool_plan", json.dumps({"count": info.workers, "batch": info.batch,
-                                               "reason": info.reason}))
-
-    def daemon_info(self) -> DaemonInfo | None:
-        try:
-            device = json.loads(self.get_meta("device") or "null")
-            plan = json.loads(self.get_meta("pool_plan") or "null") or {}
-            if device is None:
-                return None
-            return DaemonInfo(backend=device["backend"], name=device["name"],
-                              memory_bytes=int(device["memory_bytes"]), workers=int(plan.get("count", 0)),
-                              batch=int(plan.get("batch", 1)), reason=plan.get("reason", ""))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    # -- read-only reports (ledger/reports.py), each in one read transaction ---------------------
-    def counts(self) -> dict[str, dict[str, int]]:
-        return self._read(reports.counts)
-
-    def workers_status(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        now = utc_now(now)
-        return self._read(lambda conn: reports.workers_status(conn, now))
-
-    def throughput(self, now: datetime | None = None) -> dict[str, float | None]:
-        now = utc_now(now)
-        return self._read(lambda conn: reports.throughput(conn, now))
-
-    def status(self, now: datetime | None = None) -> dict[str, Any]:
-        """counts, workers_status and throughput read together, so the three agree."""
-        now = utc_now(now)
-        return self._read(lambda conn: reports.status(conn, now))
-
-    def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return self._read(lambda conn: reports.list_jobs(conn, state, limit))
-
-    def show_job(self, job_id: int) -> dict[str, Any] | None:
-        return self._read(lambda conn: reports.show_job(conn, job_id))
-
-    def integrity_check(self) -> str:
-        """'ok' or SQLite's complaint."""
-        if not self._sqlite:
-            return "ok"
-        rows = self._read(lambda c: [r[0] for r in c.execute(text("PRAGMA integrity_check"))])
-        return "ok" if rows == ["ok"] else "\n".join(rows)

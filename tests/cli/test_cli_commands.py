@@ -221,10 +221,10 @@ def test_retry_by_id_requeues_only_failed_pages(config_file: Path, seeded):
     assert f"job {seeded['b']}" in result.output
     ledger = open_ledger(config_file)
     try:
-        assert ledger.job(seeded["b"])["state"] == "queued"
+        assert ledger.job(seeded["b"]).state == "queued"
         pages = ledger.show_job(seeded["b"])["pages"]
         assert [p["state"] for p in pages] == ["queued"]
-        assert ledger.job(seeded["a"])["state"] == "running"  # untouched
+        assert ledger.job(seeded["a"]).state == "running"  # untouched
     finally:
         ledger.close()
 

@@ -46,7 +46,7 @@ def test_readme_queries(ledger: Ledger, db: Db) -> None:
         ledger.complete_page(good, page.page_no, "fresh", text="x", now=now)
     ledger.claim_pages("stuck", now=now - timedelta(minutes=29))
 
-    assert db.raw(WHAT_FAILED) == [(bad, "/in/bad.pdf", ledger.job(bad)["finished_at"],
+    assert db.raw(WHAT_FAILED) == [(bad, "/in/bad.pdf", ledger.job(bad).finished_at,
                                     "page 1: image too small")]
     [(hour, n)] = db.raw(PAGES_PER_HOUR_TODAY)
     assert n == 2 and hour == now.astimezone().strftime("%H:00")

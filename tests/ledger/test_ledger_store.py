@@ -33,8 +33,8 @@ def _run_to_done(ledger: Ledger, job_id: int, worker: str = "w", now=T0) -> None
 def test_add_job_inserts_job_pages_and_event(ledger: Ledger) -> None:
     job_id = add(ledger, "a", 3, priority=2)
     job = ledger.job(job_id)
-    assert (job["state"], job["pages_total"], job["pages_done"], job["priority"]) == ("queued", 3, 0, 2)
-    assert job["created_at"] == to_text(T0) == "2025-03-01T12:00:00.000000Z"
+    assert (job.state, job.pages_total, job.pages_done, job.priority) == ("queued", 3, 0, 2)
+    assert job.created_at == to_text(T0) == "2025-03-01T12:00:00.000000Z"
     assert _pages(ledger, job_id) == [(1, "queued", 0), (2, "queued", 0), (3, "queued", 0)]
     assert [e["kind"] for e in ledger.show_job(job_id)["events"]] == ["job_added"]
     with pytest.raises(ValueError):
@@ -53,8 +53,8 @@ def test_add_job_is_idempotent_on_spool_path(ledger: Ledger, db: Db) -> None:
     assert ledger.add_failed_job(inbox="/in", source_path="/in/b.txt", spool_path="/failed/b.txt",
                                  sha256="s2", size_bytes=1, error="again") == failed
     row = ledger.job(failed)
-    assert (row["state"], row["error"], row["pages_total"]) == ("failed", "unsupported file type", 0)
-    assert ledger.job_by_spool_path("/failed/b.txt")["id"] == failed
+    assert (row.state, row.error, row.pages_total) == ("failed", "unsupported file type", 0)
+    assert ledger.job_by_spool_path("/failed/b.txt").id == failed
     assert ledger.job_by_spool_path("/nowhere") is None
 
 
@@ -103,15 +103,15 @@ def test_concurrent_ingests_of_one_file_make_one_job_and_one_duplicate(db_url: s
 def test_set_job_paths_keeps_omitted_and_clears_explicit_none(ledger: Ledger) -> None:
     job_id = add(ledger)
     ledger.set_job_paths(job_id, output_path="/out/a.md")
-    assert (ledger.job(job_id)["spool_path"], ledger.job(job_id)["output_path"]) == ("/spool/a.pdf", "/out/a.md")
+    assert (ledger.job(job_id).spool_path, ledger.job(job_id).output_path) == ("/spool/a.pdf", "/out/a.md")
     ledger.set_job_paths(job_id, spool_path=None)
-    assert (ledger.job(job_id)["spool_path"], ledger.job(job_id)["output_path"]) == (None, "/out/a.md")
+    assert (ledger.job(job_id).spool_path, ledger.job(job_id).output_path) == (None, "/out/a.md")
 
 
 def test_jobs_in_states_list_jobs_and_show_job(ledger: Ledger) -> None:
     ids = [add(ledger, f"d{i}", 2) for i in range(4)]
     ledger.fail_job(ids[1], "broken")
-    assert [j["id"] for j in ledger.jobs_in_states([JobState.QUEUED])] == [ids[0], ids[2], ids[3]]
+    assert [j.id for j in ledger.jobs_in_states([JobState.QUEUED])] == [ids[0], ids[2], ids[3]]
     assert [j["id"] for j in ledger.list_jobs()] == ids[::-1]
     assert [j["id"] for j in ledger.list_jobs(limit=2)] == ids[:1:-1]
     assert [j["id"] for j in ledger.list_jobs(state="failed")] == [ids[1]]
@@ -131,7 +131,7 @@ def test_claim_order_fields_and_job_follows(ledger: Ledger) -> None:
     assert [(p.job_id, p.page_no) for p in got] == [(low, 1), (high, 1), (high, 2)]
     assert got[1] == type(got[1])(job_id=high, page_no=1, attempts=1, pages_total=2, inbox="/in",
                                   source_path="/in/high.pdf", spool_path="/spool/high.pdf")
-    assert ledger.job(high)["state"] == ledger.job(low)["state"] == JobState.RUNNING
+    assert ledger.job(high).state == ledger.job(low).state == JobState.RUNNING
     page = ledger.show_job(high)["pages"][0]
     assert (page["lease_owner"], from_text(page["lease_expires_at"])) == ("w", T0 + 30 * S)
     assert ledger.workers_status(now=T0)[0]["current_page"] == f"{low}:1,{high}:1,{high}:2"
@@ -156,7 +156,7 @@ def test_lease_expiry_through_the_now_seam(ledger: Ledger) -> None:
         assert (claimed[0].page_no, claimed[0].attempts) == (1, k)
         assert ledger.rescue_expired(max_attempts=3, now=T0 + (k * 1000 + 61) * S) == 1
     job = ledger.job(job_id)
-    assert (job["state"], job["error"]) == ("failed", "page 1: lease expired (worker lost)")
+    assert (job.state, job.error) == ("failed", "page 1: lease expired (worker lost)")
     assert _pages(ledger, job_id) == [(1, "failed", 3), (2, "failed", 0)]
 
 
@@ -182,12 +182,12 @@ def test_complete_page_reports_the_last_page_and_finish_job(ledger: Ledger) -> N
     assert results == [False, False, True]
     assert ledger.complete_page(job_id, 1, "w", text="again") is False  # done is final
     assert ledger.job_complete(job_id) and ledger.page_texts(job_id) == ["t1", "t2", "t3"]
-    assert ledger.job(job_id)["pages_done"] == 3
+    assert ledger.job(job_id).pages_done == 3
     assert ledger.completed_jobs_not_done() == [job_id]
     assert ledger.finish_job(job_id, "/out/a.md", now=T0) is True
     assert ledger.finish_job(job_id, "/out/a.md") is False
     job = ledger.job(job_id)
-    assert (job["state"], job["output_path"], job["finished_at"]) == ("done", "/out/a.md", to_text(T0))
+    assert (job.state, job.output_path, job.finished_at) == ("done", "/out/a.md", to_text(T0))
     assert ledger.completed_jobs_not_done() == []
     assert ledger.workers_status(now=T0)[0]["pages_done"] == 3
     page = ledger.show_job(job_id)["pages"][1]
@@ -238,7 +238,7 @@ def test_max_attempts_fails_page_and_job(ledger: Ledger) -> None:
     outcome = ledger.fail_page(job_id, 1, "w", "bad page", max_attempts=3, now=now)
     assert (outcome.state, outcome.run_after, outcome.job_failed) == (PageState.FAILED, None, True)
     job = ledger.job(job_id)
-    assert (job["state"], job["error"]) == ("failed", "page 1: bad page")
+    assert (job.state, job.error) == ("failed", "page 1: bad page")
     assert [s for _, s, _ in _pages(ledger, job_id)] == ["failed", "failed", "failed"]
     assert ledger.complete_page(job_id, 2, "w", text="too late") is False
     assert ledger.claim_pages("w", n=5, now=now + 3600 * S) == []
@@ -273,11 +273,11 @@ def test_retry_requeues_only_failed_pages(ledger: Ledger) -> None:
     assert ledger.retry_jobs(now=T0) == [job_id, ingest_failed]
     assert _pages(ledger, job_id) == [(1, "done", 1), (2, "queued", 0), (3, "queued", 0)]
     job = ledger.job(job_id)
-    assert (job["state"], job["error"], job["attempts"], job["pages_done"]) == ("queued", None, 2, 1)
+    assert (job.state, job.error, job.attempts, job.pages_done) == ("queued", None, 2, 1)
     assert all(p["error"] is None for p in ledger.show_job(job_id)["pages"])
-    assert ledger.job(ingest_failed)["state"] == "failed"
+    assert ledger.job(ingest_failed).state == "failed"
     assert ledger.show_job(ingest_failed)["events"][-1]["kind"] == "retry_ingest"
-    assert ledger.job(untouched)["state"] == "queued"
+    assert ledger.job(untouched).state == "queued"
     assert ledger.retry_jobs([job_id, untouched]) == []                 # neither is failed now
     _run_to_done(ledger, job_id)
     assert ledger.page_texts(job_id) == ["one", "p2", "p3"]
@@ -304,7 +304,7 @@ def test_concurrent_retries_requeue_each_job_once(ledger: Ledger, db_url: str) -
     for t in threads:
         t.join(60)
     assert errors == [] and sorted(picked) == ids
-    assert {ledger.job(j)["attempts"] for j in ids} == {2}
+    assert {ledger.job(j).attempts for j in ids} == {2}
 
 
 def test_reopen_job_after_a_fixed_ingest(ledger: Ledger) -> None:
@@ -313,7 +313,7 @@ def test_reopen_job_after_a_fixed_ingest(ledger: Ledger) -> None:
     assert ledger.reopen_job(failed, spool_path="/spool/x.pdf", sha256="new", size_bytes=2,
                              pages_total=2, now=T0) is True
     job = ledger.job(failed)
-    assert (job["state"], job["pages_total"], job["spool_path"], job["sha256"], job["error"]) == \
+    assert (job.state, job.pages_total, job.spool_path, job.sha256, job.error) == \
         ("queued", 2, "/spool/x.pdf", "new", None)
     assert _pages(ledger, failed) == [(1, "queued", 0), (2, "queued", 0)]
     assert ledger.reopen_job(failed, spool_path="/s", sha256="n", size_bytes=1, pages_total=1) is False
@@ -461,7 +461,7 @@ def test_byte_counts_past_32_bits(ledger: Ledger) -> None:
           memory_limit_bytes=big)
     [w] = ledger.workers_status(now=T0)
     assert (w["active_memory_bytes"], w["memory_limit_bytes"]) == (big, big)
-    assert ledger.job(job_id)["size_bytes"] == 5 * 2**30
+    assert ledger.job(job_id).size_bytes == 5 * 2**30
 
 
 # -- engine behaviour -------------------------------------------------------------------------------
@@ -534,7 +534,7 @@ def test_retried_job_with_every_page_done_can_still_finish(ledger: Ledger) -> No
     _run_to_done(ledger, job_id)
     ledger.fail_job(job_id, "outbox not writable")          # failed after its last page
     assert ledger.retry_jobs([job_id]) == [job_id]
-    assert ledger.job(job_id)["state"] == "queued" and ledger.claim_pages("w") == []
+    assert ledger.job(job_id).state == "queued" and ledger.claim_pages("w") == []
     assert ledger.completed_jobs_not_done() == [job_id]
     assert ledger.finish_job(job_id, "/out/a.md") is True
     kinds = [e["kind"] for e in ledger.show_job(job_id)["events"] if e["page_no"] is None]

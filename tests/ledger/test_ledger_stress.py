@@ -102,4 +102,4 @@ def test_killed_worker_pages_come_back_after_the_lease(ledger: Ledger, db_url: s
         (PageState.QUEUED, 1), (PageState.QUEUED, 1), (PageState.QUEUED, 0)]
     again = ledger.claim_pages("heir", n=3)
     assert [(p.page_no, p.attempts) for p in again] == [(1, 2), (2, 2), (3, 1)]
-    assert ledger.job(job_id)["state"] == JobState.RUNNING
+    assert ledger.job(job_id).state == JobState.RUNNING

@@ -37,7 +37,7 @@ def test_job_transition_table(ledger: Ledger, db: Db, src: JobState, dst: JobSta
     move = lambda conn: transition_job(conn, job_id, dst, T0, detail="test")  # noqa: E731
     if dst in JOB_TRANSITIONS[src]:
         assert ledger._write(move) == src
-        assert ledger.job(job_id)["state"] == dst
+        assert ledger.job(job_id).state == dst
         kinds = db.raw("SELECT kind, detail FROM events ORDER BY id DESC LIMIT 1")
         assert kinds == [(f"job_{dst}", f"{src} -> {dst}: test")]
     else:
@@ -94,7 +94,7 @@ def test_a_refused_transition_rolls_back_the_whole_transaction(ledger: Ledger, d
     with pytest.raises(TransitionError):
         ledger._write(tx)
     assert _n_events(db) == n_events
-    assert ledger.job(job_id)["state"] == JobState.QUEUED
+    assert ledger.job(job_id).state == JobState.QUEUED
 
 
 def test_missing_job_is_refused(ledger: Ledger) -> None:

@@ -1,0 +1,73 @@
+"""The typed rows and results the Ledger hands out (frozen, so they can travel between threads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Row
+
+from .states import JobState, PageState
+
+
+@dataclass(frozen=True)
+class AddResult:
+    job_id: int
+    state: JobState              # queued, duplicate or failed
+    duplicate_of: int | None     # the original job when state is duplicate
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `jobs` row (DESIGN.md documents the columns); times are ISO-8601 UTC text."""
+    id: int
+    inbox: str                   # InboxConfig.key
+    source_path: str             # where it was dropped
+    spool_path: str | None       # where the original lies now ("" or None: deleted)
+    sha256: str | None
+    size_bytes: int | None
+    state: JobState
+    pages_total: int
+    pages_done: int
+    attempts: int
+    priority: int
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    output_path: str | None
+    error: str | None
+    duplicate_of: int | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        return cls(**{**row._mapping, "state": JobState(row.state)})
+
+
+@dataclass(frozen=True)
+class ClaimedPage:
+    job_id: int
+    page_no: int                 # 1-based
+    attempts: int                # including this claim
+    pages_total: int
+    inbox: str                   # InboxConfig.key
+    source_path: str
+    spool_path: str
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What the running daemon recorded at start: its device and its pool plan (meta keys
+    `device` and `pool_plan`), for `ocrd status` and `ocrd device`."""
+    backend: str
+    name: str
+    memory_bytes: int
+    workers: int
+    batch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    state: PageState             # queued (will retry) or failed
+    run_after: datetime | None   # when a queued page may be claimed again
+    job_failed: bool             # the page's failure failed its job
