@@ -219,3 +219,16 @@ def test_unwritable_archive_keeps_the_original_in_the_spool_and_goes_on(running)
     wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(2,)], 60, 0.1, "next job")
     assert r.thread.is_alive()
     r.stop()
+
+
+def test_a_workers_command_line_carries_no_config(running) -> None:
+    # The context (with the ledger URL, which may hold a password) goes down the worker's stdin;
+    # `ps` shows argv to every local user.
+    r = running("engines:FakeEngine")
+    slot = wait_for(lambda: r.sup.pool.slots and r.sup.pool.slots[0], 30, 0.05, "a worker")
+    argv = Path(f"/proc/{slot.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    assert argv[1:4] == ["-m", "ocrd.daemon.worker", slot.worker_id]
+    assert len(argv) == 6 and all(a.isdigit() for a in argv[4:])
+    assert str(r.config.state_dir) not in " ".join(argv)
+    wait_for(lambda: r.query("SELECT state FROM workers") == [("idle",)], 30, 0.05, "it loaded from stdin")
+    r.stop()
