@@ -43,6 +43,7 @@ class WorkersConfig:
     memory_budget: int | float | None = None  # None: "auto"; int: bytes; float in (0, 1]: fraction
     max_pages_per_worker: int = 500
     max_attempts: int = 3
+    batch: int | None = None                  # None: "auto"; pages one worker decodes at once
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     )
     model.done()
     workers_cfg = WorkersConfig(
-        count=_worker_count(workers),
+        count=_auto_or_positive(workers, "count"),
+        batch=_auto_or_positive(workers, "batch"),
         memory_budget=_memory_budget(workers),
         max_pages_per_worker=workers.int("max_pages_per_worker", WorkersConfig.max_pages_per_worker, low=1),
         max_attempts=workers.int("max_attempts", WorkersConfig.max_attempts, low=1),
@@ -228,13 +230,13 @@ def _check_inboxes(inboxes: tuple[InboxConfig, ...]) -> None:
                 raise ConfigError(f"inbox[{n}].{name}: {p} must not be inside the inbox {inbox.path}")
 
 
-def _worker_count(workers: _Reader) -> int | None:
-    """`[workers] count`: "auto" (None) or a positive integer."""
-    value = workers.get("count", "auto")
+def _auto_or_positive(workers: _Reader, key: str) -> int | None:
+    """`[workers] count` and `batch`: "auto" (None) or a positive integer."""
+    value = workers.get(key, "auto")
     if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise workers.fail("count", 'must be "auto" or an integer of at least 1', value)
+        raise workers.fail(key, 'must be "auto" or an integer of at least 1', value)
     return value
 
 
