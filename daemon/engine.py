@@ -12,12 +12,12 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence
 
 from .config import ModelConfig
-from .errors import EngineError, ModelUnavailable, first_line
+from .errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
 from .modes import MODES
 
 if TYPE_CHECKING:
@@ -48,7 +48,35 @@ class PageResult:
     peak_memory_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A page that left a decode session: its result, or the error that failed it alone."""
+    key: Hashable
+    result: PageResult | None = None
+    error: OcrdError | None = None
+
+
+class Session(Protocol):
+    """Pages decoding together: add pages, step until they finish; see batching.py.
+    `generated` counts the tokens generated so far (aggregate tokens/s, tuning)."""
+    generated: int
+
+    def __len__(self) -> int: ...
+
+    def add(self, key: Hashable, image: Image.Image, *, prompt: str, mode: str,
+            max_tokens: int) -> Finished | None: ...
+
+    def step(self) -> list[Finished]: ...
+
+    def cancel(self, key: Hashable) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Engine(Protocol):
+    """What a worker needs of a model. An engine may also offer `open_session(capacity=,
+    page_budget_s=) -> Session` for continuous batching; batching.open_session falls back to one
+    page per step through `generate` for engines that don't (test engines)."""
     def load(self) -> None: ...
 
     def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
@@ -100,19 +128,34 @@ def find_repetition(text: Sequence, *, min_len: int = REPEAT_MIN_CHARS,
 
 
 def memory_stats() -> dict[str, int]:
-    """MLX allocator numbers for heartbeats; memory_limit_bytes is 0 when unknown."""
+    """MLX allocator numbers for heartbeats. memory_limit_bytes is MLX's own allocation limit,
+    `mx.get_memory_limit()` (142.6 GB on an H200, not the card's total); the device's size only
+    where MLX can't say, 0 when nothing is known."""
     import mlx.core as mx
 
     limit = 0
     with contextlib.suppress(Exception):
-        info = mx.device_info()
-        limit = int(info.get("max_recommended_working_set_size") or info.get("total_memory") or 0)
+        limit = int(mx.get_memory_limit())
+    if not limit:
+        with contextlib.suppress(Exception):
+            info = mx.device_info()
+            limit = int(info.get("max_recommended_working_set_size") or info.get("total_memory") or 0)
     return {
         "active_memory_bytes": int(mx.get_active_memory()),
         "peak_memory_bytes": int(mx.get_peak_memory()),
         "cache_memory_bytes": int(mx.get_cache_memory()),
         "memory_limit_bytes": limit,
     }
+
+
+def take_peak_memory() -> int:
+    """MLX's peak memory since the last call, then the count restarts (what one stretch of
+    decoding needed, not the worker's whole life)."""
+    import mlx.core as mx
+
+    peak = int(mx.get_peak_memory())
+    mx.reset_peak_memory()
+    return peak
 
 
 def resolve_model_path(path: str) -> Path:
@@ -169,12 +212,10 @@ def hf_cache_dir() -> str | None:
 
 
 class MlxVlmEngine:
-    """The real engine: mlx_vlm.load once, then greedy stream_generate with a repetition guard.
+    """The real engine: mlx_vlm.load once, then pages decoded together in an `MlxSession`.
 
-    Several images are run one after another, not through mlx_vlm.batch_generate: in mlx-vlm
-    0.7.10 batch_generate runs on the tiny deepseekocr model but ignores the resolution mode
-    (base_size/image_size/cropping), reports only batch-wide token counts and no finish reason,
-    and cannot stop a looping page early. The protocol takes a list so batching can come later.
+    `generate` runs a few images through a session to the end (one code path for one page or
+    many); workers keep a session open and feed it page by page (continuous batching).
     """
 
     def __init__(self, model: ModelConfig, *, repeat_min_tokens: int = REPEAT_MIN_TOKENS):
@@ -202,72 +243,172 @@ class MlxVlmEngine:
     def model_type(self) -> str:
         return getattr(self.model.config, "model_type", "") if self.model is not None else ""
 
+    def open_session(self, *, capacity: int, page_budget_s: float | None = None) -> MlxSession:
+        """A decode session for up to `capacity` pages in flight."""
+        self.load()
+        return MlxSession(self, capacity=capacity, page_budget_s=page_budget_s)
+
     def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
                  max_tokens: int) -> list[PageResult]:
-        """One PageResult per image, in order; EngineError if a page fails."""
-        self.load()
-        return [self._generate_one(image, prompt, mode=mode, max_tokens=max_tokens) for image in images]
+        """One PageResult per image, in order, decoded together; the first page's error is raised."""
+        session = self.open_session(capacity=max(len(images), 1))
+        results: dict[int, PageResult] = {}
+        try:
+            finished = [f for n, image in enumerate(images)
+                        if (f := session.add(n, image, prompt=prompt, mode=mode, max_tokens=max_tokens))]
+            while len(session) or finished:
+                for f in finished:
+                    if f.error is not None:
+                        raise f.error
+                    results[f.key] = f.result
+                finished = session.step() if len(session) else []
+        finally:
+            session.close()
+        return [results[n] for n in range(len(images))]
 
-    def _generate_one(self, image: Image.Image, prompt: str, *, mode: str, max_tokens: int) -> PageResult:
-        import mlx.core as mx
+    def prepare(self, image: Image.Image, prompt: str, mode: str) -> tuple[list[int], dict[str, Any]]:
+        """A page's prompt token ids and the embeddings BatchGenerator takes (`inputs_embeds`,
+        with the image encoded in the page's resolution mode). The chat template is applied only
+        to a prompt that does not already hold `<image>` (it would add a second one)."""
         import mlx_vlm
+        from mlx_vlm.utils import prepare_inputs
 
-        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
-        if self.model_type == "deepseekocr":
-            kwargs.update(_mode_kwargs(mode))
+        kwargs = _mode_kwargs(mode) if self.model_type == "deepseekocr" else {}
         if "<image>" not in prompt:
             prompt = mlx_vlm.apply_chat_template(self.processor, self.model.config, prompt, num_images=1)
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        started = time.perf_counter()
-        mx.reset_peak_memory()
-        text, ids, last, finish, cut = "", [], None, None, None
-        try:
-            # mlx_vlm.generate resets the stop tokens before each call; stream_generate does not.
-            criteria = getattr(tokenizer, "stopping_criteria", None)
-            if criteria is not None:
-                criteria.reset(self.model.config.eos_token_id)
-            with contextlib.redirect_stdout(sys.stderr):
-                stream = mlx_vlm.stream_generate(self.model, self.processor, prompt, image=[image], **kwargs)
-                try:
-                    for n, chunk in enumerate(stream, 1):
-                        text += chunk.text
-                        last = chunk
-                        finish = chunk.finish_reason or finish
-                        if chunk.token is not None and chunk.finish_reason is None:
-                            ids.append(int(chunk.token))
-                        if n % REPEAT_CHECK_EVERY == 0 and (cut := self._find_loop(ids)) is not None:
-                            finish = "repetition"
-                            break
-                except KeyError:
-                    # mlx-vlm's streaming BPE detokenizer can't spell special tokens written with
-                    # non-byte-level characters ("<｜▁pad▁｜>", bos): a model that emits one has
-                    # ended its text, which the detokenizer may still hold back: decode it whole.
-                    # (Banning those tokens with logit_bias instead costs ~5% on every token.)
-                    text, finish = _decode(tokenizer, ids), "stop"
-                finally:
-                    stream.close()
-        except Exception as exc:
-            raise EngineError(f"generate failed: {first_line(exc, with_type=True)}") from exc
-        finally:
-            mx.clear_cache()
-        if finish == "length" and (cut := self._find_loop(ids)) is not None:
-            finish = "repetition"   # the loop ran into max_tokens between two checks
-        if finish == "repetition" and cut is not None:
-            text = _decode(tokenizer, ids[:cut])
-        clean = getattr(self.processor, "clean_output", None)
-        if callable(clean):
-            text = clean(text)
-        return PageResult(
-            text=text,
-            prompt_tokens=int(last.prompt_tokens) if last else 0,
-            generation_tokens=int(last.generation_tokens) if last else 0,
-            seconds=time.perf_counter() - started,
-            finish_reason=finish or "length",
-            peak_memory_bytes=int(mx.get_peak_memory()),
-        )
+        with contextlib.redirect_stdout(sys.stderr):
+            inputs = prepare_inputs(self.processor, images=[image], prompts=prompt,
+                                    image_token_index=getattr(self.model.config, "image_token_index", None),
+                                    add_special_tokens=False, **kwargs)
+        ids, pixels, mask = inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask")
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+        embedded = self.model.get_input_embeddings(ids, pixels, mask=mask, **extra)
+        extra.update({k: v for k, v in embedded.to_dict().items() if v is not None})
+        return ids.squeeze(0).tolist(), extra
 
-    def _find_loop(self, ids: list[int]) -> int | None:
-        return find_repetition(ids, min_len=self.repeat_min_tokens)
+    def finish_text(self, ids: list[int]) -> str:
+        text = _decode(getattr(self.processor, "tokenizer", self.processor), ids)
+        clean = getattr(self.processor, "clean_output", None)
+        return clean(text) if callable(clean) else text
+
+
+@dataclass
+class _InFlight:
+    key: Hashable
+    prompt_tokens: int
+    started: float
+    ids: list[int] = field(default_factory=list)
+
+
+class MlxSession:
+    """Pages decoding together in one mlx-vlm `BatchGenerator` (the continuous-batching engine
+    under its batch_generate and its server). mlx-vlm's batch_generate itself won't do: it ignores
+    resolution modes, gives no per-page counts or finish reasons, and serialises pages of different
+    sizes. Here each page is prepared alone in its own mode, joins when a slot frees
+    (prefill_batch_size 1), and leaves alone: at its stop token, at max_tokens, when it loops
+    (checked on its own token ids), or past its wall-clock budget."""
+
+    def __init__(self, engine: MlxVlmEngine, *, capacity: int, page_budget_s: float | None) -> None:
+        from mlx_vlm.generate.ar import BatchGenerator
+
+        self.engine = engine
+        self.page_budget_s = page_budget_s
+        tokenizer = getattr(engine.processor, "tokenizer", engine.processor)
+        criteria = getattr(tokenizer, "stopping_criteria", None)
+        if criteria is not None:   # mlx_vlm.generate resets it per call; a session must too
+            criteria.reset(engine.model.config.eos_token_id)
+        # A model that emits a special token the detokenizer can't spell (pad, bos) has ended
+        # its text: stop that page there (greedy decoding would not recover from it anyway).
+        stops = {t for t in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "bos_token_id", None))
+                 if isinstance(t, int)}
+        self._gen = BatchGenerator(engine.model.language_model, engine.processor, stop_tokens=stops,
+                                   prefill_batch_size=1, completion_batch_size=max(capacity, 1),
+                                   compute_logprobs=False)
+        self._pages: dict[int, _InFlight] = {}
+        self.generated = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def add(self, key: Hashable, image: Image.Image, *, prompt: str, mode: str,
+            max_tokens: int) -> Finished | None:
+        """Queue one page; a page that can't be prepared comes back at once, failed alone."""
+        try:
+            ids, kwargs = self.engine.prepare(image, prompt, mode)
+        except OcrdError as exc:
+            return Finished(key, error=exc)
+        except Exception as exc:
+            return Finished(key, error=EngineError(f"cannot prepare page: {first_line(exc, with_type=True)}"))
+        (uid,) = self._gen.insert([ids], max_tokens=max_tokens, prompt_kwargs=[kwargs])
+        self._pages[uid] = _InFlight(key, len(ids), time.perf_counter())
+        return None
+
+    def step(self) -> list[Finished]:
+        """One decode step (or a prefill) for every page in flight; the pages that ended."""
+        import mlx.core as mx
+
+        try:
+            _, responses = self._gen.next()
+        except Exception as exc:   # the whole batch is lost (an OOM, a kernel error)
+            raise EngineError(f"batch step failed: {first_line(exc, with_type=True)}") from exc
+        done = []
+        for r in responses:
+            page = self._pages.get(r.uid)
+            if page is None:
+                continue
+            if r.finish_reason != "stop":
+                page.ids.append(int(r.token))
+                self.generated += 1
+            if r.finish_reason is not None:       # BatchGenerator has let it go already
+                done.append(self._end(r.uid, r.finish_reason))
+            elif len(page.ids) % REPEAT_CHECK_EVERY == 0 and self._loop_at(page) is not None:
+                self._gen.remove(r.uid)           # this page alone leaves the batch
+                done.append(self._end(r.uid, "repetition"))
+        done += self._over_budget()
+        if done:
+            mx.clear_cache()
+        return done
+
+    def cancel(self, key: Hashable) -> None:
+        for uid, page in list(self._pages.items()):
+            if page.key == key:
+                self._gen.remove(uid)
+                del self._pages[uid]
+
+    def close(self) -> None:
+        import mlx.core as mx
+
+        self._gen.close()
+        self._pages.clear()
+        mx.clear_cache()
+
+    def _loop_at(self, page: _InFlight) -> int | None:
+        return find_repetition(page.ids, min_len=self.engine.repeat_min_tokens)
+
+    def _end(self, uid: int, finish: str) -> Finished:
+        import mlx.core as mx
+
+        page = self._pages.pop(uid)
+        cut = self._loop_at(page) if finish in ("length", "repetition") else None
+        if cut is not None:
+            finish = "repetition"   # a loop that ran into max_tokens between two checks, too
+        text = self.engine.finish_text(page.ids[:cut] if cut is not None else page.ids)
+        return Finished(page.key, PageResult(
+            text=text, prompt_tokens=page.prompt_tokens, generation_tokens=len(page.ids),
+            seconds=time.perf_counter() - page.started, finish_reason=finish,
+            peak_memory_bytes=int(mx.get_peak_memory())))
+
+    def _over_budget(self) -> list[Finished]:
+        if not self.page_budget_s:
+            return []
+        now, out = time.perf_counter(), []
+        for uid, page in list(self._pages.items()):
+            if now - page.started > self.page_budget_s:
+                self._gen.remove(uid)
+                del self._pages[uid]
+                out.append(Finished(page.key, error=PageTimeout(
+                    f"page timed out after {self.page_budget_s:g} s")))
+        return out
 
 
 def _mode_kwargs(mode: str) -> dict[str, Any]:

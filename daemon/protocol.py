@@ -30,7 +30,9 @@ class WorkerContext:
     worker_id: str
     config: Config
     engine_factory: str = DEFAULT_ENGINE
-    batch_size: int = 1
+    batch_size: int = 1               # the in-flight limit, or its cap when tune_batch
+    tune_batch: bool = False          # `batch = "auto"`: grow the limit while it pays (batching.py)
+    batch_start: int = 1              # where tuning starts
     lease_s: float = 60.0
     heartbeat_s: float = 5.0
     recycle_memory_bytes: int = 0     # exit (and be replaced) once active memory passes this; 0: never
@@ -53,17 +55,19 @@ def read_context(stream: IO[bytes]) -> WorkerContext:
 class WorkerEvent(StrEnum):
     LOADED = "loaded"              # the model is loaded: the worker is ready for pages
     LOAD_FAILED = "load_failed"    # the model could not be loaded (reason); the worker exits 3
-    BUSY = "busy"                  # inference on `pages` pages started: the page timeout runs
-    IDLE = "idle"                  # that inference ended
-    PAGE_STORED = "page_stored"    # a page's result is in the ledger (its peak_memory_bytes)
+    BUSY = "busy"                  # inside the engine on `pages` pages: the page timeout (re)starts
+    IDLE = "idle"                  # nothing in the engine any more
+    PAGE_STORED = "page_stored"    # a page's result is in the ledger: the worker's peak memory
+                                   # with `pages` pages in flight
 
 
 @dataclass(frozen=True)
 class Message:
     event: WorkerEvent
-    pages: int = 0                 # BUSY
+    pages: int = 0                 # BUSY, PAGE_STORED
     reason: str = ""               # LOAD_FAILED
     seconds: float = 0.0           # LOADED: load time
+    weights_bytes: int = 0         # LOADED: memory held once the model is loaded
     peak_memory_bytes: int = 0     # PAGE_STORED
 
     def encode(self) -> str:

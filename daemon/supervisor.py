@@ -25,7 +25,8 @@ import structlog
 from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
 
 from .config import Config, ConfigError, load_config
-from .device import CPU_WARNING, DeviceInfo, detect_device, footprint_key, plan_for_config
+from .device import (CPU_WARNING, DeviceInfo, PoolPlan, detect_device, footprint_key, page_key,
+                     plan_for_config)
 from .engine import DEFAULT_ENGINE
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .ingest import IngestService
@@ -65,13 +66,14 @@ class Supervisor:
         self.pool = WorkerPool()
         self.ledger: Ledger | None = None
         self.ingest: IngestService | None = None
-        self.pool_size = 1
-        self.batch_size = 1
+        self.plan: PoolPlan | None = None
         self.recycle_bytes = 0
         self.model_ok: bool | None = None
         self.ready = threading.Event()   # set once the model loaded, or its first load failed
-        self.peak_seen = 0               # highest peak memory a worker reported on real pages
-        self._peak_saved = 0
+        self.weights_bytes = 0           # a loaded worker's memory before any page
+        self.peak_seen = 0               # the one-page footprint measured on real pages
+        self.page_seen = 0               # memory per page in flight, measured
+        self._saved = (0, 0)
         self._serial = 0
         self._next_rescue = 0.0
 
@@ -83,9 +85,8 @@ class Supervisor:
         device = self.device = self.device or detect_device()
         if device.backend == "cpu":
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
-        measured = self.ledger.get_meta(footprint_key(self.config.model))
-        plan = plan_for_config(device, self.config, int(measured) if measured else None)
-        self.pool_size, self.batch_size, self.recycle_bytes = plan.count, plan.batch, plan.recycle_bytes
+        plan = self.plan = plan_for_config(device, self.config, *self._measured())
+        self.recycle_bytes = plan.recycle_bytes
         log.info("pool_planned", workers=plan.count, reason=plan.reason, batch=plan.batch,
                  batch_reason=plan.batch_reason, recycle_bytes=plan.recycle_bytes,
                  recycle_reason=plan.recycle_reason, backend=device.backend, device=device.name,
@@ -151,8 +152,20 @@ class Supervisor:
                 self.ledger.set_model_status(ModelStatus(ModelState.OK))
             self.pool.crash_backoff.reset()
             self.ready.set()
-        elif message.event == WorkerEvent.PAGE_STORED:  # measured on a real page: what a worker needs
-            self.peak_seen = max(self.peak_seen, message.peak_memory_bytes)
+            self.weights_bytes = max(self.weights_bytes, message.weights_bytes)
+        elif message.event == WorkerEvent.PAGE_STORED and message.peak_memory_bytes:
+            self._measure(message.peak_memory_bytes, max(message.pages, 1))
+
+    def _measure(self, peak: int, pages: int) -> None:
+        """Real pages say what a worker needs. Its peak while up to `pages` were in flight is the
+        weights plus that many pages (each charged a share of the transients too: an
+        overestimate, which errs safe); the one-page footprint is the weights plus one page."""
+        if self.weights_bytes and peak > self.weights_bytes:
+            page = (peak - self.weights_bytes) // pages
+            self.page_seen = max(self.page_seen, page)
+            self.peak_seen = max(self.peak_seen, self.weights_bytes + page)
+        elif pages == 1:
+            self.peak_seen = max(self.peak_seen, peak)
 
     def _on_exit(self, ended: Exit, now: float) -> None:
         if ended.timed_out:
@@ -212,14 +225,23 @@ class Supervisor:
             except Exception:  # one document must never stop the supervisor
                 log.exception("finish_failed", job_id=job_id)
 
+    def _measured(self) -> tuple[int | None, int | None]:
+        """The footprint and memory per page in flight measured by earlier runs, if any."""
+        values = (self.ledger.get_meta(footprint_key(self.config.model)),
+                  self.ledger.get_meta(page_key(self.config.model)))
+        return tuple(int(v) if v and v.isdigit() else None for v in values)  # type: ignore[return-value]
+
     def _save_footprint(self) -> None:
-        """The peak memory measured on real pages sizes the pool at the next start."""
-        if self.peak_seen > self._peak_saved:
-            self.ledger.set_meta(footprint_key(self.config.model), str(self.peak_seen))
-            self._peak_saved = self.peak_seen
+        """What real pages needed sizes the pool and the batch at the next start."""
+        if (self.peak_seen, self.page_seen) > self._saved:
+            if self.peak_seen > self._saved[0]:
+                self.ledger.set_meta(footprint_key(self.config.model), str(self.peak_seen))
+            if self.page_seen > self._saved[1]:
+                self.ledger.set_meta(page_key(self.config.model), str(self.page_seen))
+            self._saved = (max(self.peak_seen, self._saved[0]), max(self.page_seen, self._saved[1]))
 
     def _spawn(self, now: float) -> None:
-        target = self.pool_size if self.model_ok else 1   # one probe until the model is known to load
+        target = self.plan.count if self.model_ok else 1   # one probe until the model is known to load
         if self.pool.held_off(now):
             return
         while len(self.pool) < target:
@@ -227,7 +249,8 @@ class Supervisor:
             ctx = WorkerContext(
                 worker_id=f"{self.host.split('.')[0]}-{os.getpid()}-{self._serial}-{secrets.token_hex(2)}",
                 config=self.config, engine_factory=self.settings.engine_factory,
-                batch_size=self.batch_size, lease_s=self.settings.lease_s,
+                batch_size=self.plan.batch, tune_batch=self.plan.tune_batch,
+                batch_start=self.plan.batch_start, lease_s=self.settings.lease_s,
                 heartbeat_s=self.settings.heartbeat_s, recycle_memory_bytes=self.recycle_bytes,
                 backoff_base_s=self.settings.backoff_base_s, sys_path=tuple(sys.path))
             pid = self.pool.start_worker(ctx)

@@ -1,9 +1,13 @@
-"""One worker process: load the engine ONCE, then claim -> render -> infer -> store, with heartbeats.
+"""One worker process: load the engine ONCE, then keep a batch of pages decoding, with heartbeats.
 
 The pool (pool.py) starts it as `python -m ocrd.daemon.worker WORKER_ID CONTROL_FD LOG_FD` and
 writes its `WorkerContext` to stdin. It answers with `Message`s on CONTROL_FD (protocol.py), logs
 JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
 `main()` drives a `Worker` through start / tick / stop, the way huey drives its consumer processes.
+
+A page's way through: claimed with a lease and rendered on the io thread, waiting in `ready`,
+admitted to the decode session when a slot is free, decoded with its batch-mates, and stored on
+the io thread as soon as it ends (the worker that stores a document's last page finishes it).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -23,23 +28,29 @@ from PIL import Image
 
 from ocrd.ledger import ClaimedPage, Ledger, WorkerState
 
+from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
-from .engine import Engine, PageResult, make_engine, memory_stats
-from .errors import EngineError, InputError, ModelUnavailable, OcrdError, first_line
+from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
+                     take_peak_memory)
+from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import configure_worker_logging
 from .outbox import fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context
 from .render import render_page
 
-Batch = list[tuple[ClaimedPage, Image.Image]]
+Rendered = list[tuple[ClaimedPage, Image.Image]]
 IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1 s
+READY_AHEAD = 4            # rendered pages kept waiting for a free slot (more only hold leases)
+BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
+WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
 
 
 class Worker:
-    """start() registers the worker and loads the model once; tick() takes one batch through
-    claim -> render -> infer -> store; stop() lets stores finish, gives back pages still held
-    and marks the worker stopped. `send` carries protocol messages to the supervisor."""
+    """start() registers the worker and loads the model once; tick() claims, admits and decodes
+    one step; stop() gives back pages still held and marks the worker stopped. `send` carries
+    protocol messages to the supervisor. A stop request or a recycle reason winds the batch down:
+    nothing new is admitted, pages in flight may finish (up to WARM_FINISH_S), then tick() is False."""
 
     def __init__(self, ctx: WorkerContext, *, send: Callable[[Message], None] = lambda m: None,
                  stop: threading.Event | None = None, reload: threading.Event | None = None) -> None:
@@ -51,14 +62,25 @@ class Worker:
         self.log = structlog.get_logger().bind(worker_id=ctx.worker_id)
         self.ledger: Ledger | None = None
         self.engine: Engine | None = None
+        self.session: Session | None = None
+        self.tuner = InFlightTuner(ctx.batch_start if ctx.tune_batch else ctx.batch_size,
+                                   ctx.batch_size, fixed=not ctx.tune_batch)
         self.backend = "cpu"
         self.claimed = 0               # pages claimed, against max_pages_per_worker
         self.pages_done = 0
-        self.tokens_per_s = 0.0
-        self.current_page: str | None = None
+        self.tokens_per_s = 0.0        # aggregate over the pages in flight, between heartbeats
+        self.current_page: str | None = None    # the oldest page in flight, "+N" for the others
+        self.in_flight = 0
         self.exit_reason: str | None = None
+        self._held: dict[tuple[int, int], ClaimedPage] = {}   # in the session
+        self._ready: deque[tuple[ClaimedPage, Image.Image]] = deque()
+        self._claim: Future[Rendered] | None = None
+        self._generated = 0            # tokens generated, for tokens/s
+        self._most_in_flight = 0       # since the last page ended (memory per page in flight)
+        self._last_beat: tuple[float, int] | None = None
+        self._busy_at: float | None = None
+        self._winding_since: float | None = None
         self._idle_s = IDLE_WAIT_S[0]
-        self._ahead: Future[Batch | None] | None = None
         self._io: ThreadPoolExecutor | None = None
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
@@ -76,6 +98,7 @@ class Worker:
         try:
             self.engine = make_engine(self.ctx.engine_factory, self.config.model)
             self.engine.load()
+            self.session = self._open_session()
         except Exception as exc:  # any load failure means: no model yet; pages stay queued
             reason = str(exc) if isinstance(exc, ModelUnavailable) else first_line(exc, with_type=True)
             self.log.error("model_unavailable", reason=reason, model=self.config.model.path)
@@ -86,45 +109,44 @@ class Worker:
         self.ledger.add_event(None, "model_loaded",
                               f"worker={self.ctx.worker_id} pid={os.getpid()} seconds={seconds:.2f}")
         self.log.info("model_loaded", seconds=round(seconds, 2), model=self.config.model.path,
-                      backend=device.backend)
+                      backend=device.backend, batch=self.tuner.limit, batch_cap=self.tuner.cap,
+                      tuning=not self.tuner.settled)
         self.ledger.set_worker_state(self.ctx.worker_id, WorkerState.IDLE)
-        self.send(Message(WorkerEvent.LOADED, seconds=seconds))
+        self.send(Message(WorkerEvent.LOADED, seconds=seconds,
+                          weights_bytes=memory_stats()["active_memory_bytes"]))
         self._io = ThreadPoolExecutor(1, thread_name_prefix="io")
         self._beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         self._beat.start()
         return True
 
     def tick(self) -> bool:
-        """One batch. Inference runs on this thread; the io thread claims and renders the next
-        batch and stores the last one's pages meanwhile, so the model never waits on SQLite's
-        fsync or on pdfium (bench/workers.py measures what this buys). False: time to exit."""
+        """Claim (ahead, on the io thread), admit pages to free slots, decode one step and hand
+        the pages that ended to the io thread. False: time to exit."""
         if self.reload.is_set():
             self._reload_config()
-        budget = self.config.workers.max_pages_per_worker
-        if self._ahead is None and self.claimed >= budget:
-            self.exit_reason = "page budget"
-        if self.exit_reason:
-            self.log.info("worker_recycle", reason=self.exit_reason, pages=self.claimed)
-            return False
-        batch = self._ahead.result() if self._ahead else self._claim_and_render()
-        self._ahead = None
-        if batch is None:
-            self.stopping.wait(self._idle_s)
-            self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
-            return True
-        self._idle_s = IDLE_WAIT_S[0]
-        if self.claimed < budget and not self.stopping.is_set():
-            self._ahead = self._io.submit(self._claim_and_render)
-        self._process(batch)
-        limit = self.ctx.recycle_memory_bytes
-        if limit and memory_stats()["active_memory_bytes"] > limit:
-            self.exit_reason = "memory growth"   # a page claimed ahead is released by stop()
+        if not len(self.session) and not self._ready and self._claim is None and not self._winding():
+            self._claim_ahead()            # nothing in hand: claim now and wait for it
+        self._collect_claim(wait=not len(self.session) and not self._ready)
+        if self._winding():
+            if not len(self.session) or time.monotonic() - self._winding_since > WARM_FINISH_S:
+                return False
+        else:
+            self._admit()
+            self._claim_ahead()
+        if len(self.session):
+            self._step()
+        elif self._claim is None and not self._ready:
+            self._idle()
         return True
 
     def stop(self) -> None:
-        """Let the claim ahead and the stores in flight finish, give back what is still held
-        (not the pages' fault: no attempt counted), mark the worker stopped."""
+        """Give back what is still held (pages in flight, ready or claimed ahead: not their fault,
+        no attempt counted), let stores in flight finish, mark the worker stopped."""
         self.stopping.set()
+        if self._claim is not None:
+            self._collect_claim(wait=True)
+        if self.session is not None:
+            self.session.close()
         if self._io is not None:
             self._io.shutdown(wait=True)
         self._done.set()
@@ -133,7 +155,7 @@ class Worker:
         if self.ledger is None:
             return
         try:
-            if self.engine is not None and self._io is not None:
+            if self._io is not None:
                 released = self.ledger.release_pages(self.ctx.worker_id)
                 if released:
                     self.log.info("pages_released", count=released)
@@ -141,79 +163,146 @@ class Worker:
         finally:
             self.ledger.close()
 
-    # -- one batch: claim -> render -> infer -> store --------------------------------------------
-    def _claim_and_render(self) -> Batch | None:
-        """Claim up to batch_size pages and render them; None when the queue is empty. A page that
-        can't be rendered is failed here and left out of the batch."""
-        n = min(self.ctx.batch_size, self.config.workers.max_pages_per_worker - self.claimed)
-        pages = self.ledger.claim_pages(self.ctx.worker_id, n=max(n, 1), lease_s=self.ctx.lease_s)
-        if not pages:
-            return None
+    # -- claim and render (io thread) -> ready -> admitted -----------------------------------------
+    def _claim_ahead(self) -> None:
+        """Keep the session full and READY_AHEAD pages rendered behind it."""
+        budget = self.config.workers.max_pages_per_worker - self.claimed
+        want = (self.tuner.limit - len(self.session) + min(self.tuner.limit, READY_AHEAD)
+                - len(self._ready))
+        if self._claim is None and min(want, budget) > 0:
+            self._claim = self._io.submit(self._claim_and_render, min(want, budget))
+
+    def _collect_claim(self, *, wait: bool) -> None:
+        if self._claim is not None and (wait or self._claim.done()):
+            claim, self._claim = self._claim, None
+            self._ready.extend(claim.result())
+
+    def _claim_and_render(self, n: int) -> Rendered:
+        """Claim up to n pages and render them. A page that can't be rendered fails here."""
+        pages = self.ledger.claim_pages(self.ctx.worker_id, n=n, lease_s=self.ctx.lease_s)
         self.claimed += len(pages)
-        batch = []
+        rendered = []
         for page in pages:
             try:
-                batch.append((page, render_page(Path(page.spool_path), page.page_no, self.config.pdf.dpi)))
+                rendered.append((page, render_page(Path(page.spool_path), page.page_no, self.config.pdf.dpi)))
             except OcrdError as exc:
                 self._fail(page, exc)
             except Exception as exc:  # a renderer bug is this page's problem, not the worker's
                 self._fail(page, InputError(f"cannot render page: {first_line(exc, with_type=True)}"))
-        return batch
+        return rendered
 
-    def _process(self, batch: Batch) -> None:
-        """Infer each group of pages that share a prompt and mode (pages of different inboxes may
-        want others); the io thread stores the results, in order."""
-        groups: dict[tuple[str, str], Batch] = {}
-        for page, image in batch:
+    def _admit(self) -> None:
+        """Ready pages join the session while it has free slots, each with its inbox's prompt
+        and mode (an inbox added by a SIGHUP after this worker started reloads the config)."""
+        while self._ready and len(self.session) < self.tuner.limit:
+            page, image = self._ready.popleft()
             if self.config.inbox_for(page.inbox) is None:
-                self._reload_config()  # an inbox added by a SIGHUP reload after this worker started
+                self._reload_config()
             inbox = self.config.inbox_for(page.inbox)
-            key = (self.config.prompt_for(inbox), self.config.mode_for(inbox))
-            groups.setdefault(key, []).append((page, image))
-        for (prompt, mode), group in groups.items():
-            pages = [page for page, _ in group]
-            for page, result in zip(pages, self._infer(pages, [im for _, im in group], prompt, mode)):
-                self._io.submit(self._store_logged, page, result)
+            key = (page.job_id, page.page_no)
+            self._held[key] = page
+            refused = self.session.add(key, image, prompt=self.config.prompt_for(inbox),
+                                       mode=self.config.mode_for(inbox),
+                                       max_tokens=self.config.model.max_tokens)
+            if refused is not None:
+                self._finish(refused)
+        self._show_in_flight()
 
-    def _infer(self, pages: list[ClaimedPage], images: list[Image.Image], prompt: str,
-               mode: str) -> list[PageResult]:
-        """Run the engine on one group; on failure every page of it fails and [] comes back."""
-        self.current_page = ",".join(f"{p.job_id}:{p.page_no}" for p in pages)
-        self.send(Message(WorkerEvent.BUSY, pages=len(pages)))
-        self.log.info("page_start", pages=self.current_page, count=len(pages),
-                      attempts=max(p.attempts for p in pages))
+    def _show_in_flight(self) -> None:
+        # Plain attributes the heartbeat thread reads (it must not iterate a dict in motion).
+        self.in_flight = len(self.session)
+        first = next(iter(self._held), None)
+        self.current_page = None if first is None else (
+            f"{first[0]}:{first[1]}" + (f" +{len(self._held) - 1}" if len(self._held) > 1 else ""))
+
+    # -- decode ---------------------------------------------------------------------------------
+    def _step(self) -> None:
+        in_flight = len(self.session)
+        self._most_in_flight = max(self._most_in_flight, in_flight)
+        now = time.monotonic()
+        if self._busy_at is None or now - self._busy_at >= BUSY_EVERY_S:
+            self.send(Message(WorkerEvent.BUSY, pages=1))
+            self._busy_at = now
+        before = self.session.generated
         try:
-            return self.engine.generate(images, prompt, mode=mode, max_tokens=self.config.model.max_tokens)
-        except Exception as exc:
-            error = exc if isinstance(exc, OcrdError) else EngineError(first_line(exc, with_type=True))
-            for page in pages:
-                self._fail(page, error)
-            return []
-        finally:
+            finished = self.session.step()
+            produced = self.session.generated - before
+        except OcrdError as exc:     # the batch itself failed: each page in it is failed
+            self.log.error("batch_failed", error=str(exc), pages=in_flight)
+            finished, produced = [Finished(key, error=exc) for key in self._held], 0
+            self.session.close()
+            self.session = self._open_session()
+        self._generated += produced
+        self.tuner.observe(produced, in_flight)
+        for f in finished:
+            self._finish(f)
+        self._show_in_flight()
+        if not len(self.session):
             self.send(Message(WorkerEvent.IDLE))
-            self.log.info("page_end", pages=self.current_page)
-            self.current_page = None
+            self._busy_at = None
+        self._check_memory()
 
-    def _store_logged(self, page: ClaimedPage, result: PageResult) -> None:
+    def _finish(self, finished: Finished) -> None:
+        page = self._held.pop(finished.key)
+        if finished.error is not None:
+            self._fail(page, finished.error)
+            return
+        # The peak since the last page ended, with at most this many pages in flight meanwhile:
+        # the supervisor sizes the batch from it.
+        peak, most = take_peak_memory(), self._most_in_flight
+        self._most_in_flight = len(self.session)
+        self._io.submit(self._store_logged, page, finished.result, peak, max(most, 1))
+
+    def _check_memory(self) -> None:
+        limit = self.ctx.recycle_memory_bytes
+        active = memory_stats()["active_memory_bytes"] if limit else 0
+        if limit and active > limit * 0.8:
+            self.tuner.hold()          # near the bound: grow no further
+        if limit and active > limit and self.exit_reason is None:
+            self._wind_down("memory growth", limit_bytes=limit)
+
+    def _winding(self) -> bool:
+        if self.exit_reason is None:
+            if self.stopping.is_set():
+                self._wind_down("stop requested")
+            elif (self.claimed >= self.config.workers.max_pages_per_worker and self._claim is None
+                  and not self._ready):
+                self._wind_down("page budget")
+        return self.exit_reason is not None
+
+    def _wind_down(self, reason: str, **fields: object) -> None:
+        self.exit_reason = reason
+        self._winding_since = time.monotonic()
+        self.log.info("worker_recycle" if reason != "stop requested" else "worker_stopping",
+                      reason=reason, pages=self.claimed, in_flight=len(self.session), **fields)
+
+    def _idle(self) -> None:
+        self.stopping.wait(self._idle_s)
+        self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
+
+    def _open_session(self) -> Session:
+        return open_session(self.engine, capacity=self.tuner.cap,
+                            page_budget_s=self.config.model.page_timeout_s)
+
+    # -- store and fail -------------------------------------------------------------------------
+    def _store_logged(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
         try:
-            self._store(page, result)
+            self._store(page, result, peak, in_flight)
         except Exception as exc:  # on the io thread nothing else would see it; the lease, once
             # lost, brings the page back (or the supervisor finishes a complete document)
             self.log.error("store_failed", job_id=page.job_id, page=page.page_no,
                            error=first_line(exc, with_type=True))
 
-    def _store(self, page: ClaimedPage, result: PageResult) -> None:
+    def _store(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
         complete = self.ledger.complete_page(
             page.job_id, page.page_no, self.ctx.worker_id, text=result.text,
             prompt_tokens=result.prompt_tokens, generation_tokens=result.generation_tokens,
             seconds=result.seconds, finish_reason=result.finish_reason)
         self.pages_done += 1
-        if result.seconds > 0:
-            self.tokens_per_s = result.generation_tokens / result.seconds
         self.log.info("page_done", job_id=page.job_id, page=page.page_no, seconds=round(result.seconds, 3),
                       tokens=result.generation_tokens, finish_reason=result.finish_reason,
-                      peak_memory_bytes=result.peak_memory_bytes)
-        self.send(Message(WorkerEvent.PAGE_STORED, peak_memory_bytes=result.peak_memory_bytes))
+                      peak_memory_bytes=peak, in_flight=in_flight)
+        self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak))
         if complete:
             finish_document(self.config, self.ledger, page.job_id)
 
@@ -251,19 +340,24 @@ class Worker:
 
     def _beat_once(self) -> None:
         stats = memory_stats()
-        state = (WorkerState.BUSY if self.current_page
+        now, generated = time.monotonic(), self._generated
+        if self._last_beat is not None and now > self._last_beat[0]:
+            self.tokens_per_s = (generated - self._last_beat[1]) / (now - self._last_beat[0])
+        self._last_beat = (now, generated)
+        state = (WorkerState.BUSY if self.in_flight
                  else WorkerState.STOPPING if self.stopping.is_set() else WorkerState.IDLE)
         try:
             self.ledger.record_heartbeat(
                 self.ctx.worker_id, backend=self.backend, pages_done=self.pages_done,
                 tokens_per_s=self.tokens_per_s, current_page=self.current_page, state=state,
-                lease_s=self.ctx.lease_s, **stats)
+                lease_s=self.ctx.lease_s, batch=self.tuner.limit, pages_in_flight=self.in_flight,
+                **stats)
         except Exception as exc:  # a missed beat must not kill the worker; the next one retries
             self.log.warning("heartbeat_failed", error=str(exc))
         extra = {"warning": CPU_WARNING} if self.backend == "cpu" else {}
         self.log.info("device_heartbeat", backend=self.backend, pages_done=self.pages_done,
                       tokens_per_s=round(self.tokens_per_s, 1), current_page=self.current_page,
-                      **stats, **extra)
+                      batch=self.tuner.limit, pages_in_flight=self.in_flight, **stats, **extra)
 
 
 def _die_with_parent() -> None:
@@ -309,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not worker.start():
             return EXIT_MODEL_UNAVAILABLE
-        while not stop.is_set() and worker.tick():
+        while worker.tick():   # a SIGTERM winds the batch down; tick() says when it is done
             pass
         return 0
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -232,3 +234,38 @@ def test_a_workers_command_line_carries_no_config(running) -> None:
     assert str(r.config.state_dir) not in " ".join(argv)
     wait_for(lambda: r.query("SELECT state FROM workers") == [("idle",)], 30, 0.05, "it loaded from stdin")
     r.stop()
+
+
+TINY_ENGINE = "ocrd.daemon.engine:MlxVlmEngine"
+
+
+def test_kill_9_mid_batch_redoes_the_pages_in_hand_once(running, tiny_model: Path) -> None:
+    r = running(TINY_ENGINE, model=str(tiny_model), batch=4)
+    inbox = r.config.inboxes[0]
+    for n in range(6):
+        samples.write_pdf(inbox.path / f"d{n}.pdf", 2)
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM pages WHERE state = 'running'")[0][0] >= 3, 90, 0.02,
+             "a batch in flight")
+    os.kill(r.sup.pool.slots[0].proc.pid, signal.SIGKILL)
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(6,)], 180, 0.2, "6 done")
+    assert sorted(p.name for p in inbox.outbox.rglob("*")) == [f"d{n}.md" for n in range(6)]
+    runs = [n for (n,) in r.query("SELECT COUNT(*) FROM events WHERE kind = 'page_running' "
+                                  "GROUP BY job_id, page_no")]
+    assert len(runs) == 12 and max(runs) == 2, runs     # the pages in hand ran again, once
+    r.stop()
+
+
+def test_sigterm_mid_batch_finishes_or_releases_the_pages_in_hand(running, tiny_model: Path) -> None:
+    r = running(TINY_ENGINE, model=str(tiny_model), batch=4)
+    for n in range(4):
+        samples.write_pdf(r.config.inboxes[0].path / f"s{n}.pdf", 3)
+    count = "SELECT COUNT(*) FROM pages WHERE state = ?"
+    wait_for(lambda: r.query(count, "done")[0][0] >= 1 and r.query(count, "running")[0][0] >= 3, 90, 0.02,
+             "a batch decoding")
+    done_before = r.query(count, "done")[0][0]
+    assert r.stop() < 25
+    states = r.query("SELECT state, attempts, COUNT(*) FROM pages GROUP BY state, attempts")
+    assert {s for s, _, _ in states} <= {"done", "queued"}, states      # nothing left in limbo
+    assert all(a == 0 for s, a, _ in states if s == "queued"), states   # released, not charged
+    assert r.query(count, "done")[0][0] > done_before                   # the pages in flight finished
+    assert r.query("SELECT state FROM workers") == [("stopped",)]
