@@ -11,12 +11,13 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import click
 
 from ocrd.daemon.config import Config
-from ocrd.daemon.device import CPU_WARNING, detect_device
+from ocrd.daemon.device import CPU_WARNING, detect_device, gpu_advice
 from ocrd.daemon.engine import model_size_bytes
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.inbox import permission_fix
@@ -177,12 +178,33 @@ def check_daemon(config: Config) -> Check:
     return Check("daemon", True, "not running", "start it with `ocrd run` or `ocrd service install`", warn=True)
 
 
-def check_device() -> Check:
+def check_device(nvidia_smi: str = "nvidia-smi") -> Check:
+    """MLX's backend; in CPU mode, whether nvidia-smi sees a GPU that MLX leaves unused and why."""
     try:
         device = detect_device()
     except Exception as exc:
-        return Check("device", False, f"cannot detect the device: {exc}", "check the mlx installation")
+        return Check("device", False, f"cannot detect the device: {exc}", mlx_fix(str(exc)))
     detail = f"{device.backend} ({device.name})"
-    if device.backend == "cpu":
-        return Check("device", True, f"{detail}: {CPU_WARNING}", warn=True)
-    return Check("device", True, detail)
+    if device.backend != "cpu":
+        return Check("device", True, detail)
+    advice = gpu_advice(device, nvidia_smi)
+    if advice:
+        return Check("device", True, f"{detail}: {advice[0]}", advice[1], warn=True)
+    return Check("device", True, f"{detail}: {CPU_WARNING}", warn=True)
+
+
+def mlx_fix(message: str) -> str:
+    """The fix for an mlx.core that does not import. mlx-cpu and mlx-cuda-13 both ship
+    mlx/lib/libmlx.so, so removing either one removes the file."""
+    try:
+        pin = f"=={metadata.version('mlx')}"
+    except metadata.PackageNotFoundError:
+        pin = ""
+    if "libcuda.so" in message:
+        return ("MLX's CUDA build needs the NVIDIA driver; without one, go back to the CPU build: "
+                ".venv/bin/pip uninstall -y mlx-cuda-13 && "
+                f".venv/bin/pip install --force-reinstall --no-deps 'mlx-cpu{pin}'")
+    if "libmlx.so" in message:
+        return ("MLX's backend library is gone: reinstall the backend you use: "
+                f".venv/bin/pip install --force-reinstall --no-deps 'mlx-cpu{pin}' (or 'mlx-cuda-13{pin}')")
+    return "check the mlx installation"

@@ -7,10 +7,17 @@ import contextlib
 from typing import Any
 
 import click
-
 from ocrd.daemon.config import Config
-from ocrd.daemon.device import (CPU_WARNING, DEFAULT_MODEL_BYTES, detect_device, footprint_key,
-                                plan_for_config)
+from ocrd.daemon.device import (
+    CPU_WARNING,
+    DEFAULT_MODEL_BYTES,
+    detect_device,
+    footprint_key,
+    missing_gpu_extra,
+    page_key,
+    plan_for_config,
+    recommended_label,
+)
 from ocrd.daemon.engine import model_size_bytes
 from ocrd.daemon.lockfile import running_pid
 from ocrd.ledger import DaemonInfo, Ledger
@@ -43,9 +50,11 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     if ledger is None:
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
         workers, rate, model, info = [], {}, None, None
+        flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
     else:
         report = ledger.status()
         counts, workers, rate = report["counts"], report["workers"], report["throughput"]
+        flight = report["in_flight"]
         model, info = ledger.model_status(), ledger.daemon_info()
     device = _device_of(info, pid is not None)
 
@@ -54,7 +63,8 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         ppm = rate.get("pages_per_min_60")
     waiting = counts["pages"][PageState.QUEUED] + counts["pages"][PageState.RUNNING]
     keys = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
-            "peak_memory_bytes", "pages_done", "host", "device_name", "tokens_per_s")
+            "peak_memory_bytes", "pages_done", "batch", "pages_in_flight", "host", "device_name",
+            "tokens_per_s")
     workers = [{k: w.get(k) for k in keys} for w in workers]
     model_text = None if model is None else model.describe()
     running = pid is not None
@@ -63,16 +73,26 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "device": device,
         "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
         "model_status": model_text,
-        # the running daemon's plan
-        "pool": {"count": info.workers, "reason": info.reason} if running and info else None,
+        "pool": _pool_of(info) if running else None,     # the running daemon's plan
         "jobs": counts["jobs"],
+        # ledger states: `running` = claimed (in a worker's batch, or claimed ahead and waiting)
         "pages": counts["pages"],
+        "pages_in_flight": flight["pages_in_flight"],
+        "pages_claimed_waiting": max(counts["pages"][PageState.RUNNING] - flight["pages_in_flight"], 0),
         "workers": workers,
         "pages_per_min": ppm,
+        "tokens_per_s": flight["tokens_per_s"],
         "eta_s": rate.get("eta_s"),
         "warnings": _status_warnings(device, model, running, waiting, workers),
         "state_dir": str(config.state_dir),
     }, model
+
+
+def _pool_of(info: DaemonInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"count": info.workers, "reason": info.reason, "batch": info.batch,
+            "batch_reason": info.batch_reason}
 
 
 def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running: bool,
@@ -109,54 +129,112 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     m = s["model"]
     lines.append(f"model    {m['path']}  mode {m['mode']}  status {_model_label(model)}")
     if s["pool"]:
-        n = s["pool"].get("count")
-        lines.append(f"pool     {n} worker{'' if n == 1 else 's'}: {s['pool'].get('reason')}")
+        lines += _pool_lines(s["pool"])
     for w in s["warnings"]:
         lines.append(click.style(f"WARNING  {w}", fg="red", bold=True))
     jobs = "  ".join(f"{k} {v}" for k, v in s["jobs"].items())
-    pages = "  ".join(f"{k} {v}" for k, v in s["pages"].items())
-    lines += [f"jobs     {jobs}", f"pages    {pages}"]
-    ppm = s["pages_per_min"]
-    lines.append(f"rate     {'-' if ppm is None else f'{ppm:.1f}'} pages/min  ETA {fmt.duration(s['eta_s'])}")
+    lines += [f"jobs     {jobs}", f"pages    {_pages_text(s)}"]
+    ppm, tps = s["pages_per_min"], s.get("tokens_per_s")
+    lines.append(f"rate     {'-' if ppm is None else f'{ppm:.1f}'} pages/min"
+                 + ("" if tps is None else f"  {tps:.0f} tokens/s") + f"  ETA {fmt.duration(s['eta_s'])}")
     if s["workers"]:
-        rows = [(w["id"], w["pid"], w["backend"], w["state"], fmt.duration(w["heartbeat_age_s"]),
-                 w["current_page"] or "-", fmt.size(w["active_memory_bytes"]),
-                 fmt.size(w["peak_memory_bytes"]), w["pages_done"]) for w in s["workers"]]
-        lines += ["", fmt.table(("WORKER", "PID", "BACKEND", "STATE", "HEARTBEAT", "PAGE", "MEMORY",
-                                 "PEAK", "DONE"), rows, right=(1, 4, 6, 7, 8))]
+        lines += ["", _workers_table(s["workers"])]
     else:
         lines.append("workers  none")
     return "\n".join(lines)
 
 
+def _pool_lines(pool: dict[str, Any]) -> list[str]:
+    n, batch = pool.get("count"), pool.get("batch")
+    lines = [f"pool     {n} worker{'' if n == 1 else 's'}: {pool.get('reason')}"]
+    if batch is not None:
+        why = pool.get("batch_reason")
+        lines.append(f"batch    up to {batch} page{'' if batch == 1 else 's'} in flight per worker"
+                     + (f": {why}" if why else ""))
+    return lines
+
+
+def _pages_text(s: dict[str, Any]) -> str:
+    """The ledger's page counts; `running` split into pages in flight (in a worker's batch) and
+    pages claimed but waiting (rendered ahead, or held by a worker that died until their lease
+    runs out), so a claimed-ahead page does not read as being worked on."""
+    parts = []
+    flying, waiting = s.get("pages_in_flight") or 0, s.get("pages_claimed_waiting") or 0
+    for state, n in s["pages"].items():
+        text = f"{state} {n}"
+        if state == PageState.RUNNING and (n or flying):
+            text += f" ({flying} in flight, {waiting} waiting)"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+def _pages_of(current: str | None) -> str:
+    """A worker's pages ("12:3,12:4,13:1") shortened for the table: "12:3 +2"."""
+    pages = [p for p in (current or "").split(",") if p]
+    if not pages:
+        return "-"
+    return pages[0] if len(pages) == 1 else f"{pages[0]} +{len(pages) - 1}"
+
+
+def _workers_table(workers: list[dict[str, Any]]) -> str:
+    """BATCH is pages in flight / the worker's in-flight limit; TOK/S its aggregate rate."""
+    def batch(w: dict[str, Any]) -> str:
+        return "-" if w.get("batch") is None else f"{w.get('pages_in_flight') or 0}/{w['batch']}"
+
+    def rate(w: dict[str, Any]) -> str:
+        return "-" if w.get("tokens_per_s") is None else f"{w['tokens_per_s']:.0f}"
+
+    rows = [(w["id"], w["pid"], w["backend"], w["state"], fmt.duration(w["heartbeat_age_s"]),
+             _pages_of(w["current_page"]), batch(w), rate(w), fmt.size(w["active_memory_bytes"]),
+             fmt.size(w["peak_memory_bytes"]), w["pages_done"]) for w in workers]
+    return fmt.table(("WORKER", "PID", "BACKEND", "STATE", "HEARTBEAT", "PAGE", "BATCH", "TOK/S",
+                      "MEMORY", "PEAK", "DONE"), rows, right=(1, 4, 6, 7, 8, 9, 10))
+
+
 def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
-    """What `ocrd device` prints: the device, the model's size, and the pool plan with its reason."""
+    """What `ocrd device` prints: the device, the model's size, and the pool plan with its
+    reasons (workers, batch, recycling)."""
     info = detect_device()
     size = model_size_bytes(config.model.path)
-    measured = None
+    measured = measured_page = None
     if ledger is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            measured = int(ledger.get_meta(footprint_key(config.model)) or 0) or None
-    plan = plan_for_config(info, config, measured)
+        measured = _meta_int(ledger, footprint_key(config.model))
+        measured_page = _meta_int(ledger, page_key(config.model))
+    plan = plan_for_config(info, config, measured, measured_page)
     warnings = [CPU_WARNING] if info.backend == "cpu" else []
+    if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use
+        warnings.append(extra)
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
                   "planned_bytes": size or DEFAULT_MODEL_BYTES},
         "measured_peak_bytes": measured,
+        "measured_page_bytes": measured_page,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
-                 "budget_bytes": plan.budget_bytes, "cap": plan.cap, "reason": plan.reason},
+                 "budget_bytes": plan.budget_bytes, "cap": plan.cap, "reason": plan.reason,
+                 "batch": plan.batch, "batch_reason": plan.batch_reason,
+                 "page_bytes": getattr(plan, "page_bytes", None),
+                 "recycle_bytes": plan.recycle_bytes, "recycle_reason": plan.recycle_reason},
         "warnings": warnings,
     }
 
 
+def _meta_int(ledger: Ledger, key: str) -> int | None:
+    """A measured byte count kept in the ledger's meta table; None when absent or unreadable."""
+    with contextlib.suppress(TypeError, ValueError):
+        return int(ledger.get_meta(key) or 0) or None
+    return None
+
+
 def render_device(r: dict[str, Any]) -> str:
     d, m, p = r["device"], r["model"], r["pool"]
+    label = recommended_label(d["backend"])
     lines = [f"backend  {d['backend']}", f"device   {d['name']}",
              f"memory   {fmt.size(d['memory_bytes'])}"
-             + (f" (recommended working set {fmt.size(d['recommended_bytes'])})"
-                if d["recommended_bytes"] and d["recommended_bytes"] != d["memory_bytes"] else ""),
+             + (f" ({label} {fmt.size(d['recommended_bytes'])})"
+                if label and d["recommended_bytes"] and d["recommended_bytes"] != d["memory_bytes"]
+                else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              f"model    {m['path']}  mode {m['mode']}  "
              + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
@@ -165,5 +243,23 @@ def render_device(r: dict[str, Any]) -> str:
              f"         footprint {fmt.size(p['footprint_bytes'])} each"
              + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")
              + f", budget {fmt.size(p['budget_bytes'])}, cap {p['cap']}"]
+    lines += _batch_lines(r)
     lines += [click.style(f"WARNING  {w}", fg="red", bold=True) for w in r["warnings"]]
     return "\n".join(lines)
+
+
+def _batch_lines(r: dict[str, Any]) -> list[str]:
+    p = r["pool"]
+    batch = p.get("batch") or 1
+    lines = [f"batch    up to {batch} page{'' if batch == 1 else 's'} in flight per worker"
+             + (f": {p['batch_reason']}" if p.get("batch_reason") else "")]
+    if p.get("page_bytes"):
+        lines.append(f"         {fmt.size(p['page_bytes'])} per page in flight"
+                     + (" (measured)" if r.get("measured_page_bytes") else " (estimated)"))
+    recycle = p.get("recycle_bytes")
+    if not recycle:
+        return lines + ["recycle  never (no memory limit)"]
+    lines.append(f"recycle  a worker past {fmt.size(recycle)} of active memory is replaced")
+    if p.get("recycle_reason"):
+        lines.append(f"         {p['recycle_reason']}")
+    return lines

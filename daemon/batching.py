@@ -20,7 +20,7 @@ from .engine import Engine, Finished, Session
 from .errors import EngineError, OcrdError, first_line
 
 TUNE_GAIN = 1.10          # a doubling must raise aggregate tokens/s by 10% to be kept
-TUNE_WINDOW_S = 5.0       # tokens/s is measured over this long with the batch full
+TUNE_WINDOW_S = 3.0       # tokens/s is measured over this long with the batch full
 
 
 def open_session(engine: Engine, *, capacity: int, page_budget_s: float | None = None) -> Session:

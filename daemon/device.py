@@ -6,10 +6,16 @@ The web app this replaces ran unbounded and ran GPU memory out; here the budget 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from .engine import model_size_bytes
 from .modes import MODES
@@ -22,6 +28,9 @@ CPU_WARNING = ("CPU mode: no Metal/CUDA device; OCR will run roughly 10-50x slow
                "(expect minutes per page with DeepSeek-OCR)")
 DEFAULT_MODEL_BYTES = 4 * GB   # DeepSeek-OCR-8bit when its size can't be read from disk
 MEASURED_HEADROOM = 1.2
+MAX_BATCH = 128                # pages in flight per GPU worker at most (H200: +10% from 64 to 128)
+CPU_MAX_BATCH = 8
+GPU_BATCH_START = 16             # H200: 8 -> 16 gained 56%; starting here saves a tuning window
 RECYCLE_FACTOR = 2.0           # active memory past this x footprint is a leak: replace the worker
 METAL_BUDGET_SHARE = 0.8       # of macOS's recommended working set: leave room for the desktop
 CUDA_BUDGET_SHARE = 0.85       # of each GPU's memory
@@ -34,7 +43,7 @@ class DeviceInfo:
     backend: str            # "metal" | "cuda" | "cpu"
     name: str
     memory_bytes: int
-    recommended_bytes: int  # what the backend says one process may use well (Metal working set)
+    recommended_bytes: int  # Metal: recommended working set; CUDA: free memory; CPU: RAM (recommended_label)
     cores: int
     gpus: int = 0
 
@@ -51,6 +60,9 @@ class PoolPlan:
     batch_reason: str = ""
     recycle_bytes: int = 0     # a worker whose active memory passes this is replaced; 0: never
     recycle_reason: str = ""
+    page_bytes: int = 0        # memory per extra page in flight (estimated or measured)
+    batch_start: int = 1       # where `auto` tuning starts
+    tune_batch: bool = False   # `batch = "auto"`: the worker tunes its limit up to `batch`
 
 
 def detect_device(mx_module: Any = None) -> DeviceInfo:
@@ -102,11 +114,124 @@ def _physical_ram() -> int:
         return 0
 
 
+# --- Detection without a GPU context in the caller, and the CUDA install check -------------------
+# Importing mlx.core and asking about the GPU creates a CUDA context (518 MiB on an H200) that lives
+# as long as the process: a long-lived process (the supervisor) asks a short-lived child instead.
+PROBE_TIMEOUT_S = 60.0         # a cold CUDA start takes seconds; a hung driver must not hang the daemon
+NVIDIA_SMI_TIMEOUT_S = 10.0
+CUDA_EXTRA_FIX = ".venv/bin/pip install -e '.[cuda]'"
+CUDA_MIN_DRIVER = 580          # MLX's CUDA build is built on CUDA 13
+log = structlog.get_logger()
+
+
+def probe_device(python: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> DeviceInfo:
+    """detect_device() in a short-lived child (`python -m ocrd.daemon.device`), so that the caller
+    never holds a GPU context. If the child fails, detection runs here instead with a warning (this
+    process then holds the context). `python` stands in for sys.executable (tests)."""
+    try:
+        return _probe_child(python or sys.executable, timeout_s)
+    except Exception as exc:
+        log.warning("device_probe_failed", reason=str(exc)[:300],
+                    fallback="detecting in this process, which then holds a GPU context")
+    return detect_device()
+
+
+def _probe_child(python: str, timeout_s: float) -> DeviceInfo:
+    done = subprocess.run([python, "-m", "ocrd.daemon.device"], capture_output=True, text=True,
+                          timeout=timeout_s, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"device probe exited with status {done.returncode}: {tail}")
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError("device probe printed nothing")
+    return DeviceInfo(**json.loads(lines[-1]))
+
+
+def nvidia_gpus(nvidia_smi: str = "nvidia-smi",
+                timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> list[tuple[str, str]]:
+    """(name, driver version) of each GPU that nvidia-smi lists; [] without nvidia-smi, or when it
+    fails or hangs. `nvidia_smi` is the command to run (tests point it at a small script)."""
+    try:
+        done = subprocess.run([nvidia_smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=timeout_s, check=False,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if done.returncode != 0:
+        return []
+    gpus = []
+    for line in done.stdout.splitlines():
+        name, _, driver = line.rpartition(",") if "," in line else (line, "", "")
+        if name.strip():
+            gpus.append((name.strip(), driver.strip()))
+    return gpus
+
+
+def missing_gpu_extra(device: DeviceInfo, nvidia_smi: str = "nvidia-smi") -> str | None:
+    """One line when nvidia-smi sees a GPU but MLX runs on the CPU: which extra is missing (or why
+    the installed CUDA build is not used) and the fix; None otherwise."""
+    advice = gpu_advice(device, nvidia_smi)
+    return None if advice is None else f"{advice[0]}; fix: {advice[1]}"
+
+
+def gpu_advice(device: DeviceInfo, nvidia_smi: str = "nvidia-smi") -> tuple[str, str] | None:
+    """(what is wrong, the fix) when nvidia-smi sees a GPU but MLX runs on the CPU; else None."""
+    if device.backend != "cpu":
+        return None
+    gpus = nvidia_gpus(nvidia_smi)
+    return cuda_advice(gpus, _version("mlx-cuda-13"), libmlx_build()) if gpus else None
+
+
+def cuda_advice(gpus: list[tuple[str, str]], cuda_version: str | None,
+                libmlx: str | None) -> tuple[str, str]:
+    """The advice for GPUs that MLX does not use, given the installed mlx-cuda-13 version (None:
+    not installed) and the wheel the libmlx.so on disk came from (libmlx_build)."""
+    name, driver = gpus[0]
+    seen = f"nvidia-smi sees {len(gpus)} NVIDIA GPU(s) ({name}) but MLX runs on the CPU"
+    if cuda_version is None:
+        return f"{seen}: the `cuda` extra (MLX's CUDA build) is not installed", CUDA_EXTRA_FIX
+    if libmlx == "mlx-cpu":   # both wheels ship mlx/lib/libmlx.so: the one installed last wins
+        return (f"{seen}: mlx-cpu's libmlx.so replaced mlx-cuda-13's",
+                f".venv/bin/pip install --force-reinstall --no-deps mlx-cuda-13=={cuda_version}")
+    major = driver.split(".")[0]
+    if major.isdigit() and int(major) < CUDA_MIN_DRIVER:
+        return (f"{seen}: NVIDIA driver {driver} is older than MLX's CUDA 13 build needs",
+                f"update the NVIDIA driver to {CUDA_MIN_DRIVER} or newer")
+    return (f"{seen} although mlx-cuda-13 {cuda_version} is installed",
+            "check `python -c 'import mlx.core as mx; print(mx.cuda.is_available())'` and the driver")
+
+
+def libmlx_build() -> str | None:
+    """The wheel ("mlx-cuda-13" or "mlx-cpu") that the mlx/lib/libmlx.so on disk came from: both
+    ship that file and the one installed last wins. None when unknown (macOS: mlx-metal)."""
+    for dist in ("mlx-cuda-13", "mlx-cpu"):
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        for f in files:
+            if f.as_posix() == "mlx/lib/libmlx.so" and f.size:
+                path = f.locate()
+                if os.path.isfile(path) and os.path.getsize(path) == f.size:
+                    return dist
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | None = None,
-              budget: int | float | None = None, measured_peak_bytes: int | None = None) -> PoolPlan:
-    """Size the worker pool: clamp(floor(budget / footprint), 1, cap), or an explicit `count`
-    lowered to what the budget holds; one page at a time per worker; a worker is recycled past
-    RECYCLE_FACTOR x its footprint. Each reason says which rule decided, in one line."""
+              budget: int | float | None = None, measured_peak_bytes: int | None = None,
+              batch: int | None = None, measured_page_bytes: int | None = None) -> PoolPlan:
+    """Size the pool: count = clamp(floor(budget / footprint), 1, cap) (or `count`, lowered to
+    what the budget holds); then each worker's in-flight limit from what its share of the budget
+    holds beyond one page, at page_bytes per extra page (or `batch`, lowered likewise); a worker is
+    recycled past RECYCLE_FACTOR x its full batch's memory. Each reason says which rule decided."""
     if measured_peak_bytes:
         footprint = int(measured_peak_bytes * MEASURED_HEADROOM)
         what = f"measured peak {_gb(measured_peak_bytes)} x {MEASURED_HEADROOM}"
@@ -118,11 +243,35 @@ def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | N
     fits = budget_bytes // max(footprint, 1)
     head = f"budget {_gb(budget_bytes)} ({budget_how}) / footprint {_gb(footprint)} ({what}) = {fits}"
     chosen, reason = _count(count, fits, cap, cap_why, head)
-    recycle = int(footprint * RECYCLE_FACTOR)
+    page_bytes = int(measured_page_bytes * MEASURED_HEADROOM) if measured_page_bytes else \
+        MODES.get(mode, MODES["gundam"]).page_bytes
+    limit, start, batch_reason = _batch(device, batch, budget_bytes // chosen - footprint, page_bytes,
+                                        measured=bool(measured_page_bytes))
+    recycle = int((footprint + (limit - 1) * page_bytes) * RECYCLE_FACTOR)
     return PoolPlan(chosen, footprint, budget_bytes, cap, reason,
-                    batch=1, batch_reason="1: one page at a time per worker",
-                    recycle_bytes=recycle,
-                    recycle_reason=f"{_gb(recycle)}: {RECYCLE_FACTOR:g} x footprint {_gb(footprint)}")
+                    batch=limit, batch_reason=batch_reason, recycle_bytes=recycle,
+                    recycle_reason=f"{_gb(recycle)}: {RECYCLE_FACTOR:g} x (footprint {_gb(footprint)}"
+                                   f" + {limit - 1} more pages x {_gb(page_bytes)})",
+                    page_bytes=page_bytes, batch_start=start, tune_batch=batch is None)
+
+
+def _batch(device: DeviceInfo, batch: int | None, room: int, page_bytes: int, *,
+           measured: bool) -> tuple[int, int, str]:
+    """(in-flight limit, where tuning starts, reason) for one worker with `room` bytes beyond
+    its one-page footprint."""
+    fits = max(room, 0) // max(page_bytes, 1) + 1
+    per_page = f"{_gb(page_bytes)} per page in flight ({'measured' if measured else 'estimated'})"
+    if batch is not None:
+        if batch <= fits:
+            return batch, batch, f"{batch} as configured; room for {fits} at {per_page}"
+        return fits, fits, f"configured batch {batch} lowered to {fits}: room for {fits} at {per_page}"
+    gpu = device.backend in ("metal", "cuda")
+    most = MAX_BATCH if gpu else CPU_MAX_BATCH
+    limit = min(fits, most)
+    start = min(limit, GPU_BATCH_START if gpu else 1)
+    where = "GPU" if gpu else "CPU: batching helps only where measured"
+    return limit, start, (f"auto: up to {limit} ({fits} fit at {per_page}; at most {most} on {where}),"
+                          f" tuned from {start} by measured tokens/s")
 
 
 def _count(count: int | None, fits: int, cap: int, cap_why: str, head: str) -> tuple[int, str]:
@@ -158,7 +307,7 @@ def _budget(device: DeviceInfo, budget: int | float | None) -> tuple[int, str]:
 
 def _cap(device: DeviceInfo) -> tuple[int, str]:
     if device.backend == "metal":
-        return 2, "one Metal GPU: more processes add memory, not speed; the second hides render/IO gaps"
+        return 1, "one Metal GPU: one worker; batches, not processes, fill a GPU"
     if device.backend == "cuda":
         gpus = max(device.gpus, 1)
         return gpus, f"{gpus} CUDA GPU(s): one worker each; batches, not processes, fill a GPU"
@@ -172,11 +321,18 @@ def footprint_key(model: ModelConfig) -> str:
     return f"footprint_bytes:{model.path}:{model.mode}"
 
 
-def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int | None = None) -> PoolPlan:
+def page_key(model: ModelConfig) -> str:
+    """The ledger meta key under which the measured memory per page in flight is kept."""
+    return f"page_bytes:{model.path}:{model.mode}"
+
+
+def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int | None = None,
+                    measured_page_bytes: int | None = None) -> PoolPlan:
     """`plan_pool` with the config's model and [workers] settings (the daemon and `ocrd device`)."""
     return plan_pool(device, model_bytes=model_size_bytes(config.model.path) or DEFAULT_MODEL_BYTES,
                      mode=config.model.mode, count=config.workers.count,
-                     budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes)
+                     budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes,
+                     batch=config.workers.batch, measured_page_bytes=measured_page_bytes)
 
 
 def _gb(n: int) -> str:
@@ -186,7 +342,16 @@ def _gb(n: int) -> str:
 def describe(device: DeviceInfo) -> str:
     """One line for logs and `ocrd device`."""
     mem = f"{_gb(device.memory_bytes)}"
-    if device.backend == "metal":
-        mem += f" (recommended working set {_gb(device.recommended_bytes)})"
+    if label := recommended_label(device.backend):
+        mem += f" ({label} {_gb(device.recommended_bytes)})"
     return f"{device.backend}: {device.name}, {mem}, {device.cores} CPU cores" + (
         f", {device.gpus} GPU(s)" if device.backend == "cuda" else "")
+
+
+def recommended_label(backend: str) -> str:
+    """What DeviceInfo.recommended_bytes is on `backend`, for reports; "" on the CPU (it is the RAM)."""
+    return {"metal": "recommended working set", "cuda": "free"}.get(backend, "")
+
+
+if __name__ == "__main__":   # the child of probe_device: DeviceInfo as one JSON line
+    print(json.dumps(asdict(detect_device())), flush=True)

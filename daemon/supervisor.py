@@ -25,8 +25,8 @@ import structlog
 from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
 
 from .config import Config, ConfigError, load_config
-from .device import (CPU_WARNING, DeviceInfo, PoolPlan, detect_device, footprint_key, page_key,
-                     plan_for_config)
+from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
+                     probe_device)
 from .engine import DEFAULT_ENGINE
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .ingest import IngestService
@@ -82,7 +82,8 @@ class Supervisor:
         for folder in (self.config.state_dir, self.config.spool_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.settings.backoff_base_s)
-        device = self.device = self.device or detect_device()
+        # detected in a child process: probing in this one would hold a GPU context all its life
+        device = self.device = self.device or probe_device()
         if device.backend == "cpu":
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
         plan = self.plan = plan_for_config(device, self.config, *self._measured())
@@ -93,7 +94,8 @@ class Supervisor:
                  memory_bytes=device.memory_bytes)
         self.ledger.set_daemon_info(DaemonInfo(
             backend=device.backend, name=device.name, memory_bytes=device.memory_bytes,
-            workers=plan.count, batch=plan.batch, reason=plan.reason))
+            workers=plan.count, batch=plan.batch, reason=plan.reason,
+            batch_reason=plan.batch_reason))
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
         self._recover_previous_run()
         self.ingest = IngestService(self.config, rescan_s=self.settings.rescan_s,

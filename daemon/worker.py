@@ -93,7 +93,7 @@ class Worker:
         self.backend = device.backend
         self.ledger.register_worker(self.ctx.worker_id, host=socket.gethostname(), pid=os.getpid(),
                                     backend=device.backend, device_name=device.name,
-                                    state=WorkerState.LOADING)
+                                    state=WorkerState.LOADING, batch=self.tuner.limit)
         started = time.monotonic()
         try:
             self.engine = make_engine(self.ctx.engine_factory, self.config.model)

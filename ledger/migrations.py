@@ -5,9 +5,9 @@ records it, so a crash leaves either both or neither (sqlite-utils' migrations.p
 up-to-date file only reads. Several processes may open a new file at once: the version is re-read
 inside each write transaction, so a migration another process just applied is skipped.
 
-Adding a migration: append one with the next version and explicit DDL (ALTER TABLE ...), change
-schema.py to match, and at the same time freeze `_create_v1` to the v1 table definitions so that a
-new file replays exactly the history an old file went through.
+Adding a migration: append one with the next version and explicit DDL (ALTER TABLE ...) and change
+schema.py to match. `_create_v1` creates the frozen v1 tables (not schema.py's), so a new file
+replays exactly the history an old file went through.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import (CheckConstraint, Column, Connection, Float, ForeignKey, Index, Integer,
+                        MetaData, Table, Text, UniqueConstraint, func, inspect, select, text)
 
 from . import schema
 
@@ -28,13 +29,93 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+def _check(column: str, values: str) -> CheckConstraint:
+    return CheckConstraint(f"{column} IN ({values})", name=f"ck_{column}_valid")
+
+
+def _v1_metadata() -> MetaData:
+    """The tables exactly as version 1 created them (frozen: schema.py is the newest version)."""
+    v1, Bytes = MetaData(), schema.Bytes
+    jobs = Table(
+        "jobs", v1,
+        Column("id", Integer, primary_key=True), Column("inbox", Text, nullable=False),
+        Column("source_path", Text, nullable=False), Column("spool_path", Text),
+        Column("sha256", Text), Column("size_bytes", Bytes), Column("state", Text, nullable=False),
+        Column("pages_total", Integer, nullable=False, default=0),
+        Column("pages_done", Integer, nullable=False, default=0),
+        Column("attempts", Integer, nullable=False, default=1),
+        Column("priority", Integer, nullable=False, default=0),
+        Column("created_at", Text, nullable=False), Column("updated_at", Text, nullable=False),
+        Column("finished_at", Text), Column("output_path", Text), Column("error", Text),
+        Column("duplicate_of", Integer, ForeignKey("jobs.id")),
+        _check("state", "'queued', 'running', 'done', 'failed', 'duplicate'"))
+    pages = Table(
+        "pages", v1,
+        Column("id", Integer, primary_key=True),
+        Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+        Column("page_no", Integer, nullable=False), Column("state", Text, nullable=False),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("priority", Integer, nullable=False, default=0),
+        *(Column(name, Text) for name in ("run_after", "lease_owner", "lease_expires_at",
+                                          "started_at", "finished_at", "text")),
+        Column("prompt_tokens", Integer), Column("generation_tokens", Integer),
+        Column("seconds", Float), Column("finish_reason", Text), Column("error", Text),
+        UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
+        _check("state", "'queued', 'running', 'done', 'failed'"))
+    workers = Table(
+        "workers", v1,
+        Column("id", Text, primary_key=True), Column("host", Text, nullable=False),
+        Column("pid", Integer, nullable=False), Column("backend", Text), Column("device_name", Text),
+        Column("state", Text, nullable=False), Column("started_at", Text, nullable=False),
+        Column("last_heartbeat_at", Text), Column("current_page", Text),
+        Column("pages_done", Integer, nullable=False, default=0), Column("error", Text))
+    heartbeats = Table(
+        "heartbeats", v1,
+        Column("id", Integer, primary_key=True), Column("worker_id", Text, nullable=False),
+        Column("at", Text, nullable=False), Column("backend", Text),
+        *(Column(name, Bytes) for name in ("active_memory_bytes", "peak_memory_bytes",
+                                           "cache_memory_bytes", "memory_limit_bytes")),
+        Column("pages_done", Integer), Column("tokens_per_s", Float))
+    events = Table(
+        "events", v1,
+        Column("id", Integer, primary_key=True),
+        Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE")),
+        Column("page_no", Integer), Column("at", Text, nullable=False),
+        Column("kind", Text, nullable=False), Column("detail", Text, nullable=False, default=""))
+    Table("meta", v1, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+    _v1_indexes(jobs, pages, workers, heartbeats, events)
+    return v1
+
+
+def _v1_indexes(jobs: Table, pages: Table, workers: Table, heartbeats: Table, events: Table) -> None:
+    Index("ix_pages_claim", pages.c.state, pages.c.priority.desc(), pages.c.job_id,
+          pages.c.page_no, pages.c.run_after)
+    Index("ix_pages_finished_at", pages.c.finished_at)
+    Index("ix_jobs_state", jobs.c.state)
+    Index("ix_jobs_sha256", jobs.c.sha256)
+    Index("ix_jobs_spool_path", jobs.c.spool_path)
+    Index("ix_heartbeats_worker_at", heartbeats.c.worker_id, heartbeats.c.at)
+    Index("ix_heartbeats_at", heartbeats.c.at)
+    Index("ix_events_job_id", events.c.job_id)
+    Index("ix_workers_host_pid", workers.c.host, workers.c.pid)
+
+
 def _create_v1(conn: Connection) -> None:
-    tables = [t for t in schema.metadata.sorted_tables if t is not schema.schema_version]
-    schema.metadata.create_all(conn, tables=tables)
+    _v1_metadata().create_all(conn)
+
+
+def _add_batch_columns(conn: Connection) -> None:
+    """v2: each worker's in-flight limit and the pages in its batch, in its row and heartbeats."""
+    for ddl in ("ALTER TABLE workers ADD COLUMN batch INTEGER NOT NULL DEFAULT 1",
+                "ALTER TABLE workers ADD COLUMN pages_in_flight INTEGER NOT NULL DEFAULT 0",
+                "ALTER TABLE heartbeats ADD COLUMN batch INTEGER",
+                "ALTER TABLE heartbeats ADD COLUMN pages_in_flight INTEGER"):
+        conn.execute(text(ddl))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, pages, workers, heartbeats, events, meta and their indexes", _create_v1),
+    Migration(2, "workers and heartbeats: batch, pages_in_flight", _add_batch_columns),
 )
 
 

@@ -62,8 +62,9 @@ class DaemonInfo:
     name: str
     memory_bytes: int
     workers: int
-    batch: int
-    reason: str
+    batch: int                   # the planned in-flight limit of each worker
+    reason: str                  # why `workers`
+    batch_reason: str = ""       # why `batch`
 
 
 @dataclass(frozen=True)

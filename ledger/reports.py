@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, or_, select, text
 
 from .clock import from_text, to_text, utc_now
 from .schema import events, heartbeats, jobs, pages, workers
-from .states import ENDED_WORKER_STATES, JobState, PageState
+from .states import ENDED_WORKER_STATES, JobState, PageState, WorkerState
 
 LIVE_WORKER_WINDOW = timedelta(minutes=10)   # an ended worker stays listed this long
 _MEMORY_KEYS = ("active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes",
@@ -38,8 +38,9 @@ def counts(conn: Connection) -> dict[str, dict[str, int]]:
 def workers_status(conn: Connection, now: datetime) -> list[dict[str, Any]]:
     """Workers not ended, or ended within LIVE_WORKER_WINDOW of their last heartbeat, each with
     keys id, host, pid, backend, device_name, state, started_at, heartbeat_age_s, current_page,
-    pages_done, error, and from its latest heartbeat: active_memory_bytes, peak_memory_bytes,
-    cache_memory_bytes, memory_limit_bytes, tokens_per_s."""
+    pages_done, error, batch (its in-flight limit), pages_in_flight (0 once ended), and from its
+    latest heartbeat: active_memory_bytes, peak_memory_bytes, cache_memory_bytes,
+    memory_limit_bytes, tokens_per_s (aggregate over the pages in flight)."""
     query = (select(workers)
              .where(or_(workers.c.state.not_in(list(ENDED_WORKER_STATES)),
                         workers.c.last_heartbeat_at >= to_text(now - LIVE_WORKER_WINDOW)))
@@ -54,7 +55,7 @@ def workers_status(conn: Connection, now: datetime) -> list[dict[str, Any]]:
         out.append(dict(id=w.id, host=w.host, pid=w.pid, backend=w.backend,
                         device_name=w.device_name, state=w.state, started_at=w.started_at,
                         heartbeat_age_s=age, current_page=w.current_page, pages_done=w.pages_done,
-                        error=w.error,
+                        error=w.error, batch=w.batch, pages_in_flight=w.pages_in_flight,
                         **{k: (latest._mapping[k] if latest else None) for k in _MEMORY_KEYS}))
     return out
 
@@ -83,10 +84,24 @@ def throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
     return {"pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60, "eta_s": eta}
 
 
+def in_flight(workers_: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the workers not ended: {"pages_in_flight": pages being decoded now (sum),
+    "tokens_per_s": aggregate generated tokens/s of the workers at work (busy or with pages in
+    flight: an idle worker's last rate is history), None when none reported one}."""
+    live = [w for w in workers_ if w["state"] not in ENDED_WORKER_STATES]
+    rates = [w["tokens_per_s"] for w in live if w["tokens_per_s"] is not None
+             and (w["pages_in_flight"] or w["state"] == WorkerState.BUSY)]
+    return {"pages_in_flight": sum(w["pages_in_flight"] or 0 for w in live),
+            "tokens_per_s": sum(rates) if rates else None}
+
+
 def status(conn: Connection, now: datetime) -> dict[str, Any]:
-    """{"counts": ..., "workers": ..., "throughput": ...}; in one transaction they agree."""
-    return {"counts": counts(conn), "workers": workers_status(conn, now),
-            "throughput": throughput(conn, now)}
+    """{"counts": ..., "workers": ..., "throughput": ..., "in_flight": ...}; in one transaction
+    they agree. The ledger's `running` pages are the claimed ones: in flight (decoding now) or
+    claimed ahead (rendered, waiting for a slot in a worker's batch)."""
+    workers_ = workers_status(conn, now)
+    return {"counts": counts(conn), "workers": workers_, "throughput": throughput(conn, now),
+            "in_flight": in_flight(workers_)}
 
 
 def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:

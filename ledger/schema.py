@@ -3,7 +3,8 @@
 Columns are the ones DESIGN.md documents for users, plus a few that the queries need:
 `jobs.duplicate_of`, `pages.id` (the claim's row key), `pages.priority` (a copy of the job's, so
 the claim walks one index in order instead of sorting every queued page), `pages.started_at` and
-`pages.finished_at` (pages/min), `workers.error`, `events.page_no`, and the `meta` key/value table.
+`pages.finished_at` (pages/min), `workers.error`, `events.page_no`, and the `meta` key/value table;
+and, for continuous batching, `batch` and `pages_in_flight` in `workers` and `heartbeats`.
 Times are UTC ISO-8601 text of one fixed width, so text order is time order (in any collation:
 every value has its digits and punctuation at the same places).
 """
@@ -11,7 +12,7 @@ every value has its digits and punctuation at the same places).
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index, Integer,
-                        MetaData, Table, Text, UniqueConstraint)
+                        MetaData, Table, Text, UniqueConstraint, text)
 
 from .states import JobState, PageState
 
@@ -84,6 +85,9 @@ workers = Table(
     Column("current_page", Text),
     Column("pages_done", Integer, nullable=False, default=0),
     Column("error", Text),
+    # v2 (continuous batching): the worker's in-flight limit now, and the pages in its batch
+    Column("batch", Integer, nullable=False, default=1, server_default=text("1")),
+    Column("pages_in_flight", Integer, nullable=False, default=0, server_default=text("0")),
 )
 
 heartbeats = Table(
@@ -98,7 +102,9 @@ heartbeats = Table(
     Column("cache_memory_bytes", Bytes),
     Column("memory_limit_bytes", Bytes),
     Column("pages_done", Integer),
-    Column("tokens_per_s", Float),
+    Column("tokens_per_s", Float),             # generated tokens/s over all pages in flight
+    Column("batch", Integer),                  # v2; NULL in heartbeats written before it
+    Column("pages_in_flight", Integer),        # v2
 )
 
 events = Table(

@@ -30,13 +30,15 @@ class WorkerBook:
 
     def register_worker(self, worker_id: str, *, host: str, pid: int, backend: str,
                         device_name: str, state: WorkerState = WorkerState.STARTING,
-                        now: datetime | None = None) -> None:
-        """Insert or reset the workers row (a restarted worker may reuse its id)."""
+                        batch: int = 1, now: datetime | None = None) -> None:
+        """Insert or reset the workers row (a restarted worker may reuse its id); `batch` is its
+        in-flight limit (heartbeats update it as the worker tunes it)."""
         stamp = to_text(utc_now(now))
         state = WorkerState(state)
         self._write(lambda conn: upsert(conn, workers, "id", dict(
             id=worker_id, host=host, pid=pid, backend=backend, device_name=device_name, state=state,
-            started_at=stamp, last_heartbeat_at=stamp, current_page=None, pages_done=0, error=None)))
+            started_at=stamp, last_heartbeat_at=stamp, current_page=None, pages_done=0, error=None,
+            batch=batch, pages_in_flight=0)))
 
     def set_worker_state(self, worker_id: str, state: WorkerState, now: datetime | None = None, *,
                          error: str | None = None) -> None:
@@ -46,17 +48,23 @@ class WorkerBook:
         if error is not None:
             values["error"] = error
         if state in ENDED_WORKER_STATES:
-            values["current_page"] = None
+            values.update(current_page=None, pages_in_flight=0)
         self._write(lambda c: c.execute(update(workers).where(workers.c.id == worker_id).values(**values)))
 
     def record_heartbeat(self, worker_id: str, *, backend: str, active_memory_bytes: int,
                          peak_memory_bytes: int, cache_memory_bytes: int, memory_limit_bytes: int,
                          pages_done: int, tokens_per_s: float, current_page: str | None,
                          state: WorkerState | None = None, lease_s: float = 60.0,
+                         batch: int = 1, pages_in_flight: int = 0,
                          now: datetime | None = None) -> None:
         """One transaction: insert a heartbeats row, update the workers row (last_heartbeat_at,
-        current_page, pages_done, state if given), renew this worker's leases, and delete
-        heartbeats older than HEARTBEAT_RETENTION."""
+        current_page, pages_done, batch, pages_in_flight, state if given), renew this worker's
+        leases, and delete heartbeats older than HEARTBEAT_RETENTION.
+
+        `tokens_per_s` is the worker's aggregate: generated tokens per second over all the pages
+        in its batch. `batch` is its in-flight limit now; `pages_in_flight` the pages in its batch
+        being decoded now (not the ones claimed ahead and waiting for a slot: the ledger counts
+        those as running too, and `ocrd status` shows the difference)."""
         now = utc_now(now)
         stamp = to_text(now)
 
@@ -65,9 +73,11 @@ class WorkerBook:
                 worker_id=worker_id, at=stamp, backend=backend,
                 active_memory_bytes=active_memory_bytes, peak_memory_bytes=peak_memory_bytes,
                 cache_memory_bytes=cache_memory_bytes, memory_limit_bytes=memory_limit_bytes,
-                pages_done=pages_done, tokens_per_s=tokens_per_s))
+                pages_done=pages_done, tokens_per_s=tokens_per_s, batch=batch,
+                pages_in_flight=pages_in_flight))
             values: dict[str, Any] = dict(last_heartbeat_at=stamp, current_page=current_page,
-                                          pages_done=pages_done)
+                                          pages_done=pages_done, batch=batch,
+                                          pages_in_flight=pages_in_flight)
             if state is not None:
                 values["state"] = WorkerState(state)
             # pages before workers, the order complete_page locks them in (PostgreSQL deadlocks)
@@ -82,7 +92,7 @@ class WorkerBook:
         stmt = (update(workers)
                 .where(workers.c.host == host, workers.c.id.not_in(list(alive_ids)),
                        workers.c.state.not_in(list(ENDED_WORKER_STATES)))
-                .values(state=WorkerState.DEAD, current_page=None))
+                .values(state=WorkerState.DEAD, current_page=None, pages_in_flight=0))
         return self._write(lambda c: c.execute(stmt).rowcount)
 
     def add_event(self, job_id: int | None, kind: str, detail: str = "",
@@ -114,7 +124,8 @@ class WorkerBook:
         self.set_meta("device", json.dumps({"backend": info.backend, "name": info.name,
                                             "memory_bytes": info.memory_bytes}))
         self.set_meta("pool_plan", json.dumps({"count": info.workers, "batch": info.batch,
-                                               "reason": info.reason}))
+                                               "reason": info.reason,
+                                               "batch_reason": info.batch_reason}))
 
     def daemon_info(self) -> DaemonInfo | None:
         try:
@@ -124,6 +135,7 @@ class WorkerBook:
                 return None
             return DaemonInfo(backend=device["backend"], name=device["name"],
                               memory_bytes=int(device["memory_bytes"]), workers=int(plan.get("count", 0)),
-                              batch=int(plan.get("batch", 1)), reason=plan.get("reason", ""))
+                              batch=int(plan.get("batch", 1)), reason=plan.get("reason", ""),
+                              batch_reason=plan.get("batch_reason", ""))
         except (ValueError, KeyError, TypeError):
             return None

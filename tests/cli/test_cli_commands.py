@@ -11,11 +11,13 @@ from PIL import Image
 
 from cli_support import invoke
 from ocrd.daemon.config import load_config
+from ocrd.daemon.device import page_key
 from ocrd.daemon.lockfile import DaemonLock
+from ocrd.ledger import DaemonInfo
 from ocrd.ledger.store import Ledger
 
 WORKER_KEYS = {"id", "pid", "backend", "state", "heartbeat_age_s", "current_page",
-               "active_memory_bytes", "peak_memory_bytes", "pages_done"}
+               "active_memory_bytes", "peak_memory_bytes", "pages_done", "batch", "pages_in_flight"}
 
 
 def open_ledger(config_file: Path) -> Ledger:
@@ -49,7 +51,7 @@ def seeded(config_file: Path) -> dict[str, int]:
         ledger.record_heartbeat("w1", backend="cpu", active_memory_bytes=1_000_000,
                                 peak_memory_bytes=2_000_000, cache_memory_bytes=0,
                                 memory_limit_bytes=0, pages_done=1, tokens_per_s=5.0,
-                                current_page=f"{a}:2", state="busy")
+                                current_page=f"{a}:2", state="busy", batch=4, pages_in_flight=1)
         ledger.register_worker("w2", host="host", pid=4243, backend="cpu", device_name="cpu", state="busy")
         (page,) = ledger.claim_pages("w2", n=1)
         assert page.job_id == b
@@ -94,6 +96,8 @@ def test_status_json_keys(config_file: Path, seeded):
     assert w1["pid"] == 4242 and w1["active_memory_bytes"] == 1_000_000
     assert w1["peak_memory_bytes"] == 2_000_000 and w1["current_page"] == f"{seeded['a']}:2"
     assert w1["pages_done"] == 1 and 0 <= w1["heartbeat_age_s"] < 60
+    assert (w1["batch"], w1["pages_in_flight"]) == (4, 1)
+    assert (s["pages_in_flight"], s["pages_claimed_waiting"], s["tokens_per_s"]) == (1, 0, 5.0)
     assert "pages_per_min" in s and "eta_s" in s
     assert s["model_status"] == "unavailable: no network"
     assert any("model unavailable" in w for w in s["warnings"])
@@ -106,6 +110,7 @@ def test_status_with_a_running_daemon_uses_its_device(config_file: Path, seeded)
     try:
         ledger.set_meta("device", json.dumps({"backend": "metal", "name": "Apple M4 Pro",
                                               "memory_bytes": 48 * 2**30}))
+        # as a daemon from before batching recorded it: no batch in its plan
         ledger.set_meta("pool_plan", json.dumps({"count": 2, "reason": "cap 2 on one Metal GPU"}))
     finally:
         ledger.close()
@@ -115,9 +120,47 @@ def test_status_with_a_running_daemon_uses_its_device(config_file: Path, seeded)
     assert s["daemon"] == {"running": True, "pid": os.getpid()}
     assert s["device"] == {"backend": "metal", "name": "Apple M4 Pro", "memory_bytes": 48 * 2**30}
     assert not any("daemon not running" in w for w in s["warnings"])
-    assert s["pool"] == {"count": 2, "reason": "cap 2 on one Metal GPU"}
+    assert s["pool"] == {"count": 2, "reason": "cap 2 on one Metal GPU", "batch": 1, "batch_reason": ""}
     assert f"running (pid {os.getpid()})" in text and "Apple M4 Pro" in text
-    assert "cap 2 on one Metal GPU" in text
+    assert "cap 2 on one Metal GPU" in text and "up to 1 page in flight per worker" in text
+
+
+def test_status_shows_the_batch_and_what_is_in_flight(config_file: Path):
+    """Claimed-ahead pages are `running` in the ledger but not in flight: status says which."""
+    config = load_config(config_file)
+    ledger = open_ledger(config_file)
+    try:
+        job = add(ledger, config_file, "big.pdf", 12)
+        ledger.set_daemon_info(DaemonInfo(backend="cuda", name="NVIDIA H200", memory_bytes=143 * 10**9,
+                                          workers=1, batch=64, reason="one worker per GPU",
+                                          batch_reason="auto: 64 fit"))
+        ledger.register_worker("g0", host="host", pid=5151, backend="cuda", device_name="H200",
+                               state="busy", batch=64)
+        claimed = ledger.claim_pages("g0", n=10)
+        ledger.record_heartbeat("g0", backend="cuda", active_memory_bytes=12 * 10**9,
+                                peak_memory_bytes=13 * 10**9, cache_memory_bytes=0,
+                                memory_limit_bytes=142 * 10**9, pages_done=0, tokens_per_s=2345.6,
+                                current_page=",".join(f"{p.job_id}:{p.page_no}" for p in claimed),
+                                state="busy", batch=8, pages_in_flight=7)
+    finally:
+        ledger.close()
+    with DaemonLock(config.lock_path):
+        s = json.loads(invoke(config_file, "status", "--json").output)
+        text = invoke(config_file, "status").output
+    assert s["pages"] == {"queued": 2, "running": 10, "done": 0, "failed": 0}
+    assert (s["pages_in_flight"], s["pages_claimed_waiting"]) == (7, 3)
+    assert s["tokens_per_s"] == pytest.approx(2345.6)
+    assert s["pool"] == {"count": 1, "reason": "one worker per GPU", "batch": 64,
+                         "batch_reason": "auto: 64 fit"}
+    [g0] = s["workers"]
+    assert (g0["batch"], g0["pages_in_flight"]) == (8, 7)
+    assert g0["current_page"] == ",".join(f"{job}:{n}" for n in range(1, 11))
+    assert "running 10 (7 in flight, 3 waiting)" in text
+    assert "2346 tokens/s" in text and "up to 64 pages in flight per worker: auto: 64 fit" in text
+    header, row = text.splitlines()[-2:]
+    assert header.split() == ["WORKER", "PID", "BACKEND", "STATE", "HEARTBEAT", "PAGE", "BATCH",
+                              "TOK/S", "MEMORY", "PEAK", "DONE"]
+    assert f"{job}:1 +9" in row and "7/8" in row and "2346" in row
 
 
 def test_status_warns_loudly_in_cpu_mode(config_file: Path):
@@ -295,12 +338,38 @@ def test_device_json(config_file: Path):
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert {"backend", "name", "memory_bytes"} <= set(r["device"])
-    assert {"count", "footprint_bytes", "budget_bytes", "cap", "reason"} <= set(r["pool"])
+    assert {"count", "footprint_bytes", "budget_bytes", "cap", "reason", "batch", "batch_reason",
+            "recycle_bytes"} <= set(r["pool"])
     assert r["pool"]["count"] >= 1 and r["pool"]["reason"]
+    assert r["pool"]["batch"] >= 1 and r["pool"]["batch_reason"] and r["pool"]["recycle_bytes"] > 0
     if r["device"]["backend"] == "cpu":
         assert r["warnings"]
     human = invoke(config_file, "device")
     assert "pool" in human.output and r["pool"]["reason"] in human.output
+    assert r["pool"]["batch_reason"] in human.output and "in flight per worker" in human.output
+    assert "recycle  a worker past" in human.output
+
+
+def test_device_names_the_second_memory_figure_by_backend():
+    """recommended_bytes is Metal's recommended working set, but free memory on CUDA."""
+    from ocrd.cli.reports import render_device
+    pool = {"count": 1, "footprint_bytes": 5 * 10**9, "budget_bytes": 100 * 10**9, "cap": 1,
+            "reason": "one per GPU", "batch": 64, "batch_reason": "auto", "page_bytes": 120 * 10**6,
+            "recycle_bytes": 0, "recycle_reason": ""}
+
+    def report(backend: str, recommended: int) -> dict:
+        return {"device": {"backend": backend, "name": "gpu", "memory_bytes": 143 * 10**9,
+                           "recommended_bytes": recommended, "cores": 16, "gpus": 1},
+                "model": {"path": "m", "mode": "small", "size_bytes": 10, "planned_bytes": 10},
+                "measured_peak_bytes": None, "measured_page_bytes": None, "pool": pool,
+                "warnings": []}
+
+    cuda = render_device(report("cuda", 140 * 10**9))
+    assert "memory   143.0 GB (free 140.0 GB)" in cuda and "working set" not in cuda
+    metal = render_device(report("metal", 107 * 10**9))
+    assert "memory   143.0 GB (recommended working set 107.0 GB)" in metal
+    assert "120.0 MB per page in flight (estimated)" in cuda and "recycle  never" in cuda
+    assert "memory   143.0 GB\n" in render_device(report("cpu", 143 * 10**9))
 
 
 def test_device_uses_config_model_size_and_measured_peak(tmp_path: Path, monkeypatch):
@@ -327,3 +396,14 @@ def test_device_uses_config_model_size_and_measured_peak(tmp_path: Path, monkeyp
     assert r["measured_peak_bytes"] == 2 * 10**9
     assert r["pool"]["footprint_bytes"] > 2 * 10**9  # the measured peak plus headroom
     assert "measured" in invoke(config_file, "device").output
+    assert r["measured_page_bytes"] is None
+
+    ledger = open_ledger(config_file)
+    try:
+        ledger.set_meta(page_key(load_config(config_file).model), str(100 * 10**6))
+    finally:
+        ledger.close()
+    r = json.loads(invoke(config_file, "device", "--json").output)
+    assert r["measured_page_bytes"] == 100 * 10**6
+    assert r["pool"]["page_bytes"] >= 100 * 10**6 and "measured" in r["pool"]["batch_reason"]
+    assert "per page in flight (measured)" in invoke(config_file, "device").output

@@ -8,9 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli_support import invoke, write_config
 from ocrd.daemon.config import load_config
-from ocrd.cli.doctor import check_folder, check_model, folder_fix, run_checks
+from ocrd.cli.doctor import check_device, check_folder, check_model, folder_fix, mlx_fix, run_checks
 
 
 def by_name(checks):
@@ -123,3 +125,38 @@ def test_model_in_the_hugging_face_cache(tmp_path: Path, monkeypatch):
     check = check_model("someone/tiny-ocr")
     assert check.ok and not check.warn
     assert "Hugging Face cache" in check.detail
+
+
+def _fake_nvidia_smi(tmp_path: Path, line: str = "NVIDIA H200, 570.124.06") -> str:
+    """An executable playing nvidia-smi (the command is check_device's argument: a seam)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho '{line}'\n")
+    smi.chmod(0o755)
+    return str(smi)
+
+
+def test_device_check_names_the_missing_cuda_extra(tmp_path: Path):
+    from ocrd.daemon.device import CUDA_EXTRA_FIX, detect_device, libmlx_build
+    if detect_device().backend != "cpu" or libmlx_build() != "mlx-cpu":
+        pytest.skip("needs MLX's CPU build alone, as installed here")
+    check = check_device(nvidia_smi=_fake_nvidia_smi(tmp_path))
+    assert check.ok and check.warn
+    assert "nvidia-smi sees 1 NVIDIA GPU(s) (NVIDIA H200) but MLX runs on the CPU" in check.detail
+    assert "`cuda` extra" in check.detail and check.fix == CUDA_EXTRA_FIX == ".venv/bin/pip install -e '.[cuda]'"
+
+
+def test_device_check_without_nvidia_smi_is_the_cpu_warning(tmp_path: Path):
+    from ocrd.daemon.device import CPU_WARNING, detect_device
+    if detect_device().backend != "cpu":
+        pytest.skip("CPU mode only")
+    check = check_device(nvidia_smi=str(tmp_path / "no-nvidia-smi"))
+    assert check.ok and check.warn and CPU_WARNING in check.detail and not check.fix
+
+
+def test_mlx_that_does_not_import_names_the_fix():
+    no_driver = mlx_fix("libcuda.so.1: cannot open shared object file: No such file or directory")
+    assert "NVIDIA driver" in no_driver and "uninstall -y mlx-cuda-13" in no_driver
+    assert "--force-reinstall --no-deps 'mlx-cpu==" in no_driver
+    gone = mlx_fix("libmlx.so: cannot open shared object file: No such file or directory")
+    assert "--force-reinstall --no-deps 'mlx-cpu==" in gone and "mlx-cuda-13==" in gone
+    assert mlx_fix("something else") == "check the mlx installation"

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ocrd.daemon.device import CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device, plan_pool
+from ocrd.daemon.device import (CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device, plan_pool,
+                                recommended_label)
 from ocrd.daemon.engine import model_size_bytes
 
 
@@ -62,6 +63,17 @@ def test_real_mlx_on_this_machine_is_cpu():
     assert "cpu" in describe(d)
 
 
+def test_describe_names_recommended_bytes_per_backend():
+    # Metal's figure is macOS's recommended working set; CUDA's is the free memory at detection.
+    assert "(recommended working set 48.0 GB)" in describe(mac(64, 48))
+    cuda = detect_device(fake_mx(cuda=True, gpus=1, info={
+        "device_name": "NVIDIA H200", "total_memory": 150 * GB, "free_memory": 149 * GB}))
+    line = describe(cuda)
+    assert "150.0 GB (free 149.0 GB)" in line and "working set" not in line and "1 GPU(s)" in line
+    assert "(" not in describe(cpu_box(8, 32))
+    assert [recommended_label(b) for b in ("metal", "cuda", "cpu")] == ["recommended working set", "free", ""]
+
+
 def test_cpu_warning_is_loud_and_one_line():
     assert "CPU" in CPU_WARNING and "slower" in CPU_WARNING and "\n" not in CPU_WARNING
 
@@ -74,18 +86,23 @@ def test_8gb_mac_with_4gb_model_gets_one_worker():
     assert p.budget_bytes < p.footprint_bytes and "raised to 1" in p.reason
 
 
-def test_64gb_mac_gets_two():
+def test_64gb_mac_gets_one_worker_that_batches():
+    # One GPU, one worker: pages in flight, not processes, fill it (DESIGN.md, "Batches").
     p = plan_pool(mac(64, 48), model_bytes=4 * GB, mode="gundam")
-    assert p.count == 2 and p.cap == 2
-    assert "capped at 2" in p.reason and "Metal" in p.reason
+    assert p.count == 1 and p.cap == 1
+    assert "capped at 1" in p.reason and "Metal" in p.reason
     assert p.budget_bytes == int(48 * GB * 0.8)
+    # 38.4 GB - 8.5 GB footprint leaves room for 49 more pages of 0.6 GB: 50
+    assert p.batch == 50 and p.tune_batch and p.batch_start == 16 and "auto: up to 50" in p.batch_reason
 
 
 def test_16_core_cpu_box():
     p = plan_pool(cpu_box(16, 64), model_bytes=4 * GB, mode="gundam")
-    # budget 0.6 * 64 GB = 38.4 GB fits 6 workers of 6 GB; 16 cores // 4 threads-worth = cap 4
+    # budget 0.6 * 64 GB = 38.4 GB fits 4 workers of 8.5 GB; 16 cores // 4 threads-worth = cap 4
     assert p.count == 4 and p.cap == 4
-    assert "38.4 GB" in p.reason and "16 cores // 4" in p.reason and "capped at 4" in p.reason
+    assert "38.4 GB" in p.reason and "16 cores // 4" in p.reason and "(cap 4:" in p.reason
+    # 9.6 GB each - 8.5 GB leaves room for one more page: 2, under the CPU's 8, tuned from 1
+    assert (p.batch, p.batch_start) == (2, 1) and "CPU" in p.batch_reason
 
 
 def test_small_cpu_box_is_limited_by_memory():
@@ -101,7 +118,7 @@ def test_cuda_one_worker_per_gpu():
 
 def test_explicit_count_above_budget_is_lowered():
     p = plan_pool(cpu_box(16, 64), model_bytes=4 * GB, mode="gundam", count=20)
-    assert p.count == 6 and "configured count 20 lowered to 6" in p.reason
+    assert p.count == 4 and "configured count 20 lowered to 4" in p.reason
 
 
 def test_explicit_count_may_exceed_the_cap_within_budget():
@@ -164,3 +181,34 @@ def test_model_size_from_the_hf_cache(tmp_path, monkeypatch):
     (snap / "model.safetensors").symlink_to(repo / "blobs" / "w")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     assert model_size_bytes("acme/tiny-ocr") == 2048
+
+
+# --- batch: pages in flight per worker ----------------------------------------------------------
+
+def test_h200_batch_is_sized_by_memory_and_capped():
+    d = DeviceInfo("cuda", "H200", 141 * GB, 140 * GB, 16, gpus=1)
+    p = plan_pool(d, model_bytes=int(6.67 * GB), mode="small")
+    assert (p.count, p.batch, p.batch_start, p.tune_batch) == (1, 128, 16, True)
+    assert "at most 128 on GPU" in p.batch_reason and "estimated" in p.batch_reason
+    assert p.recycle_bytes == int((p.footprint_bytes + 127 * p.page_bytes) * 2)
+
+
+def test_configured_batch_is_kept_or_lowered_to_what_fits():
+    d = DeviceInfo("cuda", "small GPU", 16 * GB, 15 * GB, 8, gpus=1)
+    kept = plan_pool(d, model_bytes=4 * GB, mode="small", batch=4)
+    assert (kept.batch, kept.tune_batch) == (4, False) and "4 as configured" in kept.batch_reason
+    # 13.6 GB budget - 5 GB footprint = room for 24 more pages of 0.35 GB: 25
+    lowered = plan_pool(d, model_bytes=4 * GB, mode="small", batch=64)
+    assert lowered.batch == 25 and "configured batch 64 lowered to 25" in lowered.batch_reason
+
+
+def test_measured_page_memory_replaces_the_estimate():
+    d = DeviceInfo("cuda", "H200", 141 * GB, 140 * GB, 16, gpus=1)
+    p = plan_pool(d, model_bytes=int(6.67 * GB), mode="small", measured_page_bytes=2 * GB)
+    assert p.page_bytes == int(2 * GB * 1.2) and "measured" in p.batch_reason
+    assert p.batch == (p.budget_bytes - p.footprint_bytes) // p.page_bytes + 1
+
+
+def test_no_room_for_a_second_page_means_one():
+    p = plan_pool(mac(8, 5.3), model_bytes=4 * GB, mode="gundam")
+    assert p.batch == 1 and p.batch_start == 1

@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from ledger_testkit import Db, add
-from sqlalchemy import Connection, text
+from ledger_testkit import T0, Db, add
+from sqlalchemy import Connection, create_engine, inspect, text
 
+from ocrd.ledger import schema
 from ocrd.ledger.migrations import MIGRATIONS, Migration, SchemaTooNew
+from ocrd.ledger.states import WorkerState
 from ocrd.ledger.store import Ledger
 
 TABLES = {"jobs", "pages", "workers", "heartbeats", "events", "schema_version", "meta"}
@@ -85,3 +87,40 @@ def test_several_openers_of_a_new_database_migrate_it_once(db_url: str, db: Db) 
         t.join(60)
     assert errors == []
     assert db.raw("SELECT version FROM schema_version") == [(m.version,) for m in MIGRATIONS]
+
+
+def test_the_migrations_build_what_schema_py_describes(ledger: Ledger, db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        found = inspect(engine)
+        for table in schema.metadata.sorted_tables:
+            columns = {c["name"]: c["nullable"] for c in found.get_columns(table.name)}
+            assert columns == {c.name: c.nullable for c in table.columns}, table.name
+            indexes = {i["name"] for i in found.get_indexes(table.name)
+                       if not i.get("duplicates_constraint")}   # PostgreSQL's UNIQUE index
+            assert indexes == {i.name for i in table.indexes}, table.name
+    finally:
+        engine.dispose()
+
+
+def test_v2_adds_batch_columns_to_a_v1_ledger_and_keeps_its_rows(db_url: str, db: Db) -> None:
+    Ledger(db_url, migrations=MIGRATIONS[:1]).close()   # a ledger written before batching
+    assert "batch" not in db.columns("workers") and "batch" not in db.columns("heartbeats")
+    db.raw("INSERT INTO workers (id, host, pid, backend, device_name, state, started_at, "
+           "last_heartbeat_at, pages_done) VALUES ('old', 'h', 7, 'cpu', 'cpu', 'busy', "
+           "'2025-03-01T12:00:00.000000Z', '2025-03-01T12:00:00.000000Z', 3)")
+    db.raw("INSERT INTO heartbeats (worker_id, at, backend, pages_done, tokens_per_s) "
+           "VALUES ('old', '2025-03-01T12:00:00.000000Z', 'cpu', 3, 9.5)")
+    with Ledger(db_url) as ledger:
+        assert [v for (v,) in db.raw("SELECT version FROM schema_version ORDER BY version")] == \
+            [m.version for m in MIGRATIONS]
+        assert db.raw("SELECT id, pages_done, batch, pages_in_flight FROM workers") == [("old", 3, 1, 0)]
+        assert db.raw("SELECT tokens_per_s, batch, pages_in_flight FROM heartbeats") == [(9.5, None, None)]
+        [w] = ledger.workers_status(now=T0)
+        assert (w["batch"], w["pages_in_flight"], w["tokens_per_s"]) == (1, 0, 9.5)
+        ledger.record_heartbeat("old", backend="cpu", active_memory_bytes=1, peak_memory_bytes=1,
+                                cache_memory_bytes=0, memory_limit_bytes=0, pages_done=4,
+                                tokens_per_s=30.0, current_page=None, state=WorkerState.BUSY,
+                                batch=4, pages_in_flight=3, now=T0)
+        [w] = ledger.workers_status(now=T0)
+        assert (w["batch"], w["pages_in_flight"], w["tokens_per_s"]) == (4, 3, 30.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from ledger_testkit import Db, add
@@ -32,6 +33,13 @@ WHERE w.state NOT IN ('stopped', 'dead')
 GROUP BY w.id ORDER BY silent_s DESC;
 """
 
+BATCH_LAST_HOUR = """
+SELECT worker_id, MAX(batch) AS batch, ROUND(AVG(pages_in_flight), 1) AS avg_in_flight,
+       ROUND(AVG(tokens_per_s)) AS tokens_per_s FROM heartbeats
+WHERE at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour') AND pages_in_flight > 0
+GROUP BY worker_id ORDER BY worker_id;
+"""
+
 
 def test_readme_queries(ledger: Ledger, db: Db) -> None:
     now = datetime.now(UTC)
@@ -53,3 +61,21 @@ def test_readme_queries(ledger: Ledger, db: Db) -> None:
     stuck, fresh = db.raw(STUCK_WORKERS)
     assert (stuck[0], stuck[3], fresh[0]) == ("stuck", f"{good}:3", "fresh")
     assert 1790 <= stuck[4] <= 1900 and stuck[5] is not None and fresh[5] is None
+
+
+def test_readme_batch_query(ledger: Ledger, db: Db) -> None:
+    now = datetime.now(UTC)
+    ledger.register_worker("g0", host="h", pid=1, backend="cuda", device_name="H200", now=now)
+    beats = [(-90, 16, 16, 999.0), (-50, 16, 12, 1000.0), (-20, 32, 30, 2000.0), (-10, 32, 0, 0.0)]
+    for minutes, batch, flying, rate in beats:    # an old beat, two in the hour, an idle one
+        ledger.record_heartbeat("g0", backend="cuda", active_memory_bytes=1, peak_memory_bytes=1,
+                                cache_memory_bytes=0, memory_limit_bytes=0, pages_done=0,
+                                tokens_per_s=rate, current_page=None, batch=batch,
+                                pages_in_flight=flying, now=now + timedelta(minutes=minutes))
+    assert db.raw(BATCH_LAST_HOUR) == [("g0", 32, 21.0, 1500.0)]
+
+
+def test_the_readme_gives_these_queries_verbatim() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for query in (WHAT_FAILED, PAGES_PER_HOUR_TODAY, BATCH_LAST_HOUR):
+        assert query.strip() in readme

@@ -371,12 +371,59 @@ def test_workers_status_shape_and_liveness(ledger: Ledger) -> None:
     assert [w["id"] for w in status] == ["dead", "live", "stopped"]
     expected_keys = {"id", "host", "pid", "backend", "device_name", "state", "started_at",
                      "heartbeat_age_s", "current_page", "pages_done", "active_memory_bytes",
-                     "peak_memory_bytes", "cache_memory_bytes", "memory_limit_bytes", "tokens_per_s"}
+                     "peak_memory_bytes", "cache_memory_bytes", "memory_limit_bytes", "tokens_per_s",
+                     "batch", "pages_in_flight"}
     assert expected_keys <= set(status[0])
     by_id = {w["id"]: w for w in status}
     assert (by_id["live"]["peak_memory_bytes"], by_id["live"]["tokens_per_s"]) == (300, 12.5)
     assert by_id["stopped"]["active_memory_bytes"] is None           # never sent a heartbeat
     assert by_id["dead"]["error"] == "no network"
+
+
+def test_heartbeat_records_batch_and_pages_in_flight(ledger: Ledger, db: Db) -> None:
+    ledger.register_worker("w", host="h", pid=1, backend="cuda", device_name="H200", batch=32, now=T0)
+    [w] = ledger.workers_status(now=T0)
+    assert (w["batch"], w["pages_in_flight"]) == (32, 0)
+    _beat(ledger, "w", T0 + 5 * S, batch=48, pages_in_flight=40, tokens_per_s=2100.0,
+          state=WorkerState.BUSY)
+    [w] = ledger.workers_status(now=T0 + 6 * S)
+    assert (w["batch"], w["pages_in_flight"], w["tokens_per_s"]) == (48, 40, 2100.0)
+    assert db.raw("SELECT batch, pages_in_flight, tokens_per_s FROM heartbeats") == [(48, 40, 2100.0)]
+    _beat(ledger, "w", T0 + 10 * S)                      # an older caller: one page, none in flight
+    assert db.raw("SELECT batch, pages_in_flight FROM workers") == [(1, 0)]
+    ledger.register_worker("w", host="h", pid=2, backend="cuda", device_name="H200", now=T0)
+    assert db.raw("SELECT batch, pages_in_flight FROM workers") == [(1, 0)]
+
+
+def test_an_ended_worker_has_nothing_in_flight(ledger: Ledger) -> None:
+    for wid in ("stopped", "dead"):
+        ledger.register_worker(wid, host="h", pid=1, backend="cpu", device_name="cpu", now=T0)
+        _beat(ledger, wid, T0, batch=8, pages_in_flight=8, state=WorkerState.BUSY)
+    ledger.set_worker_state("stopped", WorkerState.STOPPED)
+    ledger.mark_workers_dead("h", ["stopped"])
+    assert {(w["id"], w["batch"], w["pages_in_flight"]) for w in ledger.workers_status(now=T0)} == \
+        {("stopped", 8, 0), ("dead", 8, 0)}
+
+
+def test_status_splits_running_pages_into_in_flight(ledger: Ledger) -> None:
+    job_id = add(ledger, "a", 12)
+    for wid, n, flying, rate in (("a", 5, 4, 900.0), ("b", 4, 4, 700.0), ("idle", 0, 0, 50.0)):
+        ledger.register_worker(wid, host="h", pid=1, backend="cuda", device_name="H200", now=T0)
+        if n:
+            ledger.claim_pages(wid, n=n, now=T0)
+        _beat(ledger, wid, T0, batch=8, pages_in_flight=flying, tokens_per_s=rate,
+              state=WorkerState.BUSY if n else WorkerState.IDLE)
+    ledger.register_worker("gone", host="h", pid=1, backend="cuda", device_name="H200", now=T0)
+    ledger.claim_pages("gone", n=2, now=T0)
+    _beat(ledger, "gone", T0, batch=8, pages_in_flight=2, tokens_per_s=300.0, state=WorkerState.BUSY)
+    ledger.mark_workers_dead("h", ["a", "b", "idle"])    # its 2 pages stay running until rescued
+    report = ledger.status(now=T0 + S)
+    assert report["counts"]["pages"]["running"] == 11 and job_id
+    # the idle worker's last rate and the dead worker's pages are history, not work in progress
+    assert report["in_flight"] == {"pages_in_flight": 8, "tokens_per_s": 1600.0}
+    ledger.set_worker_state("a", WorkerState.STOPPED)
+    ledger.set_worker_state("b", WorkerState.STOPPED)
+    assert ledger.status(now=T0 + S)["in_flight"] == {"pages_in_flight": 0, "tokens_per_s": None}
 
 
 def test_mark_workers_dead(ledger: Ledger) -> None:
@@ -413,7 +460,7 @@ def test_counts_and_throughput(ledger: Ledger) -> None:
     assert later["pages_per_min_5"] == 0 and later["eta_s"] == pytest.approx(7 / (2 / 40) * 60)
     assert ledger.throughput(now=T0 + 5 * 3600 * S)["eta_s"] is None  # no rate at all
     status = ledger.status(now=T0)
-    assert set(status) == {"counts", "workers", "throughput"} and status["counts"] == counts
+    assert set(status) == {"counts", "workers", "throughput", "in_flight"} and status["counts"] == counts
 
 
 def test_throughput_right_after_a_start_is_not_diluted(ledger: Ledger) -> None:
