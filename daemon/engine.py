@@ -298,6 +298,7 @@ class _InFlight:
     prompt_tokens: int
     started: float
     ids: list[int] = field(default_factory=list)
+    company: int = 1     # the most pages in flight with it: its time budget scales with them
 
 
 class MlxSession:
@@ -306,7 +307,9 @@ class MlxSession:
     resolution modes, gives no per-page counts or finish reasons, and serialises pages of different
     sizes. Here each page is prepared alone in its own mode, joins when a slot frees
     (prefill_batch_size 1), and leaves alone: at its stop token, at max_tokens, when it loops
-    (checked on its own token ids), or past its wall-clock budget."""
+    (checked on its own token ids), or past its wall-clock budget: page_budget_s for each page
+    that decoded beside it (as the supervisor's page timeout always scaled with the pages in one
+    engine call), since a page in a batch of n shares the device n ways."""
 
     def __init__(self, engine: MlxVlmEngine, *, capacity: int, page_budget_s: float | None) -> None:
         from mlx_vlm.generate.ar import BatchGenerator
@@ -401,13 +404,15 @@ class MlxSession:
     def _over_budget(self) -> list[Finished]:
         if not self.page_budget_s:
             return []
-        now, out = time.perf_counter(), []
+        now, out, n = time.perf_counter(), [], len(self._pages)
         for uid, page in list(self._pages.items()):
-            if now - page.started > self.page_budget_s:
+            page.company = max(page.company, n)
+            if now - page.started > self.page_budget_s * page.company:
                 self._gen.remove(uid)
                 del self._pages[uid]
                 out.append(Finished(page.key, error=PageTimeout(
-                    f"page timed out after {self.page_budget_s:g} s")))
+                    f"page timed out after {now - page.started:.0f} s ({self.page_budget_s:g} s for each "
+                    f"of the {page.company} pages decoding with it)")))
         return out
 
 

@@ -42,6 +42,8 @@ from .render import render_page
 Rendered = list[tuple[ClaimedPage, Image.Image]]
 IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1 s
 READY_AHEAD = 4            # rendered pages kept waiting for a free slot (more only hold leases)
+CLAIM_CHUNK = 4            # pages claimed and rendered at a time: the first join the batch while
+                           # the next render (rendering 64 before admitting any cost ~3 s a drop)
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
 
@@ -170,7 +172,7 @@ class Worker:
         want = (self.tuner.limit - len(self.session) + min(self.tuner.limit, READY_AHEAD)
                 - len(self._ready))
         if self._claim is None and min(want, budget) > 0:
-            self._claim = self._io.submit(self._claim_and_render, min(want, budget))
+            self._claim = self._io.submit(self._claim_and_render, min(want, budget, CLAIM_CHUNK))
 
     def _collect_claim(self, *, wait: bool) -> None:
         if self._claim is not None and (wait or self._claim.done()):

@@ -71,12 +71,14 @@ def test_a_looping_page_leaves_the_batch_alone(tiny_model) -> None:
 
 def test_a_page_over_its_time_budget_fails_alone(tiny_model) -> None:
     engine = MlxVlmEngine(ModelConfig(path=str(tiny_model)), repeat_min_tokens=10**6)
-    session = engine.open_session(capacity=2, page_budget_s=1.0)
+    session = engine.open_session(capacity=2, page_budget_s=0.4)
     try:
         done = run(session, {"long": {"max_tokens": 100_000}, "short": {"max_tokens": 8}})
     finally:
         session.close()
+    # 0.4 s for each page that decoded beside it: a page in a batch of n shares the device n ways
     assert isinstance(done["long"].error, PageTimeout) and done["long"].error.retryable
+    assert "0.4 s for each of the 2 pages decoding with it" in str(done["long"].error)
     assert done["short"].result.generation_tokens == 8
 
 

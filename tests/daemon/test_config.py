@@ -70,6 +70,7 @@ def test_values_and_overrides() -> None:
     assert inbox.archive is None and inbox.ignore == ("*.bak",)
     assert config.prompt_for(inbox) == "Free OCR." and config.mode_for(inbox) == "tiny"
     assert parse("[workers]\nmemory_budget = 0.6\n").workers.memory_budget == 0.6
+    assert parse("[workers]\nbatch = 16\n").workers.batch == 16 and config.workers.batch is None  # "auto"
     assert parse_bytes("512 MiB") == 512 * 2**20
 
 
@@ -81,6 +82,8 @@ def test_values_and_overrides() -> None:
     ("[model]\npath = \"\"", "model.path: must be a non-empty string, not ''"),
     ("[workers]\ncount = 0", "workers.count: must be \"auto\" or an integer of at least 1, not 0"),
     ("[workers]\ncount = true", "workers.count: must be \"auto\" or an integer of at least 1, not True"),
+    ("[workers]\nbatch = 0", "workers.batch: must be \"auto\" or an integer of at least 1, not 0"),
+    ("[workers]\nbatch = \"max\"", "workers.batch: must be \"auto\" or an integer of at least 1, not 'max'"),
     ("[workers]\nmemory_budget = \"lots\"", "workers.memory_budget: must be \"auto\", a size such as"),
     ("[workers]\nmemory_budget = 1.5", "workers.memory_budget: must be \"auto\", a size such as"),
     ("[pdf]\ndpi = 10", "pdf.dpi: must be at least 36, not 10"),

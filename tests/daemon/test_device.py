@@ -93,7 +93,7 @@ def test_64gb_mac_gets_one_worker_that_batches():
     assert "capped at 1" in p.reason and "Metal" in p.reason
     assert p.budget_bytes == int(48 * GB * 0.8)
     # 38.4 GB - 8.5 GB footprint leaves room for 49 more pages of 0.6 GB: 50
-    assert p.batch == 50 and p.tune_batch and p.batch_start == 16 and "auto: up to 50" in p.batch_reason
+    assert p.batch == 50 and p.tune_batch and p.batch_start == 50 and "auto: up to 50" in p.batch_reason
 
 
 def test_16_core_cpu_box():
@@ -188,7 +188,7 @@ def test_model_size_from_the_hf_cache(tmp_path, monkeypatch):
 def test_h200_batch_is_sized_by_memory_and_capped():
     d = DeviceInfo("cuda", "H200", 141 * GB, 140 * GB, 16, gpus=1)
     p = plan_pool(d, model_bytes=int(6.67 * GB), mode="small")
-    assert (p.count, p.batch, p.batch_start, p.tune_batch) == (1, 128, 16, True)
+    assert (p.count, p.batch, p.batch_start, p.tune_batch) == (1, 128, 64, True)
     assert "at most 128 on GPU" in p.batch_reason and "estimated" in p.batch_reason
     assert p.recycle_bytes == int((p.footprint_bytes + 127 * p.page_bytes) * 2)
 

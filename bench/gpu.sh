@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU figures (bench/results/batch-gpu-*.json), on the device machine, with THIS checkout's code:
+#   here:   ../shared/gpu/stage.sh                     (once; packs MLX-CUDA, mlx-vlm, the model builder)
+#   there:  bash .stage/p1/device.sh stage1            (carry .stage/p1)
+#           bash /tmp/stage/device.sh stage2 && bash bench/gpu.sh small ctx   (carry .stage/p2)
+# Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
+# ctx (which processes hold GPU memory while the daemon runs). Pages are 1700x2200, 512 tokens, the
+# repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard).
+set -uo pipefail
+source /tmp/stage/device.sh env
+mkdir -p /tmp/src && ln -sfn "$PWD" /tmp/src/ocrd
+export PYTHONPATH=/tmp/src:$PYTHONPATH PYTHONUNBUFFERED=1
+MODEL=${MODEL:-/tmp/model}
+bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
+for step in "$@"; do
+  case "$step" in
+    small) bench "$MODEL" --mode small --pages 64 --batches auto --skip-bare --label gpu-small-64
+           bench "$MODEL" --mode small --pages 256 --batches 64,auto --skip-worker --label gpu-small-256 ;;
+    modes) bench "$MODEL" --mode base --pages 64 --batches 64,auto --skip-worker --label gpu-base-64
+           bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
+    q8)    [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1
+           bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
+    ctx)   python3 bench/gpu_contexts.py "$MODEL" ;;
+  esac
+done
+cp bench/results/batch-gpu-*.json bench/results/gpu-*.json "$OUT/" 2>/dev/null
+true
