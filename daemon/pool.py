@@ -97,6 +97,13 @@ class WorkerPool:
     def __len__(self) -> int:
         return len(self.slots)
 
+    def free_gpu(self, gpus: int) -> int | None:
+        """The lowest of `gpus` CUDA GPUs no live worker uses (None with fewer than two)."""
+        if gpus < 2:
+            return None
+        used = {s.ctx.gpu for s in self.slots}
+        return next((g for g in range(gpus) if g not in used), None)
+
     def held_off(self, now: float) -> bool:
         return now < max(self.model_backoff.next_at, self.crash_backoff.next_at)
 
@@ -105,11 +112,14 @@ class WorkerPool:
         """Spawn `python -m ocrd.daemon.worker`; returns its pid."""
         control_r, control_w = os.pipe()
         log_r, log_w = os.pipe()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if ctx.gpu is not None:   # MLX takes the first GPU it sees: show each worker only its own
+            env["CUDA_VISIBLE_DEVICES"] = str(ctx.gpu)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ocrd.daemon.worker", ctx.worker_id, str(control_w), str(log_w)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(control_w, log_w), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                pass_fds=(control_w, log_w), env=env)
         finally:
             os.close(control_w)
             os.close(log_w)

@@ -37,6 +37,7 @@ class WorkerContext:
     heartbeat_s: float = 5.0
     recycle_memory_bytes: int = 0     # exit (and be replaced) once active memory passes this; 0: never
     backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base (a seam for tests)
+    gpu: int | None = None            # on a host of several CUDA GPUs: the one this worker uses
     sys_path: tuple[str, ...] = ()    # the parent's sys.path, so test engines import in the child
 
 

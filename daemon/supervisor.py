@@ -254,7 +254,8 @@ class Supervisor:
                 batch_size=self.plan.batch, tune_batch=self.plan.tune_batch,
                 batch_start=self.plan.batch_start, lease_s=self.settings.lease_s,
                 heartbeat_s=self.settings.heartbeat_s, recycle_memory_bytes=self.recycle_bytes,
-                backoff_base_s=self.settings.backoff_base_s, sys_path=tuple(sys.path))
+                backoff_base_s=self.settings.backoff_base_s, sys_path=tuple(sys.path),
+                gpu=self.pool.free_gpu(self.device.gpus if self.device.backend == "cuda" else 0))
             pid = self.pool.start_worker(ctx)
             log.info("worker_started", worker_id=ctx.worker_id, pid=pid)
 

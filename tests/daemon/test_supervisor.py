@@ -17,6 +17,7 @@ import configs
 import samples
 from helpers import wait_for
 from ocrd.daemon.config import Config
+from ocrd.daemon.device import DeviceInfo
 from ocrd.daemon.supervisor import Settings, Supervisor
 
 
@@ -32,12 +33,12 @@ def make_config(root: Path, model: str, **workers: object) -> Config:
 class Running:
     """A Supervisor ticking on a thread, as `run_daemon` would tick it."""
 
-    def __init__(self, config: Config, engine: str) -> None:
+    def __init__(self, config: Config, engine: str, device: DeviceInfo | None = None) -> None:
         self.config = config
         (config.inboxes[0].path).mkdir(parents=True, exist_ok=True)
         # a page's retry backoff is 1 s x 2^attempts (the ledger's default base is 10 s)
         self.sup = Supervisor(config, Settings(engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0,
-                                               backoff_base_s=1.0))
+                                               backoff_base_s=1.0), device=device)
         self._halt = threading.Event()
         self.sup.start()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -71,8 +72,8 @@ class Running:
 def running(tmp_path: Path) -> Iterator:
     made: list[Running] = []
 
-    def make(engine: str, model: str = "fake", **workers: object) -> Running:
-        r = Running(make_config(tmp_path, model, **workers), engine)
+    def make(engine: str, model: str = "fake", device: DeviceInfo | None = None, **workers: object) -> Running:
+        r = Running(make_config(tmp_path, model, **workers), engine, device)
         made.append(r)
         return r
 
@@ -269,3 +270,17 @@ def test_sigterm_mid_batch_finishes_or_releases_the_pages_in_hand(running, tiny_
     assert all(a == 0 for s, a, _ in states if s == "queued"), states   # released, not charged
     assert r.query(count, "done")[0][0] > done_before                   # the pages in flight finished
     assert r.query("SELECT state FROM workers") == [("stopped",)]
+
+
+def test_each_worker_gets_its_own_gpu_on_a_host_of_several(running) -> None:
+    # The device seam says two CUDA GPUs: one worker each, each shown only its own GPU.
+    two = DeviceInfo("cuda", "2 x H200", 141 * 10**9, 140 * 10**9, 32, gpus=2)
+    r = running("engines:FakeEngine", device=two, count="auto")
+    slots = wait_for(lambda: len(r.sup.pool.slots) == 2 and r.sup.pool.slots, 60, 0.05, "two workers")
+
+    def visible(pid: int) -> str:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"CUDA_VISIBLE_DEVICES="))
+
+    assert sorted(visible(s.proc.pid) for s in slots) == ["0", "1"]
+    r.stop()
