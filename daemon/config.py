@@ -6,17 +6,19 @@ touches any file (DESIGN.md: unknown keys, wrong types and impossible values are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ..ledger.states import OnDuplicate
 from .modes import MODES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
+MIN_BUDGET_BYTES = 10**6
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -54,7 +56,6 @@ class PdfConfig:
 @dataclass(frozen=True)
 class InboxConfig:
     # archive's default as written in a config file: expanded (~, $VARS) when the file is read
-    DEFAULT_ARCHIVE: ClassVar[str] = "~/OCR/archive"
 
     path: Path
     outbox: Path
@@ -83,6 +84,12 @@ class Config:
     pdf: PdfConfig = field(default_factory=PdfConfig)
     inboxes: tuple[InboxConfig, ...] = ()
     source: Path | None = None    # the file this came from
+
+    @property
+    def daemon_folders(self) -> tuple[Path, ...]:
+        """Where the daemon writes: never ingested, whatever an inbox's path."""
+        return (self.state_dir,) + tuple(
+            p for i in self.inboxes for p in (i.outbox, i.archive, i.failed) if p is not None)
 
     @property
     def ledger_path(self) -> Path:
@@ -181,9 +188,11 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     ledger.done()
 
     inboxes = tuple(_parse_inbox(t, n) for n, t in enumerate(inbox_list))
+    state = _path(state_dir) if state_dir else default_state_dir()
     _check_inboxes(inboxes)
+    _check_overlaps(inboxes, state)
     return Config(
-        state_dir=_path(state_dir) if state_dir else default_state_dir(),
+        state_dir=state,
         ledger_url=url,
         model=model_cfg,
         workers=workers_cfg,
@@ -196,11 +205,14 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
 def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:
     t = _Reader(raw, f"inbox[{n}].")
     path = _path(t.str("path", None, nonempty=True, required=True))
-    archive = t.str("archive", InboxConfig.DEFAULT_ARCHIVE)
+    outbox = _path(t.str("outbox", None, nonempty=True, required=True))
+    # An omitted archive lives beside the outbox (~/OCR/outbox -> ~/OCR/archive), not in one
+    # fixed place that a second inbox would collide with under a key nobody wrote.
+    archive = t.str("archive", None)
     inbox = InboxConfig(
         path=path,
-        outbox=_path(t.str("outbox", None, nonempty=True, required=True)),
-        archive=_path(archive) if archive else None,
+        outbox=outbox,
+        archive=outbox.parent / "archive" if archive is None else (_path(archive) if archive else None),
         failed=_path(t.str("failed", None, nonempty=True, required=True)),
         recursive=t.bool("recursive", InboxConfig.recursive),
         polling=t.bool("polling", InboxConfig.polling),
@@ -222,12 +234,29 @@ def _check_inboxes(inboxes: tuple[InboxConfig, ...]) -> None:
             if p is None:
                 continue
             if p in seen:
-                raise ConfigError(f"inbox[{n}].{name}: {p} is already used as {seen[p]}")
+                unset = " (not set: archive defaults to beside the outbox)" if name == "archive" and \
+                    p == inbox.outbox.parent / "archive" else ""
+                raise ConfigError(f"inbox[{n}].{name}: {p}{unset} is already used as {seen[p]}")
             seen[p] = f"inbox[{n}].{name}"
         for name in ("outbox", "archive", "failed"):
             p = getattr(inbox, name)
             if p is not None and p.is_relative_to(inbox.path):
                 raise ConfigError(f"inbox[{n}].{name}: {p} must not be inside the inbox {inbox.path}")
+
+
+def _check_overlaps(inboxes: tuple[InboxConfig, ...], state_dir: Path) -> None:
+    """The daemon never ingests its own files (DESIGN.md invariant 6): no inbox may hold the state
+    dir or any inbox's outbox, archive or failed folder, nor lie inside one of them or another inbox."""
+    theirs = [("state_dir", state_dir)] + [
+        (f"inbox[{n}].{name}", getattr(inbox, name)) for n, inbox in enumerate(inboxes)
+        for name in ("outbox", "archive", "failed") if getattr(inbox, name) is not None]
+    for n, inbox in enumerate(inboxes):
+        for key, folder in theirs + [(f"inbox[{m}].path", o.path) for m, o in enumerate(inboxes) if m != n]:
+            if folder.is_relative_to(inbox.path):
+                raise ConfigError(f"{key}: {folder} must not be inside inbox[{n}].path {inbox.path} "
+                                  "(the daemon would ingest its own files)")
+            if inbox.path.is_relative_to(folder):
+                raise ConfigError(f"inbox[{n}].path: {inbox.path} must not be inside {key} {folder}")
 
 
 def _auto_or_positive(workers: _Reader, key: str) -> int | None:
@@ -247,14 +276,14 @@ def _memory_budget(workers: _Reader) -> int | float | None:
         return None
     if isinstance(value, float) and 0 < value <= 1:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
     if isinstance(value, str):
-        try:
-            return parse_bytes(value)
-        except ValueError:
-            pass
-    raise workers.fail("memory_budget", 'must be "auto", a size such as "12GB", or a fraction in (0, 1]', value)
+        with contextlib.suppress(ValueError):
+            value = parse_bytes(value)
+    # `memory_budget = 1` is surely not one byte: sizes under a megabyte are refused, not obeyed
+    if isinstance(value, int) and not isinstance(value, bool) and value >= MIN_BUDGET_BYTES:
+        return value
+    raise workers.fail("memory_budget", 'must be "auto", a size of at least 1MB such as "12GB", or a '
+                       'fraction in (0, 1]', value)
 
 
 def _path(value: str) -> Path:

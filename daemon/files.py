@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +44,19 @@ def flocked(path: Path, *, exclusive: bool = True) -> Iterator[None]:
     """Hold an flock on `path` (created if missing) for the `with` block; the kernel drops it if
     the process dies, even by kill -9."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700: what lies in it is the daemon's alone."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,12 +106,31 @@ def move_file(src: Path, dst: Path, *, overwrite: bool = False) -> Path:
     return dst
 
 
+PRIVATE = 0o600      # the state dir's files: the ledger holds every page's text (DESIGN.md invariant 7)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the OS tells (/proc on Linux)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    with _UMASK_LOCK:   # elsewhere the only way to read it is to set it
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 @contextmanager
-def _replacing(path: Path, prefix: str, suffix: str) -> Iterator[BinaryIO]:
+def _replacing(path: Path, prefix: str, suffix: str, mode: int | None = None) -> Iterator[BinaryIO]:
     """A hidden temp file beside `path` that becomes `path` (fsync, rename) only if the block
-    completes: readers see the old file or the whole new one, never part of it."""
+    completes: readers see the old file or the whole new one, never part of it. Its mode is `mode`,
+    or what a plain new file gets under the umask (mkstemp alone would make every output 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
+        os.fchmod(fd, 0o666 & ~umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -114,16 +143,18 @@ def _replacing(path: Path, prefix: str, suffix: str) -> Iterator[BinaryIO]:
 
 
 def copy_file(src: Path, dst: Path) -> None:
-    """Copy durably: dst is whole or absent."""
-    with open(src, "rb") as fin, _replacing(dst, ".ocrd-", ".part") as fout:
+    """Copy durably: dst is whole or absent, with src's permission bits (as a rename keeps them)."""
+    mode = stat.S_IMODE(os.stat(src).st_mode)
+    with open(src, "rb") as fin, _replacing(dst, ".ocrd-", ".part", mode) as fout:
         shutil.copyfileobj(fin, fout, 1024 * 1024)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via temp file + fsync + rename: readers see the old file or the whole new one."""
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write via temp file + fsync + rename: readers see the old file or the whole new one. The
+    file follows the umask (outbox files are the user's) unless `mode` is given (PRIVATE)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
-    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp") as f:
+    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp", mode) as f:
         f.write(text.encode("utf-8"))
 
 

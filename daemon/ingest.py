@@ -73,10 +73,11 @@ class RetryOutcome(StrEnum):
     NOT_FAILED = "not_failed"          # it is not failed (`detail`: its state)
     NO_SUCH_JOB = "no_such_job"
     NOT_REOPENED = "not_reopened"      # its state changed meanwhile
+    FORCED = "forced"                  # a duplicate (`retry --force`): queued with `pages` pages
 
     @property
     def ok(self) -> bool:
-        return self in (RetryOutcome.REQUEUED, RetryOutcome.REOPENED)
+        return self in (RetryOutcome.REQUEUED, RetryOutcome.REOPENED, RetryOutcome.FORCED)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class Ingestor:
         """The file's stat; raises _Skip when it vanished, may not be taken or cannot be read.
         A copied file (submitted from elsewhere) is the user's to point at: no inbox rules."""
         try:
-            why = None if copy else refusal_reason(inbox, path)
+            why = None if copy else self._refusal(inbox, path)
             if why is None:
                 return path.stat()
         except FileNotFoundError:
@@ -211,6 +212,11 @@ class Ingestor:
             raise self._unreadable(inbox, path, exc) from None
         log.warning("file_refused", inbox=inbox.key, path=str(path), reason=why)
         raise _Skip(f"refused: {why}")
+
+    def _refusal(self, inbox: InboxConfig, path: Path) -> str | None:
+        if any(path.is_relative_to(folder) for folder in self.config.daemon_folders):
+            return "the daemon's own file"   # config refuses such overlaps; this holds regardless
+        return refusal_reason(inbox, path)
 
     def _unreadable(self, inbox: InboxConfig, path: Path, exc: OSError) -> _Skip:
         if is_permission_error(exc):
@@ -303,22 +309,24 @@ class Ingestor:
         return Submitted(path, taken.result, None, taken.pages)
 
     # -- ocrd retry -----------------------------------------------------------------------------
-    def retry(self, job_ids: list[int] | None = None) -> list[Retried]:
+    def retry(self, job_ids: list[int] | None = None, *, force: bool = False) -> list[Retried]:
         """`ocrd retry`: bring failed jobs' originals back into the spool and requeue them (None:
-        every failed job). Jobs that failed at ingest are checked again; still broken -> failed/."""
+        every failed job). Jobs that failed at ingest are checked again; still broken -> failed/.
+        `force` (`retry --force`) also takes `duplicate` jobs back from archive/ and processes them."""
         if job_ids is None:
             job_ids = [j.id for j in self.ledger.jobs_in_states([JobState.FAILED])]
         out = []
         for job_id in job_ids:
             with self.locked():
-                out.append(self._retry_one(job_id))
+                out.append(self._retry_one(job_id, force))
         return out
 
-    def _retry_one(self, job_id: int) -> Retried:
+    def _retry_one(self, job_id: int, force: bool = False) -> Retried:
         job = self.ledger.job(job_id)
         if job is None:
             return Retried(job_id, RetryOutcome.NO_SUCH_JOB)
-        if job.state != JobState.FAILED:
+        retryable = (JobState.FAILED, JobState.DUPLICATE) if force else (JobState.FAILED,)
+        if job.state not in retryable:
             return Retried(job_id, RetryOutcome.NOT_FAILED, detail=str(job.state))
         original = Path(job.spool_path) if job.spool_path else None
         if original is None or not original.is_file():
@@ -366,8 +374,9 @@ class Ingestor:
         if not self.ledger.reopen_job(job.id, spool_path=str(original), sha256=sha, size_bytes=size,
                                       pages_total=pages):
             return Retried(job.id, RetryOutcome.NOT_REOPENED)
-        log.info("job_retried", job_id=job.id, pages=pages)
-        return Retried(job.id, RetryOutcome.REOPENED, pages=pages)
+        forced = job.state == JobState.DUPLICATE
+        log.info("job_retried", job_id=job.id, pages=pages, forced=forced)
+        return Retried(job.id, RetryOutcome.FORCED if forced else RetryOutcome.REOPENED, pages=pages)
 
 
 class IngestService:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from .files import PRIVATE, atomic_write_text
 
 
 class Stage(StrEnum):
@@ -76,7 +76,7 @@ def intent_path(folder: Path, spool_name: str) -> Path:
 
 def write_intent(folder: Path, intent: Intent) -> None:
     """Write (or replace) the sidecar durably: it is whole or absent, never half written."""
-    atomic_write_text(intent_path(folder, intent.spool_name), intent.to_json())
+    atomic_write_text(intent_path(folder, intent.spool_name), intent.to_json(), mode=PRIVATE)
 
 
 def drop_intent(folder: Path, intent: Intent) -> None:

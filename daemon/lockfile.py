@@ -23,7 +23,7 @@ class DaemonLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + 1.0  # `ocrd status` may hold a shared lock for a moment
         while True:
             try:

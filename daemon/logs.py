@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 from typing import IO
@@ -33,9 +34,10 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
     stream = stream or sys.stderr
     handlers: list[logging.Handler] = []
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         file_handler = logging.handlers.RotatingFileHandler(
             log_dir / "ocrd.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
+        os.chmod(log_dir / "ocrd.log", 0o600)   # page text and paths: the daemon's alone
         file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         handlers.append(file_handler)
     tty = hasattr(stream, "isatty") and stream.isatty()

@@ -4,6 +4,8 @@ dialect's upsert. Nothing here knows about jobs or pages."""
 
 from __future__ import annotations
 
+import os
+
 import itertools
 import random
 import sys
@@ -38,7 +40,7 @@ def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
                              connect_args={"options": options.strip()})
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("the ledger needs a SQLite file, not an in-memory database")
-    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    _private_file(Path(parsed.database).expanduser())
     engine = create_engine(
         parsed, pool_size=pool_size, max_overflow=2,
         # the worker's heartbeat thread shares the Ledger with its main thread; each checkout is
@@ -114,3 +116,13 @@ def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> 
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[table.c[key]],
         set_={k: stmt.excluded[k] for k in values if k != key}))
+
+
+def _private_file(db: Path) -> None:
+    """The ledger holds every page's text: its folder 0700 when we make it, the file 0600 (SQLite
+    gives its -wal and -shm the database file's mode)."""
+    if not db.parent.exists():
+        db.parent.mkdir(parents=True, mode=0o700)
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    if db.stat().st_mode & 0o077:
+        os.chmod(db, 0o600)   # a ledger made before ocrd kept it private

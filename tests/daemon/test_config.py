@@ -43,7 +43,7 @@ def test_shipped_file_and_omitted_keys_both_give_the_dataclass_defaults() -> Non
         assert config.ledger_url == Config.ledger_url
         [inbox] = config.inboxes
         assert inbox == InboxConfig(path=inbox.path, outbox=inbox.outbox, failed=inbox.failed,
-                                    archive=Path(InboxConfig.DEFAULT_ARCHIVE).expanduser())
+                                    archive=inbox.outbox.parent / "archive")   # beside the outbox
         assert inbox.on_duplicate is OnDuplicate.SKIP
 
 
@@ -84,8 +84,10 @@ def test_values_and_overrides() -> None:
     ("[workers]\ncount = true", "workers.count: must be \"auto\" or an integer of at least 1, not True"),
     ("[workers]\nbatch = 0", "workers.batch: must be \"auto\" or an integer of at least 1, not 0"),
     ("[workers]\nbatch = \"max\"", "workers.batch: must be \"auto\" or an integer of at least 1, not 'max'"),
-    ("[workers]\nmemory_budget = \"lots\"", "workers.memory_budget: must be \"auto\", a size such as"),
-    ("[workers]\nmemory_budget = 1.5", "workers.memory_budget: must be \"auto\", a size such as"),
+    ("[workers]\nmemory_budget = \"lots\"", "workers.memory_budget: must be \"auto\", a size of at least 1MB"),
+    ("[workers]\nmemory_budget = 1.5", "workers.memory_budget: must be \"auto\", a size of at least 1MB"),
+    ("[workers]\nmemory_budget = 1", "workers.memory_budget: must be \"auto\", a size of at least 1MB"),
+    ("[workers]\nmemory_budget = \"512KB\"", "workers.memory_budget: must be \"auto\", a size of at least 1MB"),
     ("[pdf]\ndpi = 10", "pdf.dpi: must be at least 36, not 10"),
     ("[ledger]\nurl = \"mysql://x\"", "ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..."),
     ("model = 3", "model: must be a table"),
@@ -123,3 +125,27 @@ def test_the_tests_config_builder_writes_what_it_builds(tmp_path: Path) -> None:
     path = tmp_path / "built.toml"
     path.write_text(to_toml(raw))
     assert load_config(path) == parse_config(raw, source=path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # the hostile trial's two: the ledger inside an inbox, and one inbox's output inside another
+    ('state_dir = "/srv/in/.ocrd"\n' + INBOX, "state_dir: /srv/in/.ocrd must not be inside inbox[0].path /srv/in"),
+    (INBOX + '[[inbox]]\npath = "/srv/in2"\noutbox = "/srv/in/out2"\nfailed = "/srv/f2"\narchive = ""\n',
+     "inbox[1].outbox: /srv/in/out2 must not be inside inbox[0].path /srv/in"),
+    (INBOX + '[[inbox]]\npath = "/srv/failed/more"\noutbox = "/srv/o2"\nfailed = "/srv/f2"\narchive = ""\n',
+     "inbox[1].path: /srv/failed/more must not be inside inbox[0].failed /srv/failed"),
+    (INBOX + '[[inbox]]\npath = "/srv/in/nested"\noutbox = "/srv/o2"\nfailed = "/srv/f2"\narchive = ""\n',
+     "inbox[1].path: /srv/in/nested must not be inside inbox[0].path /srv/in"),
+    ('state_dir = "/srv"\n' + INBOX, "inbox[0].path: /srv/in must not be inside state_dir /srv"),
+])
+def test_folders_the_daemon_writes_may_not_overlap_an_inbox(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_omitted_archive_lives_beside_the_outbox_and_a_clash_says_so() -> None:
+    assert parse(INBOX).inboxes[0].archive == Path("/srv/archive")
+    with pytest.raises(ConfigError, match=r"inbox\[1\]\.archive: /srv/archive \(not set: archive defaults to "
+                                          r"beside the outbox\) is already used as inbox\[0\]\.archive"):
+        parse(INBOX + '[[inbox]]\npath = "/srv/in2"\noutbox = "/srv/out2"\nfailed = "/srv/f2"\n')

@@ -284,3 +284,26 @@ def test_each_worker_gets_its_own_gpu_on_a_host_of_several(running) -> None:
 
     assert sorted(visible(s.proc.pid) for s in slots) == ["0", "1"]
     r.stop()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_state_is_private_and_outputs_follow_the_umask(running, umask_022) -> None:
+    r = running("engines:FakeEngine")
+    inbox = r.config.inboxes[0]
+    samples.write_image(inbox.path / "page.png", "PNG")
+    os.chmod(inbox.path / "page.png", 0o640)
+    wait_for(lambda: (inbox.outbox / "page.md").exists(), 60, 0.05, "the outbox file")
+    state = r.config.state_dir
+    mode = lambda p: oct(p.stat().st_mode & 0o777)   # noqa: E731
+    assert mode(state) == oct(0o700)                  # the ledger holds every page's text
+    assert {mode(p) for p in state.glob("ledger.db*")} == {oct(0o600)}, list(state.glob("ledger.db*"))
+    assert mode(inbox.outbox / "page.md") == oct(0o644)   # the user's, for Samba or paperless to read
+    wait_for(lambda: (inbox.archive / "page.png").exists(), 10, 0.05, "archived")
+    assert mode(inbox.archive / "page.png") == oct(0o640)  # the original keeps its own mode
+    r.stop()

@@ -81,6 +81,9 @@ def test_second_daemon_refused_and_sigterm_in_time(make_daemon) -> None:
     second = d.cli("run", check=False)
     assert second.returncode == 1
     assert str(d.proc.pid) in second.stderr
+    # private state: the folder, the log and the lock are the daemon's alone
+    for path, mode in ((d.state, 0o700), (d.state / "logs" / "ocrd.log", 0o600), (d.state / "ocrd.lock", 0o600)):
+        assert path.stat().st_mode & 0o777 == mode, (path, oct(path.stat().st_mode))
     started = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - started < 30
