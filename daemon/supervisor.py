@@ -29,6 +29,7 @@ from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key,
                      probe_device)
 from .engine import DEFAULT_ENGINE
 from .errors import OcrdError, PageTimeout, WorkerDied
+from .files import make_private_dir
 from .ingest import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import configure_logging
@@ -79,8 +80,8 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        for folder in (self.config.state_dir, self.config.spool_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.config.state_dir)   # 0700: the ledger, spool and logs are private
+        self.config.spool_dir.mkdir(exist_ok=True)
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.settings.backoff_base_s)
         # detected in a child process: probing in this one would hold a GPU context all its life
         device = self.device = self.device or probe_device()
