@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -39,8 +40,9 @@ log = structlog.get_logger()
 
 # macOS: the file's content lives only in iCloud; reading it would block on a download.
 SF_DATALESS = 0x40000000
+WATCH_CHECK_S = 1.0      # how often each native watch is checked against its folder
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-           DirCreatedEvent, DirMovedEvent]
+           DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
 
 @dataclass
@@ -53,12 +55,14 @@ class _Track:
 class _Handler(FileSystemEventHandler):
     """Runs on the observer thread: record paths, nothing else."""
 
-    def __init__(self, watcher: Watcher, key: str) -> None:
-        self._watcher, self._key = watcher, key
+    def __init__(self, watcher: Watcher, key: str, root: Path) -> None:
+        self._watcher, self._key, self._root = watcher, key, str(root)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-        self._watcher._note(self._key, [os.fsdecode(p) for p in paths if p])
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "") or "") if p]
+        if isinstance(event, DirDeletedEvent) and paths[0] == self._root:
+            self._watcher._note_lost(self._key)   # the watch died with its folder
+        self._watcher._note(self._key, paths)
 
 
 class Watcher:
@@ -70,6 +74,9 @@ class Watcher:
         self.empty_grace_s = empty_grace_s
         self._inboxes: dict[str, InboxConfig] = {i.key: i for i in inboxes}
         self._observers: dict[str, BaseObserver] = {}
+        self._watched: dict[str, tuple[int, int]] = {}   # inbox key -> (st_dev, st_ino) watched
+        self._lost: set[str] = set()     # inboxes whose folder was deleted under their watch
+        self._next_watch_check = 0.0
         self._lock = threading.Lock()
         self._candidates: set[tuple[str, str]] = set()
         self._pending: dict[Path, _Track] = {}
@@ -90,6 +97,7 @@ class Watcher:
         """Stop and join every observer thread."""
         self._started = False
         observers, self._observers = list(self._observers.values()), {}
+        self._watched.clear()
         for obs in observers:
             obs.stop()
         for obs in observers:
@@ -110,10 +118,7 @@ class Watcher:
                     self._start_observer(inbox)
 
     def _drop_inbox(self, key: str) -> None:
-        obs = self._observers.pop(key, None)
-        if obs is not None:
-            obs.stop()
-            obs.join(timeout=5)
+        self._stop_observer(key)
         del self._inboxes[key]
         self._to_scan.discard(key)
         for table in (self._pending, self._returned):
@@ -130,17 +135,53 @@ class Watcher:
                 inbox.path.mkdir(parents=True, exist_ok=True)
                 log.info("inbox_created", inbox=inbox.key)
             obs = PollingObserver(timeout=1.0) if inbox.polling else Observer()
-            obs.schedule(_Handler(self, inbox.key), str(inbox.path), recursive=inbox.recursive,
+            obs.schedule(_Handler(self, inbox.key, inbox.path), str(inbox.path), recursive=inbox.recursive,
                          event_filter=_EVENTS)
             obs.daemon = True
             obs.start()
+            st = os.stat(inbox.path)
         except OSError as exc:
             # Not fatal: the periodic rescan retries, and the folder may appear later.
             self._report_os_error(inbox, inbox.path, exc, "inbox_unavailable")
             return
         self._observers[inbox.key] = obs
+        self._watched[inbox.key] = (st.st_dev, st.st_ino)
+
+    def _stop_observer(self, key: str) -> None:
+        self._watched.pop(key, None)
+        obs = self._observers.pop(key, None)
+        if obs is not None:
+            obs.stop()
+            obs.join(timeout=5)
+
+    def _check_watches(self) -> None:
+        """A native watch dies silently with its folder: an inbox removed (or replaced) and made
+        again would only be seen by the periodic rescan. Re-arm it, scan it, and say so."""
+        with self._lock:
+            lost, self._lost = self._lost, set()
+        for key in list(self._observers):
+            inbox = self._inboxes[key]
+            try:
+                st = os.stat(inbox.path)
+                now_watching = (st.st_dev, st.st_ino)
+            except OSError:
+                now_watching = None
+            # a folder made again may get its old inode number back: the deletion event tells
+            if now_watching == self._watched.get(key) and key not in lost:
+                continue
+            log.warning("inbox_watch_lost", inbox=key,
+                        reason="folder removed" if now_watching is None else "folder replaced")
+            self._stop_observer(key)
+            self._start_observer(inbox)
+            if key in self._observers:
+                self._to_scan.add(key)
+                log.info("inbox_watch_rearmed", inbox=key)
 
     # -- the observer side ----------------------------------------------------------------------
+    def _note_lost(self, key: str) -> None:
+        with self._lock:
+            self._lost.add(key)
+
     def _note(self, key: str, paths: list[str]) -> None:
         with self._lock:
             for p in paths:
@@ -150,6 +191,9 @@ class Watcher:
     def tick(self, now: float | None = None) -> list[tuple[InboxConfig, Path]]:
         """Fold in new events (and a full rescan when due); return files that became ready."""
         now = time.monotonic() if now is None else now
+        if self._started and now >= self._next_watch_check:
+            self._next_watch_check = now + WATCH_CHECK_S
+            self._check_watches()
         if self._next_rescan is None or now >= self._next_rescan:
             self._next_rescan = now + self.rescan_s
             self._to_scan.update(self._inboxes)

@@ -248,3 +248,20 @@ def test_permission_denied_is_reported_once_with_the_fix_and_never_crashes() -> 
     finally:
         os.chmod(root / "inbox" / "locked", 0o755)
         shutil.rmtree(root)
+
+
+def test_an_inbox_removed_and_made_again_is_watched_again_within_seconds(inbox: InboxConfig,
+                                                                         watcher_factory) -> None:
+    w = watcher_factory(inbox, rescan_s=3600)   # no rescan to fall back on: only the re-armed watch
+    w.start()
+    w.tick()
+    with capture_logs() as logs:
+        shutil.rmtree(inbox.path)
+        inbox.path.mkdir()
+        wait_for(lambda: w.tick() is not None and any(e["event"] == "inbox_watch_rearmed" for e in logs),
+                 10, 0.05, "the watch re-armed")
+        (inbox.path / "after.pdf").write_bytes(b"%PDF")
+        got = collect(w, 1)
+    assert [p.name for p in got] == ["after.pdf"]
+    lost = [e for e in logs if e["event"] == "inbox_watch_lost"]
+    assert lost and lost[0]["reason"] in ("folder removed", "folder replaced")
