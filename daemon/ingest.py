@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,19 @@ log = structlog.get_logger()
 
 _INTENTS = ".intents"
 _CHUNK = 1024 * 1024
+STALL_GRACE_S = 60.0     # a file that won't parse is failed only once unchanged this long
+# What a file cut short fails as (render.py); an unsupported, encrypted or oversized file is
+# whole and fails at once.
+_MAYBE_PARTIAL = ("corrupt ", "PDF has no pages", "no pages", "cannot read file")
+
+
+class Deferred(Exception):
+    """A young file that does not parse yet: maybe its writer paused mid-file (a slow SMB copy, a
+    scanner between pages). It stays in the inbox until it changes or has rested `grace_s`."""
+
+    def __init__(self, reason: str, grace_s: float) -> None:
+        super().__init__(reason)
+        self.grace_s = grace_s
 
 
 class _Skip(Exception):
@@ -166,13 +180,36 @@ class Ingestor:
             return reconcile_spool(self)
 
     # -- one file -------------------------------------------------------------------------------
-    def ingest(self, inbox: InboxConfig, path: Path) -> AddResult | None:
-        """Ingest one ready file of `inbox`; None when it vanished or was refused."""
+    def ingest(self, inbox: InboxConfig, path: Path, *, now: float | None = None) -> AddResult | None:
+        """Ingest one ready file of `inbox`; None when it vanished or was refused. Raises Deferred
+        for a file modified less than STALL_GRACE_S ago that does not parse (yet)."""
+        self._check_not_stalled(path, time.time() if now is None else now)
         try:
             with self.locked():
                 return self._take(inbox, path, copy=False).result
         except _Skip:
             return None
+
+    def _check_not_stalled(self, path: Path, now: float) -> None:
+        """A writer that pauses longer than stable_for_s must not lose its file to failed/ (it
+        would finish into the moved inode, never looked at again): while the file is young, one
+        that fails to parse stays where it is."""
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            return                      # _take reports it
+        if age >= STALL_GRACE_S:
+            return
+        try:
+            _count_pages(path)
+        except InputError as exc:
+            if not str(exc).startswith(_MAYBE_PARTIAL):
+                return
+            log.info("file_deferred", path=str(path), reason=str(exc), grace_s=STALL_GRACE_S,
+                     note="waiting for its writer: failed only once unchanged for the grace")
+            raise Deferred(str(exc), STALL_GRACE_S - age) from None
+        except OSError:
+            return
 
     def _take(self, inbox: InboxConfig, path: Path, *, copy: bool) -> Taken:
         rel = Path(path.name) if copy else path.relative_to(inbox.path)
@@ -431,6 +468,8 @@ class IngestService:
                         break  # the rest stay in the inbox; the next start finds them
                     try:
                         ingestor.ingest(inbox, path)
+                    except Deferred as deferred:
+                        watcher.hold(path, deferred.grace_s)
                     except Exception:
                         log.exception("ingest_error", path=str(path))
                 self._stop.wait(self.tick_s)

@@ -50,6 +50,7 @@ class _Track:
     inbox: InboxConfig
     sig: tuple[int, int] | None = None   # (size, mtime_ns) when last seen
     since: float = 0.0                   # monotonic time sig last changed
+    hold_s: float | None = None          # ingest asked: unchanged this long (or changed) first
 
 
 class _Handler(FileSystemEventHandler):
@@ -289,9 +290,11 @@ class Watcher:
                 del self._pending[path]
                 continue
             if sig != track.sig:
+                if track.sig is not None:
+                    track.hold_s = None          # it changed: its writer is back
                 track.sig, track.since = sig, now
                 continue
-            needed = self.empty_grace_s if st.st_size == 0 else inbox.stable_for_s
+            needed = track.hold_s or (self.empty_grace_s if st.st_size == 0 else inbox.stable_for_s)
             if now - track.since < needed:
                 continue
             try:
@@ -314,6 +317,15 @@ class Watcher:
             log.info("file_ready", inbox=inbox.key, path=str(path), size=st.st_size)
             ready.append((inbox, path))
         return ready
+
+    def hold(self, path: Path, rest_s: float, now: float | None = None) -> None:
+        """Return `path` again once it changes and settles, or once it has rested `rest_s` more
+        (ingest deferred it: it does not parse yet). Call from the thread that calls tick()."""
+        inbox = self._owner(path)
+        sig = self._returned.pop(path, None)
+        if inbox is not None:
+            now = time.monotonic() if now is None else now
+            self._pending[path] = _Track(inbox, sig=sig, since=now, hold_s=rest_s)
 
     def _refuse(self, inbox: InboxConfig, path: Path, why: str) -> None:
         self._report_once("refused", path, "file_refused", inbox=inbox.key, path=str(path), reason=why)

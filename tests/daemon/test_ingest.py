@@ -16,7 +16,7 @@ from helpers import wait_for
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
-from ocrd.daemon.ingest import IngestService, Ingestor, Retried, RetryOutcome
+from ocrd.daemon.ingest import STALL_GRACE_S, Deferred, IngestService, Ingestor, Retried, RetryOutcome
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 
@@ -174,6 +174,7 @@ def test_bad_inputs_end_in_failed_with_an_error_file(config, ledger, start_servi
     (inbox.path / "sub").mkdir()
     (inbox.path / "sub" / "letter.docx").write_bytes(b"PK\x03\x04" + b"\0" * 200)
     (inbox.path / "broken.pdf").write_bytes(b"%PDF-1.7\n" + b"garbage " * 100)
+    rested(inbox.path / "broken.pdf")   # a young one would wait for its writer (see the stall tests)
     (inbox.path / "empty.pdf").touch()
     jobs = wait_jobs(ledger, 3, timeout=30)
     assert {j["state"] for j in jobs} == {JobState.FAILED}
@@ -246,6 +247,7 @@ def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -
     inbox = config.inboxes[0]
     (inbox.path / "bad.pdf").write_bytes(b"%PDF-1.4 not really")
     (inbox.path / "fixable.pdf").write_bytes(b"%PDF-1.4 not yet")
+    rested(inbox.path / "bad.pdf", inbox.path / "fixable.pdf")
     ing = Ingestor(config, ledger)
     bad = ing.ingest(inbox, inbox.path / "bad.pdf")
     fixable = ing.ingest(inbox, inbox.path / "fixable.pdf")
@@ -377,3 +379,40 @@ def test_reconcile_waits_for_an_ingest_in_flight(config, ledger) -> None:
         assert not done.wait(0.3)              # a short bounded check that it is blocked
     assert done.wait(10)
     t.join()
+
+
+def rested(*paths: Path) -> None:
+    """Make files look untouched for longer than the stall grace (their writer is long gone)."""
+    old = time.time() - STALL_GRACE_S - 5
+    for path in paths:
+        os.utime(path, (old, old))
+
+
+def test_a_young_file_that_does_not_parse_stays_in_the_inbox(config, ledger) -> None:
+    inbox = config.inboxes[0]
+    partial = inbox.path / "scan.pdf"
+    partial.write_bytes(pdf_bytes(40, pages=3)[:300])          # a writer paused mid-file
+    ing = Ingestor(config, ledger)
+    with pytest.raises(Deferred) as deferred:
+        ing.ingest(inbox, partial)
+    assert 0 < deferred.value.grace_s <= STALL_GRACE_S and "corrupt PDF" in str(deferred.value)
+    assert partial.exists() and all_jobs(ledger) == [] and spool_files(config) == []
+    rested(partial)                                           # unchanged past the grace: now it fails
+    assert ing.ingest(inbox, partial).state == JobState.FAILED
+    assert (inbox.failed / "scan.pdf").exists()
+
+
+def test_a_writer_that_stalls_longer_than_stable_for_s_keeps_its_file(config, ledger, start_service) -> None:
+    inbox = config.inboxes[0]
+    whole = pdf_bytes(41, pages=3)
+    target = inbox.path / "slow.pdf"
+    with capture_logs() as logs:
+        start_service(config)
+        with target.open("wb") as f:
+            f.write(whole[:400])
+            f.flush()
+            wait_for(lambda: any(e["event"] == "file_deferred" for e in logs), 30, 0.05, "the stall noticed")
+            f.write(whole[400:])                                  # the writer comes back
+    [job] = wait_jobs(ledger, 1, timeout=30)
+    assert job["state"] == JobState.QUEUED and job["pages_total"] == 3
+    assert not (inbox.failed / "slow.pdf").exists()

@@ -265,3 +265,20 @@ def test_an_inbox_removed_and_made_again_is_watched_again_within_seconds(inbox: 
     assert [p.name for p in got] == ["after.pdf"]
     lost = [e for e in logs if e["event"] == "inbox_watch_lost"]
     assert lost and lost[0]["reason"] in ("folder removed", "folder replaced")
+
+
+def test_a_held_file_comes_back_once_it_rested_or_changed(inbox: InboxConfig, watcher_factory) -> None:
+    w = watcher_factory(inbox, rescan_s=1000)
+    f = inbox.path / "partial.pdf"
+    f.write_bytes(b"%PDF-1.7 half")
+    w.tick(now=0.0)
+    assert w.tick(now=0.5) == [(inbox, f)]
+    w.hold(f, 60.0, now=0.5)               # ingest: it does not parse yet, its writer may be back
+    assert w.tick(now=30.0) == []          # unchanged, but not for the whole grace
+    assert w.tick(now=60.6) == [(inbox, f)]   # rested: returned (ingest now fails it)
+    w.hold(f, 60.0, now=61.0)
+    with f.open("ab") as fh:
+        fh.write(b" and the rest")         # the writer came back: the usual stability applies
+    w._note(inbox.key, [str(f)])
+    assert w.tick(now=62.0) == []
+    assert w.tick(now=62.4) == [(inbox, f)]
