@@ -45,7 +45,7 @@ _CHUNK = 1024 * 1024
 STALL_GRACE_S = 60.0     # a file that won't parse is failed only once unchanged this long
 # What a file cut short fails as (render.py); an unsupported, encrypted or oversized file is
 # whole and fails at once.
-_MAYBE_PARTIAL = ("corrupt ", "PDF has no pages", "no pages", "cannot read file")
+_MAYBE_PARTIAL = ("corrupt ", "cannot read file")
 
 
 class Deferred(Exception):

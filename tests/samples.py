@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -37,10 +39,18 @@ def write_image(path: Path, fmt: str, frames: int = 1, n: int = 1) -> Path:
     return path
 
 
+def rested(path: Path) -> Path:
+    """Make a file look untouched for two minutes, longer than ingest's stall grace: a broken file
+    whose writer is long gone fails at once, while a young one waits for its writer."""
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    return path
+
+
 def write_corrupt_pdf(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\nthis is not a real pdf\n%%EOF\n")
-    return path
+    return rested(path)
 
 
 def write_docx(path: Path) -> Path:
@@ -99,10 +109,10 @@ def write_encrypted_pdf(path: Path) -> Path:
 
 
 def write_truncated(path: Path, whole: bytes, keep: float = 0.5) -> Path:
-    """The first `keep` fraction of `whole`: a download or copy cut short."""
+    """The first `keep` fraction of `whole`: a download or copy cut short (long ago: see rested)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(whole[: int(len(whole) * keep)])
-    return path
+    return rested(path)
 
 
 def write_mode_image(path: Path, fmt: str, mode: str, n: int = 1, **save: object) -> Path:

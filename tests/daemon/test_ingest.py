@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from helpers import wait_for
+from samples import rested
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
@@ -247,7 +248,8 @@ def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -
     inbox = config.inboxes[0]
     (inbox.path / "bad.pdf").write_bytes(b"%PDF-1.4 not really")
     (inbox.path / "fixable.pdf").write_bytes(b"%PDF-1.4 not yet")
-    rested(inbox.path / "bad.pdf", inbox.path / "fixable.pdf")
+    rested(inbox.path / "bad.pdf")
+    rested(inbox.path / "fixable.pdf")
     ing = Ingestor(config, ledger)
     bad = ing.ingest(inbox, inbox.path / "bad.pdf")
     fixable = ing.ingest(inbox, inbox.path / "fixable.pdf")
@@ -379,13 +381,6 @@ def test_reconcile_waits_for_an_ingest_in_flight(config, ledger) -> None:
         assert not done.wait(0.3)              # a short bounded check that it is blocked
     assert done.wait(10)
     t.join()
-
-
-def rested(*paths: Path) -> None:
-    """Make files look untouched for longer than the stall grace (their writer is long gone)."""
-    old = time.time() - STALL_GRACE_S - 5
-    for path in paths:
-        os.utime(path, (old, old))
 
 
 def test_a_young_file_that_does_not_parse_stays_in_the_inbox(config, ledger) -> None:
