@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -65,11 +66,33 @@ def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
         checks.append(Check("inboxes", False, "no [[inbox]] configured", "add an [[inbox]] table"))
     if not config.ledger_url:
         checks.append(check_folder("state_dir", config.state_dir, platform=platform))
+    checks.append(check_free_space(config))
     checks.append(check_model(config.model.path))
     checks.append(check_ledger(config))
     checks.append(check_daemon(config))
     checks.append(check_device())
     return checks
+
+
+LOW_SPACE_BYTES = 10**9      # warn under 1 GB free, or under LOW_SPACE_SHARE of the disk
+LOW_SPACE_SHARE = 0.05
+
+
+def check_free_space(config: Config, *, low_bytes: int = LOW_SPACE_BYTES) -> Check:
+    """Free space where the daemon writes: the state dir (ledger, spool) and every outbox. A full
+    disk makes ingest wait (files stay in their inbox) and outputs wait; say so before it happens."""
+    folders = {"state_dir": config.state_dir, **{f"inbox[{n}].outbox": i.outbox for n, i in enumerate(config.inboxes)}}
+    tight = []
+    for name, folder in folders.items():
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if probe is None:
+            continue
+        usage = shutil.disk_usage(probe)
+        if usage.free < max(low_bytes, int(usage.total * LOW_SPACE_SHARE)):
+            tight.append(f"{name} {probe}: {usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.0f} GB")
+    if tight:
+        return Check("free space", True, "; ".join(tight), "free some space on that disk", warn=True)
+    return Check("free space", True, "enough where the daemon writes")
 
 
 def check_folder(name: str, folder: Path, *, platform: str | None = None) -> Check:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ from .intents import Intent, Stage, drop_intent, write_intent
 from .outbox import Place, job_relative_path, place_original, plan_destination
 from .reconcile import reconcile_spool
 from .render import page_count, sniff_type
-from .watcher import Watcher
 
 log = structlog.get_logger()
 
@@ -414,84 +412,3 @@ class Ingestor:
         forced = job.state == JobState.DUPLICATE
         log.info("job_retried", job_id=job.id, pages=pages, forced=forced)
         return Retried(job.id, RetryOutcome.FORCED if forced else RetryOutcome.REOPENED, pages=pages)
-
-
-class IngestService:
-    """A thread that owns a Watcher and an Ingestor: reconcile once, then watch and ingest."""
-
-    def __init__(self, config: Config, *, rescan_s: float = 60.0, empty_grace_s: float = 60.0,
-                 tick_s: float = 0.1) -> None:
-        self.config = config
-        self.rescan_s, self.empty_grace_s, self.tick_s = rescan_s, empty_grace_s, tick_s
-        self.reconciled = threading.Event()   # set once the start-up reconcile ran (tests wait on it)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._new_config: Config | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="ocrd-ingest", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the file in hand; joins the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("ingest_stop_timeout", timeout_s=timeout)
-            self._thread = None
-
-    def reload(self, config: Config) -> None:
-        """Apply a new config (SIGHUP) on the ingest thread at its next tick."""
-        with self._lock:
-            self._new_config = config
-
-    def _run(self) -> None:
-        ledger = self._open_ledger()
-        if ledger is None:
-            return
-        watcher = Watcher(self.config.inboxes, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)
-        try:
-            ingestor = Ingestor(self.config, ledger)
-            try:
-                ingestor.reconcile()
-            except Exception:
-                log.exception("reconcile_failed")
-            self.reconciled.set()
-            watcher.start()
-            while not self._stop.is_set():
-                self._apply_reload(ingestor, watcher)
-                for inbox, path in watcher.tick():
-                    if self._stop.is_set():
-                        break  # the rest stay in the inbox; the next start finds them
-                    try:
-                        ingestor.ingest(inbox, path)
-                    except Deferred as deferred:
-                        watcher.hold(path, deferred.grace_s)
-                    except Exception:
-                        log.exception("ingest_error", path=str(path))
-                self._stop.wait(self.tick_s)
-        except Exception:
-            log.exception("ingest_service_crashed")
-        finally:
-            watcher.stop()
-            ledger.close()
-
-    def _apply_reload(self, ingestor: Ingestor, watcher: Watcher) -> None:
-        with self._lock:
-            new, self._new_config = self._new_config, None
-        if new is not None:
-            self.config = ingestor.config = new
-            watcher.set_inboxes(new.inboxes)
-            log.info("ingest_reloaded", inboxes=len(new.inboxes))
-
-    def _open_ledger(self) -> Ledger | None:
-        while not self._stop.is_set():
-            try:
-                return Ledger(self.config.db_url)
-            except Exception:
-                log.exception("ingest_ledger_unavailable")
-                self._stop.wait(5.0)
-        return None

@@ -27,10 +27,11 @@ from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelSta
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
-from .engine import DEFAULT_ENGINE
+from .engines import LINE_ENGINES, EngineChoice, choose_engine, name_of
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
-from .ingest import IngestService
+from .hooks import HookRunner
+from .ingest_service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import configure_logging
 from .outbox import fail_document, finish_document
@@ -46,7 +47,7 @@ WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's Ti
 class Settings:
     """The supervisor's knobs (seams for tests and benches); sizing comes from the pool plan."""
 
-    engine_factory: str = DEFAULT_ENGINE
+    engine_factory: str | None = None   # None: the config's [model] engine, chosen for the device
     rescan_s: float = 60.0           # the watcher's full rescan of every inbox
     empty_grace_s: float = 60.0      # an empty file waits this long before it fails
     lease_s: float = 60.0
@@ -68,6 +69,7 @@ class Supervisor:
         self.ledger: Ledger | None = None
         self.ingest: IngestService | None = None
         self.plan: PoolPlan | None = None
+        self.engine: EngineChoice | None = None
         self.recycle_bytes = 0
         self.model_ok: bool | None = None
         self.ready = threading.Event()   # set once the model loaded, or its first load failed
@@ -77,6 +79,8 @@ class Supervisor:
         self._saved = (0, 0)
         self._serial = 0
         self._next_rescue = 0.0
+        self.hooks = HookRunner(config.hooks)
+        self.metrics = None              # a MetricsServer while [metrics] listen is set
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,9 +89,11 @@ class Supervisor:
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.settings.backoff_base_s)
         # detected in a child process: probing in this one would hold a GPU context all its life
         device = self.device = self.device or probe_device()
-        if device.backend == "cpu":
+        engine = self.engine = self._choose_engine(device)
+        log.info("engine_chosen", engine=engine.name, reason=engine.reason, factory=engine.factory)
+        if device.backend == "cpu" and engine.name not in LINE_ENGINES:
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
-        plan = self.plan = plan_for_config(device, self.config, *self._measured())
+        plan = self.plan = plan_for_config(device, self.config, *self._measured(), engine=engine.name)
         self.recycle_bytes = plan.recycle_bytes
         log.info("pool_planned", workers=plan.count, reason=plan.reason, batch=plan.batch,
                  batch_reason=plan.batch_reason, recycle_bytes=plan.recycle_bytes,
@@ -96,9 +102,13 @@ class Supervisor:
         self.ledger.set_daemon_info(DaemonInfo(
             backend=device.backend, name=device.name, memory_bytes=device.memory_bytes,
             workers=plan.count, batch=plan.batch, reason=plan.reason,
-            batch_reason=plan.batch_reason))
+            batch_reason=plan.batch_reason, engine=engine.name, engine_reason=engine.reason))
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
         self._recover_previous_run()
+        self.hooks.start(self.ledger)
+        from .metrics import MetricsServer   # prometheus_client: only the daemon needs it
+        self.metrics = MetricsServer(self.config.metrics, self.ledger)
+        self.metrics.start()
         self.ingest = IngestService(self.config, rescan_s=self.settings.rescan_s,
                                     empty_grace_s=self.settings.empty_grace_s)
         self.ingest.start()
@@ -119,6 +129,7 @@ class Supervisor:
                 log.warning("leases_rescued", pages=rescued)
             self._finish_orphaned_documents()
             self._save_footprint()
+        self.hooks.tick(now)
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
@@ -136,11 +147,19 @@ class Supervisor:
         for worker_id, message in self.pool.drain_events():
             self._on_message(worker_id, message)
         self._save_footprint()
+        if self.metrics is not None:
+            self.metrics.stop()
+        try:
+            self.hooks.tick(float("inf"))    # the jobs that ended during the stop
+        except Exception:  # the next start runs them (the cursor is in the ledger)
+            log.exception("hooks_check_failed")
+        self.hooks.stop()
         self.ledger.close()
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new inbox list for the watcher and for workers started from now on."""
         self.config = config
+        self.hooks.reload(config.hooks)
         if self.ingest is not None:
             self.ingest.reload(config)
         self.pool.signal_all(signal.SIGHUP)  # running workers re-read it between pages
@@ -228,6 +247,13 @@ class Supervisor:
             except Exception:  # one document must never stop the supervisor
                 log.exception("finish_failed", job_id=job_id)
 
+    def _choose_engine(self, device: DeviceInfo) -> EngineChoice:
+        """Settings' factory when given (tests, benches), else the config's engine for the device."""
+        factory = self.settings.engine_factory
+        if factory:
+            return EngineChoice(name_of(factory), factory, "given by the caller (Settings.engine_factory)")
+        return choose_engine(self.config.model.engine, device.backend)
+
     def _measured(self) -> tuple[int | None, int | None]:
         """The footprint and memory per page in flight measured by earlier runs, if any."""
         values = (self.ledger.get_meta(footprint_key(self.config.model)),
@@ -251,7 +277,7 @@ class Supervisor:
             self._serial += 1
             ctx = WorkerContext(
                 worker_id=f"{self.host.split('.')[0]}-{os.getpid()}-{self._serial}-{secrets.token_hex(2)}",
-                config=self.config, engine_factory=self.settings.engine_factory,
+                config=self.config, engine_factory=self.engine.factory,
                 batch_size=self.plan.batch, tune_batch=self.plan.tune_batch,
                 batch_start=self.plan.batch_start, lease_s=self.settings.lease_s,
                 heartbeat_s=self.settings.heartbeat_s, recycle_memory_bytes=self.recycle_bytes,

@@ -12,7 +12,8 @@ import pytest
 
 from cli_support import invoke, write_config
 from ocrd.daemon.config import load_config
-from ocrd.cli.doctor import check_device, check_folder, check_model, folder_fix, mlx_fix, run_checks
+from ocrd.cli.doctor import (check_device, check_folder, check_free_space, check_model, folder_fix, mlx_fix,
+                             run_checks)
 
 
 def by_name(checks):
@@ -160,3 +161,13 @@ def test_mlx_that_does_not_import_names_the_fix():
     gone = mlx_fix("libmlx.so: cannot open shared object file: No such file or directory")
     assert "--force-reinstall --no-deps 'mlx-cpu==" in gone and "mlx-cuda-13==" in gone
     assert mlx_fix("something else") == "check the mlx installation"
+
+
+def test_free_space_is_checked_where_the_daemon_writes(config_file: Path) -> None:
+    config = load_config(config_file)
+    assert check_free_space(config, low_bytes=0).detail in ("enough where the daemon writes",) or \
+        "GB free" in check_free_space(config, low_bytes=0).detail   # a nearly full CI disk may warn
+    # a threshold above any disk's size stands for a full disk
+    tight = check_free_space(config, low_bytes=10**18)
+    assert tight.ok and tight.warn and "state_dir" in tight.detail and "GB free" in tight.detail
+    assert "free space" in [c.name for c in run_checks(config)]

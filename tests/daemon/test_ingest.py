@@ -17,7 +17,8 @@ from samples import rested
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
-from ocrd.daemon.ingest import STALL_GRACE_S, Deferred, IngestService, Ingestor, Retried, RetryOutcome
+from ocrd.daemon.ingest import STALL_GRACE_S, Deferred, Ingestor, Retried, RetryOutcome
+from ocrd.daemon.ingest_service import IngestService
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 
@@ -411,3 +412,23 @@ def test_a_writer_that_stalls_longer_than_stable_for_s_keeps_its_file(config, le
     [job] = wait_jobs(ledger, 1, timeout=30)
     assert job["state"] == JobState.QUEUED and job["pages_total"] == 3
     assert not (inbox.failed / "slow.pdf").exists()
+
+
+def test_a_failed_ingest_is_retried_with_backoff_without_touching_the_file(config, ledger, start_service) -> None:
+    # The state dir can't take the crash journal (disk full, read-only; here: a file where the
+    # journal's folder should be): the file stays in its inbox, status can tell, and once the
+    # cause clears it is taken without anyone touching it.
+    inbox = config.inboxes[0]
+    start_service(config)
+    journal = config.spool_dir / ".intents"
+    wait_for(journal.is_dir, 10, 0.05, "the service started")
+    journal.rmdir()
+    journal.write_text("in the way")
+    (inbox.path / "page.png").write_bytes(png_bytes(50))
+    problem = wait_for(lambda: ledger.get_meta("ingest_problem"), 30, 0.05, "the failure recorded")
+    assert "page.png" in json.loads(problem)["path"] and (inbox.path / "page.png").exists()
+    journal.unlink()
+    journal.mkdir()
+    [job] = wait_jobs(ledger, 1, timeout=30)
+    assert job["state"] == JobState.QUEUED
+    wait_for(lambda: ledger.get_meta("ingest_problem") is None, 10, 0.05, "the problem cleared")

@@ -1,0 +1,130 @@
+"""The ingest thread: reconcile the spool once, then watch the inboxes and ingest what is ready.
+
+A file that does not parse yet while young is held for its writer (ingest.Deferred); a failure
+that is not the file's own (a full or read-only state dir) leaves the file in its inbox and tries
+again with backoff, recorded under the ledger meta key INGEST_PROBLEM for `ocrd status`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
+
+import structlog
+
+from ocrd.ledger import Ledger
+
+from .config import Config
+from .errors import first_line
+from .ingest import Deferred, Ingestor
+from .watcher import Watcher
+
+log = structlog.get_logger()
+
+INGEST_RETRY_S = 5.0          # a file whose ingest failed (not its own fault) is tried again after 5 s,
+INGEST_RETRY_MAX_S = 300.0    # doubling up to 5 min
+INGEST_PROBLEM = "ingest_problem"   # ledger meta key: what keeps failing, for `ocrd status`
+
+
+class IngestService:
+    """A thread that owns a Watcher and an Ingestor: reconcile once, then watch and ingest."""
+
+    def __init__(self, config: Config, *, rescan_s: float = 60.0, empty_grace_s: float = 60.0,
+                 tick_s: float = 0.1) -> None:
+        self.config = config
+        self.rescan_s, self.empty_grace_s, self.tick_s = rescan_s, empty_grace_s, tick_s
+        self.reconciled = threading.Event()   # set once the start-up reconcile ran (tests wait on it)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._new_config: Config | None = None
+        self._thread: threading.Thread | None = None
+        self._troubled: dict[Path, int] = {}   # files whose ingest failed, and how often
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ocrd-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the file in hand; joins the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("ingest_stop_timeout", timeout_s=timeout)
+            self._thread = None
+
+    def reload(self, config: Config) -> None:
+        """Apply a new config (SIGHUP) on the ingest thread at its next tick."""
+        with self._lock:
+            self._new_config = config
+
+    def _run(self) -> None:
+        ledger = self._open_ledger()
+        if ledger is None:
+            return
+        watcher = Watcher(self.config.inboxes, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)
+        try:
+            ingestor = Ingestor(self.config, ledger)
+            try:
+                ingestor.reconcile()
+            except Exception:
+                log.exception("reconcile_failed")
+            self.reconciled.set()
+            watcher.start()
+            while not self._stop.is_set():
+                self._apply_reload(ingestor, watcher)
+                for inbox, path in watcher.tick():
+                    if self._stop.is_set():
+                        break  # the rest stay in the inbox; the next start finds them
+                    try:
+                        ingestor.ingest(inbox, path)
+                        self._recovered(ledger, path)
+                    except Deferred as deferred:
+                        watcher.hold(path, deferred.grace_s)
+                    except Exception as exc:   # e.g. the state dir is full: the file waits in its inbox
+                        self._retry_later(ledger, watcher, path, exc)
+                self._stop.wait(self.tick_s)
+        except Exception:
+            log.exception("ingest_service_crashed")
+        finally:
+            watcher.stop()
+            ledger.close()
+
+    def _retry_later(self, ledger: Ledger, watcher: Watcher, path: Path, exc: Exception) -> None:
+        """A failure that is not the file's (a full or read-only state dir): the file stays in its
+        inbox and is tried again with backoff, without anyone touching it; `ocrd status` says so."""
+        tries = self._troubled[path] = self._troubled.get(path, 0) + 1
+        delay = min(INGEST_RETRY_S * 2 ** (tries - 1), INGEST_RETRY_MAX_S)
+        watcher.hold(path, delay)
+        error = first_line(exc, with_type=True)
+        log.error("ingest_failed_will_retry", path=str(path), error=error, retry_in_s=delay, tries=tries,
+                  exc_info=tries == 1)
+        with contextlib.suppress(Exception):   # the ledger's disk may be the full one
+            ledger.set_meta(INGEST_PROBLEM, json.dumps({"path": str(path), "error": error,
+                                                        "retry_in_s": delay, "files": len(self._troubled)}))
+
+    def _recovered(self, ledger: Ledger, path: Path) -> None:
+        if self._troubled.pop(path, None) is not None and not self._troubled:
+            log.info("ingest_recovered", path=str(path))
+            with contextlib.suppress(Exception):
+                ledger.set_meta(INGEST_PROBLEM, None)
+
+    def _apply_reload(self, ingestor: Ingestor, watcher: Watcher) -> None:
+        with self._lock:
+            new, self._new_config = self._new_config, None
+        if new is not None:
+            self.config = ingestor.config = new
+            watcher.set_inboxes(new.inboxes)
+            log.info("ingest_reloaded", inboxes=len(new.inboxes))
+
+    def _open_ledger(self) -> Ledger | None:
+        while not self._stop.is_set():
+            try:
+                return Ledger(self.config.db_url)
+            except Exception:
+                log.exception("ingest_ledger_unavailable")
+                self._stop.wait(5.0)
+        return None
