@@ -143,7 +143,8 @@ def bench_worker(model_path: Path, pdf: Path, pages: int, mode: str, max_tokens:
     inbox = InboxConfig(path=root / "inbox", outbox=root / "outbox", archive=root / "archive",
                         failed=root / "failed", stable_for_s=0.1)
     config = Config(state_dir=root / "state",
-                    model=ModelConfig(path=str(model_path), mode=mode, max_tokens=max_tokens),
+                    model=ModelConfig(path=str(model_path), mode=mode, max_tokens=max_tokens,
+                                      engine="mlx-vlm"),   # DeepSeek-OCR even where auto picks RapidOCR
                     workers=WorkersConfig(count=1), pdf=PdfConfig(dpi=72), inboxes=(inbox,))
     for folder in (inbox.path, config.spool_dir):
         folder.mkdir(parents=True, exist_ok=True)

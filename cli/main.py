@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ocrd.ledger import Ledger
 
 WATCH_INTERVAL_S = 2.0
+EXIT_NOT_RUNNING = 3             # `ocrd status`, like LSB's "program is not running"
 _JSON_HELP = "Print JSON instead of a table."
 
 
@@ -74,6 +75,7 @@ def _where(config: Config) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ocrd", prog_name="ocrd", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, metavar="PATH",
               help="Config file (TOML). Default: $OCRD_CONFIG, else the built-in configs/ocrd.toml.")
@@ -125,7 +127,8 @@ def run(ctx: click.Context) -> None:
 def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
     """Daemon, device, model, workers, queue counts, pages/min and ETA.
 
-    Works with no daemon running (it says so and still shows the queue).
+    Works with no daemon running (it says so and still shows the queue). Exit status as
+    `systemctl status`: 0 running, 3 not running, 1 when the ledger can't be read (--watch: 0).
     """
     from . import reports
 
@@ -141,10 +144,38 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
                     click.clear()
                 click.echo(reports.render_status(s, model))
             if not watch:
-                return
+                ctx.exit(0 if s["daemon"]["running"] else EXIT_NOT_RUNNING)
             time.sleep(WATCH_INTERVAL_S)
     except KeyboardInterrupt:
         ctx.exit(0)
+
+
+@main.command()
+@click.pass_context
+def pause(ctx: click.Context) -> None:
+    """Stop claiming new pages; files are still ingested and queued.
+
+    Pages in flight finish. Survives a restart of the daemon; `ocrd resume` undoes it.
+    """
+    _set_paused(ctx, True)
+
+
+@main.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Claim pages again after `ocrd pause`."""
+    _set_paused(ctx, False)
+
+
+def _set_paused(ctx: click.Context, paused: bool) -> None:
+    config = _load(ctx)
+    with _ledger(config, create=paused) as ledger:
+        changed = ledger is not None and ledger.set_paused(paused)
+    if paused:
+        click.echo("paused: no new page is claimed; files still queue (`ocrd resume` to go on)"
+                   if changed else "already paused")
+    else:
+        click.echo("resumed: pages are claimed again" if changed else "not paused")
 
 
 # -- jobs -----------------------------------------------------------------------------------------
@@ -152,13 +183,20 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
 @main.command()
 @click.argument("job_ids", nargs=-1, type=int, metavar="[JOB_ID]...")
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
+@click.option("--force", is_flag=True, help="Also process `duplicate` jobs (same content as "
+              "another job) anyway.")
 @click.pass_context
-def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> None:
-    """Requeue failed jobs; only their failed pages run again."""
+def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool, force: bool) -> None:
+    """Requeue failed jobs; only their failed pages run again.
+
+    With --force, a `duplicate` job is taken back from the archive and processed anyway.
+    """
     if not job_ids and not all_failed:
         raise click.UsageError("give the job ids to retry, or --failed for every failed job")
     if job_ids and all_failed:
         raise click.UsageError("give job ids or --failed, not both")
+    if force and all_failed:
+        raise click.UsageError("--force takes job ids, not --failed")
     config = _load(ctx)
     with _ledger(config) as ledger:
         if ledger is None:
@@ -167,7 +205,8 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool) -> Non
                 return
             _fail(ctx, f"no ledger yet at {config.ledger_path}: no job {job_ids[0]}")
         from ocrd.daemon.ingest import Ingestor, RetryOutcome
-        results = Ingestor(config, ledger).retry(None if all_failed else list(dict.fromkeys(job_ids)))
+        results = Ingestor(config, ledger).retry(None if all_failed else list(dict.fromkeys(job_ids)),
+                                                 force=force)
     if all_failed and not results:
         click.echo("no failed jobs")
     for r in results:
@@ -189,7 +228,9 @@ def _retry_words(r: Retried) -> str:
         Outcome.REOPENED: f"requeued ({r.pages} pages)",
         Outcome.STILL_FAILING: f"still failing: {r.detail}",
         Outcome.MISSING: f"original is missing ({r.detail or 'deleted'})",
-        Outcome.NOT_FAILED: f"is {r.detail}, not failed",
+        Outcome.NOT_FAILED: f"is {r.detail}, not failed"
+                            + (" (--force processes a duplicate anyway)" if r.detail == JobState.DUPLICATE else ""),
+        Outcome.FORCED: f"requeued ({r.pages} pages), duplicate processed anyway",
         Outcome.NO_SUCH_JOB: "not found",
         Outcome.NOT_REOPENED: "not reopened (its state changed)",
     }[r.outcome]
@@ -253,12 +294,19 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
 @main.command()
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option("--text", "as_text", is_flag=True,
+              help="Print the job's markdown (its outbox file's bytes, rebuilt from the ledger).")
 @click.pass_context
-def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
+def show(ctx: click.Context, job_id: int, as_json: bool, as_text: bool) -> None:
     """One job: its paths, pages and events."""
+    if as_json and as_text:
+        raise click.UsageError("--json or --text, not both")
     config = _load(ctx)
     with _ledger(config) as ledger:
         job = None if ledger is None else ledger.show_job(job_id)
+        if job is not None and as_text:
+            _print_text(ctx, ledger, job)
+            return
     if job is None:
         _fail(ctx, f"job {job_id} not found")
     if as_json:
@@ -285,6 +333,23 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     if events:
         rows = [(fmt.when(e.get("at")), e.get("kind"), fmt.one_line(e.get("detail"), 80)) for e in events]
         click.echo("\n" + fmt.table(("AT", "EVENT", "DETAIL"), rows))
+
+
+def _print_text(ctx: click.Context, ledger: Ledger, job: dict[str, Any]) -> None:
+    """`show --text`: the markdown the outbox file was written with, from the page texts in the
+    ledger (so it works after the file was moved or deleted), as UTF-8 bytes."""
+    from ocrd.daemon.outbox import assemble
+    if job["state"] != JobState.DONE:
+        _fail(ctx, f"job {job['id']} is {job['state']}"
+              f" ({job.get('pages_done') or 0}/{job.get('pages_total') or 0} pages): no text yet"
+              if job["state"] in (JobState.QUEUED, JobState.RUNNING) else
+              f"job {job['id']} is {job['state']}: it has no text")
+    out = sys.stdout.buffer
+    try:
+        out.write(assemble(ledger.page_texts(job["id"])).encode("utf-8"))
+        out.flush()
+    except BrokenPipeError:   # `ocrd show 12 --text | head`: quiet, as `cat` is
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # -- device ---------------------------------------------------------------------------------------

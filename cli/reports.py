@@ -19,6 +19,7 @@ from ocrd.daemon.device import (
     recommended_label,
 )
 from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.engines import LINE_ENGINES, choose_engine
 from ocrd.daemon.lockfile import running_pid
 from ocrd.ledger import DaemonInfo, Ledger
 from ocrd.ledger.states import ENDED_WORKER_STATES, JobState, ModelState, ModelStatus, PageState
@@ -49,13 +50,14 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     pid = running_pid(config.lock_path)
     if ledger is None:
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
-        workers, rate, model, info = [], {}, None, None
+        workers, rate, model, info, paused, metrics_url = [], {}, None, None, None, None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
     else:
         report = ledger.status()
         counts, workers, rate = report["counts"], report["workers"], report["throughput"]
         flight = report["in_flight"]
         model, info = ledger.model_status(), ledger.daemon_info()
+        paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
     device = _device_of(info, pid is not None)
 
     ppm = rate.get("pages_per_min_5")
@@ -70,8 +72,12 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     running = pid is not None
     return {
         "daemon": {"running": running, "pid": pid},
+        "paused": paused is not None,           # `ocrd pause`: no new page is claimed
+        "paused_since": paused,
+        "metrics_url": metrics_url if running else None,   # [metrics] listen
         "device": device,
         "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
+        "engine": _engine_of(info) if running else None,   # the running daemon's engine
         "model_status": model_text,
         "pool": _pool_of(info) if running else None,     # the running daemon's plan
         "jobs": counts["jobs"],
@@ -83,7 +89,8 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "pages_per_min": ppm,
         "tokens_per_s": flight["tokens_per_s"],
         "eta_s": rate.get("eta_s"),
-        "warnings": _status_warnings(device, model, running, waiting, workers),
+        "warnings": _status_warnings(device, model, running, waiting, workers,
+                                     engine=info.engine if running and info is not None else None),
         "state_dir": str(config.state_dir),
     }, model
 
@@ -95,10 +102,16 @@ def _pool_of(info: DaemonInfo | None) -> dict[str, Any] | None:
             "batch_reason": info.batch_reason}
 
 
+def _engine_of(info: DaemonInfo | None) -> dict[str, Any] | None:
+    if info is None or not info.engine:
+        return None
+    return {"name": info.engine, "reason": info.engine_reason}
+
+
 def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running: bool,
-                     waiting: int, workers: list[dict[str, Any]]) -> list[str]:
+                     waiting: int, workers: list[dict[str, Any]], *, engine: str | None = None) -> list[str]:
     warnings = []
-    if device.get("backend") == "cpu":
+    if device.get("backend") == "cpu" and engine not in LINE_ENGINES:   # RapidOCR is meant for the CPU
         warnings.append(CPU_WARNING)
     if model is not None and model.state == ModelState.UNAVAILABLE:
         warnings.append(f"model {model.describe()}")
@@ -124,12 +137,19 @@ def _model_label(model: ModelStatus | None) -> str:
 def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     d = s["daemon"]
     lines = [f"daemon   {'running (pid %s)' % d['pid'] if d['running'] else 'not running'}"]
+    if s.get("paused"):
+        lines.append(click.style(f"PAUSED   since {fmt.when(s['paused_since'])}: no new page is "
+                                 "claimed, files still queue (`ocrd resume`)", fg="yellow", bold=True))
     dev = s["device"]
     lines.append(f"device   {dev.get('backend') or '?'}  {dev.get('name') or '?'}  {fmt.size(dev.get('memory_bytes'))}")
     m = s["model"]
     lines.append(f"model    {m['path']}  mode {m['mode']}  status {_model_label(model)}")
+    if s.get("engine"):
+        lines.append(f"engine   {s['engine']['name']}: {s['engine']['reason']}")
     if s["pool"]:
         lines += _pool_lines(s["pool"])
+    if s.get("metrics_url"):
+        lines.append(f"metrics  {s['metrics_url']}")
     for w in s["warnings"]:
         lines.append(click.style(f"WARNING  {w}", fg="red", bold=True))
     jobs = "  ".join(f"{k} {v}" for k, v in s["jobs"].items())
@@ -200,8 +220,9 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     if ledger is not None:
         measured = _meta_int(ledger, footprint_key(config.model))
         measured_page = _meta_int(ledger, page_key(config.model))
-    plan = plan_for_config(info, config, measured, measured_page)
-    warnings = [CPU_WARNING] if info.backend == "cpu" else []
+    engine = choose_engine(config.model.engine, info.backend)
+    plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
+    warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
     if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use
         warnings.append(extra)
     return {
@@ -209,6 +230,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
                   "planned_bytes": size or DEFAULT_MODEL_BYTES},
+        "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
         "measured_peak_bytes": measured,
         "measured_page_bytes": measured_page,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
@@ -236,6 +258,7 @@ def render_device(r: dict[str, Any]) -> str:
                 if label and d["recommended_bytes"] and d["recommended_bytes"] != d["memory_bytes"]
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
+             *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
              f"model    {m['path']}  mode {m['mode']}  "
              + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
                 else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),

@@ -17,6 +17,8 @@ from typing import Any
 from ..ledger.states import OnDuplicate
 from .modes import MODES
 
+ENGINE_CHOICES = ("auto", "mlx-vlm", "rapidocr", "vision")   # engines.CHOICES (engines.py imports this module)
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
 MIN_BUDGET_BYTES = 10**6
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -37,6 +39,7 @@ class ModelConfig:
     mode: str = "gundam"
     max_tokens: int = 8192
     page_timeout_s: float = 300.0
+    engine: str = "auto"     # auto | mlx-vlm | rapidocr | vision (daemon/engines.py)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,27 @@ class WorkersConfig:
 @dataclass(frozen=True)
 class PdfConfig:
     dpi: int = 144
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run after a job ends (argv, no shell); see daemon/hooks.py."""
+    on_done: tuple[str, ...] = ()
+    on_failed: tuple[str, ...] = ()
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`listen`: "" (off) or "host:port" for Prometheus /metrics (port 0: any free port)."""
+    listen: str = ""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     inboxes: tuple[InboxConfig, ...] = ()
     source: Path | None = None    # the file this came from
 
@@ -159,6 +185,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     model = r.table("model")
     workers = r.table("workers")
     pdf = r.table("pdf")
+    hooks_cfg, metrics_cfg = _parse_hooks(r.table("hooks")), _parse_metrics(r.table("metrics"))
     inbox_list = raw.get("inbox", [])
     if not isinstance(inbox_list, list) or not all(isinstance(t, dict) for t in inbox_list):
         raise ConfigError("inbox: must be an array of tables ([[inbox]])")
@@ -170,6 +197,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         mode=model.choice("mode", ModelConfig.mode, tuple(MODES)),
         max_tokens=model.int("max_tokens", ModelConfig.max_tokens, low=1),
         page_timeout_s=model.num("page_timeout_s", ModelConfig.page_timeout_s, low=1),
+        engine=model.choice("engine", ModelConfig.engine, ENGINE_CHOICES),
     )
     model.done()
     workers_cfg = WorkersConfig(
@@ -197,9 +225,32 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         model=model_cfg,
         workers=workers_cfg,
         pdf=pdf_cfg,
+        hooks=hooks_cfg,
+        metrics=metrics_cfg,
         inboxes=inboxes,
         source=source,
     )
+
+
+def _parse_hooks(t: _Reader) -> HooksConfig:
+    hooks = HooksConfig(on_done=tuple(t.str_list("on_done", list(HooksConfig.on_done))),
+                        on_failed=tuple(t.str_list("on_failed", list(HooksConfig.on_failed))),
+                        timeout_s=t.num("timeout_s", HooksConfig.timeout_s, low=1))
+    t.done()
+    for key in ("on_done", "on_failed"):
+        argv = getattr(hooks, key)
+        if argv and not argv[0].strip():
+            raise t.fail(key, "must start with a program (an argv list, no shell)", list(argv))
+    return hooks
+
+
+def _parse_metrics(t: _Reader) -> MetricsConfig:
+    listen = t.str("listen", MetricsConfig.listen).strip()
+    t.done()
+    host, colon, port = listen.rpartition(":")
+    if listen and not (colon and host and port.isdigit() and int(port) <= 65535):
+        raise t.fail("listen", 'must be "" (off) or "host:port", e.g. "127.0.0.1:9464"', listen)
+    return MetricsConfig(listen=listen)
 
 
 def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:

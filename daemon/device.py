@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .engine import model_size_bytes
+from .engines import LINE_ENGINE_BYTES
 from .modes import MODES
 
 if TYPE_CHECKING:
@@ -327,12 +328,37 @@ def page_key(model: ModelConfig) -> str:
 
 
 def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int | None = None,
-                    measured_page_bytes: int | None = None) -> PoolPlan:
-    """`plan_pool` with the config's model and [workers] settings (the daemon and `ocrd device`)."""
+                    measured_page_bytes: int | None = None, *, engine: str = "mlx-vlm") -> PoolPlan:
+    """`plan_pool` with the config's model and [workers] settings (the daemon and `ocrd device`);
+    `plan_line_pool` for an engine that is not DeepSeek-OCR (engines.LINE_ENGINES)."""
+    if engine in LINE_ENGINE_BYTES:
+        return plan_line_pool(device, config, engine, LINE_ENGINE_BYTES[engine])
     return plan_pool(device, model_bytes=model_size_bytes(config.model.path) or DEFAULT_MODEL_BYTES,
                      mode=config.model.mode, count=config.workers.count,
                      budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes,
                      batch=config.workers.batch, measured_page_bytes=measured_page_bytes)
+
+
+LINE_ENGINE_BATCH = 2    # one page reads while the next waits rendered; these engines read one at a time
+
+
+def plan_line_pool(device: DeviceInfo, config: Config, engine: str, footprint: int) -> PoolPlan:
+    """The pool for an engine that reads one page at a time (RapidOCR, Vision): as many workers
+    as cores and memory allow (the same count rule and cap as `plan_pool`), each holding
+    LINE_ENGINE_BATCH pages (or [workers] batch)."""
+    budget_bytes, budget_how = _budget(device, config.workers.memory_budget)
+    cap, cap_why = _cap(device)
+    fits = budget_bytes // max(footprint, 1)
+    head = (f"budget {_gb(budget_bytes)} ({budget_how}) / footprint {_gb(footprint)} "
+            f"({engine}, estimated) = {fits}")
+    count, reason = _count(config.workers.count, fits, cap, cap_why, head)
+    batch = config.workers.batch or LINE_ENGINE_BATCH
+    # recycle_bytes 0: workers watch MLX's allocator, which these engines don't use (they are
+    # recycled by max_pages_per_worker alone)
+    return PoolPlan(count, footprint, budget_bytes, cap, reason, batch=batch,
+                    batch_reason=f"{batch}: {engine} reads one page at a time; the next waits rendered",
+                    recycle_bytes=0, recycle_reason=f"{engine}: by page count only",
+                    page_bytes=0, batch_start=batch, tune_batch=False)
 
 
 def _gb(n: int) -> str:

@@ -46,6 +46,7 @@ CLAIM_CHUNK = 4            # pages claimed and rendered at a time: the first joi
                            # the next render (rendering 64 before admitting any cost ~3 s a drop)
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
+PAUSE_CHECK_S = 1.0        # `ocrd pause` is read from the ledger at most this often
 
 
 class Worker:
@@ -86,6 +87,7 @@ class Worker:
         self._io: ThreadPoolExecutor | None = None
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
+        self._paused: tuple[float, bool] = (float("-inf"), False)   # (checked at, paused)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -168,11 +170,28 @@ class Worker:
     # -- claim and render (io thread) -> ready -> admitted -----------------------------------------
     def _claim_ahead(self) -> None:
         """Keep the session full and READY_AHEAD pages rendered behind it."""
+        if self._is_paused():
+            return
         budget = self.config.workers.max_pages_per_worker - self.claimed
         want = (self.tuner.limit - len(self.session) + min(self.tuner.limit, READY_AHEAD)
                 - len(self._ready))
         if self._claim is None and min(want, budget) > 0:
             self._claim = self._io.submit(self._claim_and_render, min(want, budget, CLAIM_CHUNK))
+
+    def _is_paused(self, now: float | None = None) -> bool:
+        """`ocrd pause` holds new claims (pages in hand finish); read from the ledger's meta at
+        most every PAUSE_CHECK_S, so an idle worker's poll costs no more than it did."""
+        now = time.monotonic() if now is None else now
+        if now - self._paused[0] >= PAUSE_CHECK_S:
+            try:
+                paused = self.ledger.paused_since() is not None
+            except Exception as exc:  # a busy ledger: keep the last answer, ask again next time
+                self.log.warning("pause_check_failed", error=str(exc))
+                paused = self._paused[1]
+            if paused != self._paused[1]:
+                self.log.info("claims_paused" if paused else "claims_resumed")
+            self._paused = (now, paused)
+        return self._paused[1]
 
     def _collect_claim(self, *, wait: bool) -> None:
         if self._claim is not None and (wait or self._claim.done()):

@@ -123,6 +123,10 @@ def _private_file(db: Path) -> None:
     gives its -wal and -shm the database file's mode)."""
     if not db.parent.exists():
         db.parent.mkdir(parents=True, mode=0o700)
-    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    # Only when missing: closing any descriptor of a file drops every POSIX lock this process
+    # holds on it, so re-opening the ledger of a live Ledger (the ingest thread, a second Ledger in
+    # the daemon) would silently release SQLite's locks and hide its commits from other processes.
+    if not db.exists():
+        os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
     if db.stat().st_mode & 0o077:
         os.chmod(db, 0o600)   # a ledger made before ocrd kept it private

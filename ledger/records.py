@@ -65,6 +65,8 @@ class DaemonInfo:
     batch: int                   # the planned in-flight limit of each worker
     reason: str                  # why `workers`
     batch_reason: str = ""       # why `batch`
+    engine: str = ""             # which engine reads the pages (daemon/engines.py)
+    engine_reason: str = ""      # why that engine
 
 
 @dataclass(frozen=True)

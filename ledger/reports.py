@@ -126,6 +126,38 @@ def show_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
     return job
 
 
+ENDING_EVENTS = ("job_done", "job_failed")
+
+
+def job_endings(conn: Connection, after: int, limit: int = 100) -> list[dict[str, Any]]:
+    """Jobs that ended (done or failed, at ingest too) after event id `after`, oldest first, one
+    per ending (a job retried and failed again ends twice): event_id, kind, job_id, and the job's
+    state, source_path, output_path and error now (hooks: daemon/hooks.py)."""
+    query = (select(events.c.id.label("event_id"), events.c.kind, events.c.job_id, jobs.c.state,
+                    jobs.c.source_path, jobs.c.output_path, jobs.c.error)
+             .join(jobs, jobs.c.id == events.c.job_id)
+             .where(events.c.id > after, events.c.kind.in_(ENDING_EVENTS), events.c.page_no.is_(None))
+             .order_by(events.c.id).limit(limit))
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def last_event_id(conn: Connection) -> int:
+    return conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one()
+
+
+def page_totals(conn: Connection, buckets: tuple[float, ...]) -> dict[str, Any]:
+    """For /metrics: generated tokens over every page, and the done pages' seconds as cumulative
+    histogram buckets ({"tokens": n, "count": n, "sum": s, "buckets": [(le, n), ...]}), one pass."""
+    done = pages.c.state == PageState.DONE
+    timed = done & pages.c.seconds.is_not(None)
+    cols = [func.coalesce(func.sum(pages.c.generation_tokens), 0),
+            func.count().filter(timed), func.coalesce(func.sum(pages.c.seconds).filter(timed), 0.0),
+            *(func.count().filter(timed & (pages.c.seconds <= le)) for le in buckets)]
+    row = conn.execute(select(*cols)).one()
+    return {"tokens": int(row[0]), "count": int(row[1]), "sum": float(row[2]),
+            "buckets": list(zip(buckets, (int(n) for n in row[3:])))}
+
+
 class Reports:
     """The Ledger's read-only side (a mixin of `Ledger`): each report in one read transaction."""
 
@@ -153,6 +185,15 @@ class Reports:
 
     def show_job(self, job_id: int) -> dict[str, Any] | None:
         return self._read(lambda conn: show_job(conn, job_id))
+
+    def job_endings(self, after: int, limit: int = 100) -> list[dict[str, Any]]:
+        return self._read(lambda conn: job_endings(conn, after, limit))
+
+    def last_event_id(self) -> int:
+        return self._read(last_event_id)
+
+    def page_totals(self, buckets: tuple[float, ...]) -> dict[str, Any]:
+        return self._read(lambda conn: page_totals(conn, buckets))
 
     def integrity_check(self) -> str:
         """'ok' or SQLite's complaint."""

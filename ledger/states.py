@@ -83,7 +83,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.QUEUED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),          # ocrd retry
     JobState.DONE: frozenset(),
-    JobState.DUPLICATE: frozenset(),
+    JobState.DUPLICATE: frozenset({JobState.QUEUED}),       # ocrd retry --force
 }
 
 PAGE_TRANSITIONS: dict[PageState, frozenset[PageState]] = {

@@ -287,9 +287,9 @@ class Ledger(WorkerBook, Reports):
 
     def reopen_job(self, job_id: int, *, spool_path: str, sha256: str, size_bytes: int,
                    pages_total: int, now: datetime | None = None) -> bool:
-        """A job that failed at ingest (no pages) was fixed and re-checked: failed -> queued with
-        `pages_total` new page rows, in one transaction. False if it was not failed (or has pages:
-        use retry_jobs for those)."""
+        """A job that failed at ingest (no pages) was fixed and re-checked, or a duplicate is
+        forced through: failed/duplicate -> queued with `pages_total` new page rows, in one
+        transaction. False if it was neither (or has pages: use retry_jobs for those)."""
         if pages_total < 1:
             raise ValueError("a job needs at least one page")
         now = utc_now(now)
@@ -299,9 +299,9 @@ class Ledger(WorkerBook, Reports):
                                .with_for_update(key_share=True)).first()
             has_pages = conn.execute(select(pages.c.id).where(pages.c.job_id == job_id)
                                      .limit(1)).first() is not None
-            if row is None or row.state != JobState.FAILED or has_pages:
+            if row is None or row.state not in (JobState.FAILED, JobState.DUPLICATE) or has_pages:
                 return False
-            transition_job(conn, job_id, JobState.QUEUED, now, src={JobState.FAILED},
+            transition_job(conn, job_id, JobState.QUEUED, now, src={row.state},
                             detail="reopened after a new ingest", spool_path=spool_path,
                             sha256=sha256, size_bytes=size_bytes, pages_total=pages_total,
                             pages_done=0, error=None, finished_at=None, output_path=None,

@@ -21,6 +21,7 @@ from .states import ENDED_WORKER_STATES, ModelStatus, WorkerState
 from .transitions import append_event
 
 HEARTBEAT_RETENTION = timedelta(hours=24)
+PAUSED_KEY = "paused"        # meta: set (to when) while `ocrd pause` holds claiming
 
 
 class WorkerBook:
@@ -113,6 +114,28 @@ class WorkerBook:
         else:
             self._write(lambda c: upsert(c, meta, "key", dict(key=key, value=value)))
 
+    def set_paused(self, paused: bool, now: datetime | None = None) -> bool:
+        """`ocrd pause` / `ocrd resume`: workers claim no new page while paused (ingest goes on);
+        kept in meta, so it survives restarts. Returns whether this changed anything."""
+        stamp = to_text(utc_now(now))
+
+        def tx(conn: Connection) -> bool:
+            was = conn.execute(select(meta.c.value).where(meta.c.key == PAUSED_KEY)).scalar_one_or_none()
+            if (was is not None) == paused:
+                return False
+            if paused:
+                upsert(conn, meta, "key", dict(key=PAUSED_KEY, value=stamp))
+            else:
+                conn.execute(delete(meta).where(meta.c.key == PAUSED_KEY))
+            append_event(conn, None, None, utc_now(now), "paused" if paused else "resumed", "")
+            return True
+
+        return self._write(tx)
+
+    def paused_since(self) -> str | None:
+        """When `ocrd pause` paused claiming (UTC text), or None when not paused."""
+        return self.get_meta(PAUSED_KEY)
+
     def set_model_status(self, status: ModelStatus) -> None:
         self.set_meta("model_status", status.dumps())
 
@@ -125,7 +148,9 @@ class WorkerBook:
                                             "memory_bytes": info.memory_bytes}))
         self.set_meta("pool_plan", json.dumps({"count": info.workers, "batch": info.batch,
                                                "reason": info.reason,
-                                               "batch_reason": info.batch_reason}))
+                                               "batch_reason": info.batch_reason,
+                                               "engine": info.engine,
+                                               "engine_reason": info.engine_reason}))
 
     def daemon_info(self) -> DaemonInfo | None:
         try:
@@ -136,6 +161,7 @@ class WorkerBook:
             return DaemonInfo(backend=device["backend"], name=device["name"],
                               memory_bytes=int(device["memory_bytes"]), workers=int(plan.get("count", 0)),
                               batch=int(plan.get("batch", 1)), reason=plan.get("reason", ""),
-                              batch_reason=plan.get("batch_reason", ""))
+                              batch_reason=plan.get("batch_reason", ""), engine=plan.get("engine", ""),
+                              engine_reason=plan.get("engine_reason", ""))
         except (ValueError, KeyError, TypeError):
             return None

@@ -67,7 +67,7 @@ def seeded(config_file: Path) -> dict[str, int]:
 
 def test_status_without_daemon_or_ledger(config_file: Path):
     result = invoke(config_file, "status")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output      # like `systemctl status`: not running
     assert "not running" in result.output
     assert "queued 0" in result.output
     assert not (config_file.parent / "state").exists()  # status must not create the state dir
@@ -75,7 +75,7 @@ def test_status_without_daemon_or_ledger(config_file: Path):
 
 def test_status_without_daemon_still_shows_the_queue(config_file: Path, seeded):
     result = invoke(config_file, "status")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     assert "not running" in result.output
     assert "failed 1" in result.output  # jobs
     assert "model unavailable: no network" in result.output
@@ -84,9 +84,10 @@ def test_status_without_daemon_still_shows_the_queue(config_file: Path, seeded):
 
 def test_status_json_keys(config_file: Path, seeded):
     result = invoke(config_file, "status", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output      # the JSON is still printed
     s = json.loads(result.output)
     assert s["daemon"] == {"running": False, "pid": None}
+    assert s["paused"] is False and s["paused_since"] is None
     assert {"backend", "name", "memory_bytes"} <= set(s["device"])
     assert s["jobs"]["queued"] == 1 and s["jobs"]["running"] == 1 and s["jobs"]["failed"] == 1
     assert s["jobs"]["done"] == 0 and s["jobs"]["duplicate"] == 0
@@ -341,13 +342,17 @@ def test_device_json(config_file: Path):
     assert {"count", "footprint_bytes", "budget_bytes", "cap", "reason", "batch", "batch_reason",
             "recycle_bytes"} <= set(r["pool"])
     assert r["pool"]["count"] >= 1 and r["pool"]["reason"]
-    assert r["pool"]["batch"] >= 1 and r["pool"]["batch_reason"] and r["pool"]["recycle_bytes"] > 0
+    assert r["pool"]["batch"] >= 1 and r["pool"]["batch_reason"]
+    assert r["engine"]["configured"] == "auto" and r["engine"]["name"] and r["engine"]["reason"]
+    deepseek = r["engine"]["name"] == "mlx-vlm"     # auto: RapidOCR on a CPU with the `cpu` extra
+    assert (r["pool"]["recycle_bytes"] > 0) == deepseek
     if r["device"]["backend"] == "cpu":
-        assert r["warnings"]
+        assert bool(r["warnings"]) == deepseek      # the CPU warning is about DeepSeek-OCR's speed
     human = invoke(config_file, "device")
     assert "pool" in human.output and r["pool"]["reason"] in human.output
+    assert f"engine   {r['engine']['name']}: {r['engine']['reason']}" in human.output
     assert r["pool"]["batch_reason"] in human.output and "in flight per worker" in human.output
-    assert "recycle  a worker past" in human.output
+    assert ("recycle  a worker past" in human.output) == deepseek
 
 
 def test_device_names_the_second_memory_figure_by_backend():
@@ -380,6 +385,7 @@ def test_device_uses_config_model_size_and_measured_peak(tmp_path: Path, monkeyp
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"\0" * 1000)
     config_file = write_config(tmp_path, extra=f'[model]\npath = "{model}"\nmode = "tiny"\n'
+                                               'engine = "mlx-vlm"\n'   # auto picks RapidOCR on a CPU
                                                '[workers]\ncount = 1\nmemory_budget = "8GB"\n')
     r = json.loads(invoke(config_file, "device", "--json").output)
     assert r["model"]["size_bytes"] == 1000

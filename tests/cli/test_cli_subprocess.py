@@ -26,7 +26,8 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 def test_help_is_fast_and_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("run", "status", "retry", "submit", "jobs", "show", "device", "service", "doctor"):
+    for command in ("run", "status", "pause", "resume", "retry", "submit", "jobs", "show", "device",
+                    "service", "doctor"):
         assert f"  {command} " in result.stdout
     # no mlx at CLI start: the group must not import the heavy modules
     probe = subprocess.run([sys.executable, "-c", "import sys, ocrd.cli.main; "
@@ -37,7 +38,8 @@ def test_help_is_fast_and_lists_every_command():
 
 
 def test_every_command_has_help():
-    for command in ("run", "status", "retry", "submit", "jobs", "show", "device", "service", "doctor"):
+    for command in ("run", "status", "pause", "resume", "retry", "submit", "jobs", "show", "device",
+                    "service", "doctor"):
         result = run(command, "--help")
         assert result.returncode == 0, command
         assert len(result.stdout.splitlines()[2].strip()) > 10, command  # a real description
@@ -45,7 +47,7 @@ def test_every_command_has_help():
 
 def test_status_json_with_no_daemon(config_file: Path):
     result = run("--config", str(config_file), "status", "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr    # not running, and the JSON still printed
     s = json.loads(result.stdout)
     assert s["daemon"] == {"running": False, "pid": None}
     assert s["jobs"]["queued"] == 0 and s["workers"] == []
@@ -54,7 +56,7 @@ def test_status_json_with_no_daemon(config_file: Path):
 
 def test_status_honours_ocrd_config(config_file: Path):
     result = run("status", "--json", env={"OCRD_CONFIG": str(config_file)})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     assert json.loads(result.stdout)["state_dir"] == str(config_file.parent / "state")
 
 
@@ -112,6 +114,7 @@ def test_status_sees_a_real_daemon(tmp_path: Path):
     from helpers import wait_for
 
     config = write_config(tmp_path, extra=f'[model]\npath = "{tmp_path / "no-model"}"\n'
+                                           'engine = "mlx-vlm"\n'   # auto picks RapidOCR on a CPU
                                            '[workers]\ncount = 1\n')
     env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
     from ocrd.cli.service import program_argv, render_unit
@@ -142,4 +145,5 @@ def test_status_sees_a_real_daemon(tmp_path: Path):
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-    assert json.loads(run("--config", str(config), "status", "--json").stdout)["daemon"]["running"] is False
+    after = run("--config", str(config), "status", "--json")
+    assert after.returncode == 3 and json.loads(after.stdout)["daemon"]["running"] is False

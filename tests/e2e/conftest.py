@@ -24,7 +24,8 @@ class Daemon:
 
     def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
                  max_attempts: int = 3, max_tokens: int = 12, inbox_keys: dict[str, Any] | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, tables: dict[str, Any] | None = None,
+                 engine: str = "mlx-vlm") -> None:
         self.root = root
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.archive, self.failed = root / "archive", root / "failed"
@@ -33,10 +34,12 @@ class Daemon:
         self.config = root / "ocrd.toml"
         self.config.write_text(to_toml(config_dict(
             root, state_dir=self.state,
-            model={"path": model, "mode": "tiny", "max_tokens": max_tokens, "page_timeout_s": page_timeout_s},
+            # engine "mlx-vlm": the tiny model, even where `auto` would pick RapidOCR (a CPU-only host)
+            model={"path": model, "mode": "tiny", "max_tokens": max_tokens, "page_timeout_s": page_timeout_s,
+                   "engine": engine},
             workers={"count": workers, "max_attempts": max_attempts},
             pdf={"dpi": 72},
-            inbox={"stable_for_s": 0.3, **(inbox_keys or {})})))
+            inbox={"stable_for_s": 0.3, **(inbox_keys or {})}, **(tables or {}))))
         self.proc: subprocess.Popen | None = None
         self.log = root / "daemon.out"
 
@@ -56,7 +59,10 @@ class Daemon:
         return result
 
     def status(self) -> dict:
-        return json.loads(self.cli("status", "--json").stdout)
+        result = self.cli("status", "--json", check=False)   # 3: not running (yet)
+        if result.returncode not in (0, 3):
+            raise AssertionError(f"ocrd status exited {result.returncode}: {result.stderr}")
+        return json.loads(result.stdout)
 
     def query(self, sql: str, *params: object) -> list[tuple]:
         db = self.state / "ledger.db"

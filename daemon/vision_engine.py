@@ -1,0 +1,80 @@
+"""Apple's Vision framework (through `ocrmac`, on pyobjc): text recognition on a Mac's Neural
+Engine, nothing to download. `engine = "vision"`; macOS only.
+
+Vision returns lines with normalised boxes whose origin is the bottom left; layout.py turns them
+into markdown like RapidOCR's. The recogniser is a seam: tests pass a fake, since nothing here can
+run Vision (the real path is NOT run by this repository's tests).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Callable
+
+from .config import ModelConfig
+from .errors import EngineError, ModelUnavailable, first_line
+from .layout import Box, to_markdown
+from .rapidocr_engine import finish_page
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .engine import PageResult
+
+# (text, confidence, (x, y, width, height)): Vision's normalised box, origin bottom left
+Observation = tuple[str, float, tuple[float, float, float, float]]
+Recognizer = Callable[["Image.Image"], list[Observation]]
+MIN_CONFIDENCE = 0.0
+
+
+def ocrmac_recognizer() -> Recognizer:
+    """The real recogniser: accurate recognition level with language correction, through ocrmac.
+    ModelUnavailable off macOS or without ocrmac."""
+    if sys.platform != "darwin":
+        raise ModelUnavailable("the vision engine needs macOS (Apple's Vision framework)")
+    try:
+        from ocrmac import ocrmac
+    except ImportError:
+        raise ModelUnavailable("the vision engine needs ocrmac: .venv/bin/pip install ocrmac") from None
+
+    def recognize(image: Image.Image) -> list[Observation]:
+        # ocrmac's OCR asks Vision for VNRequestTextRecognitionLevelAccurate with language
+        # correction on (usesLanguageCorrection) unless told otherwise
+        return list(ocrmac.OCR(image, recognition_level="accurate").recognize())
+
+    return recognize
+
+
+class VisionEngine:
+    """Vision loaded once per worker (the recogniser); `generate` reads each image to markdown."""
+
+    def __init__(self, model: ModelConfig, *, recognizer: Callable[[], Recognizer] = ocrmac_recognizer) -> None:
+        self.config = model
+        self._make = recognizer
+        self.recognize: Recognizer | None = None
+
+    def load(self) -> None:
+        if self.recognize is None:
+            self.recognize = self._make()
+
+    def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
+                 max_tokens: int) -> list[PageResult]:
+        self.load()
+        return [self._read(image, max_tokens) for image in images]
+
+    def _read(self, image: Image.Image, max_tokens: int) -> PageResult:
+        started = time.perf_counter()
+        try:
+            found = self.recognize(image)
+        except Exception as exc:
+            raise EngineError(f"Vision failed: {first_line(exc, with_type=True)}") from exc
+        width, height = image.size
+        boxes = [vision_box(o, width, height) for o in found if o[1] >= MIN_CONFIDENCE]
+        return finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
+
+
+def vision_box(observation: Observation, width: int, height: int) -> Box:
+    """A Vision observation as a layout Box in pixels, origin top left."""
+    text, _, (x, y, w, h) = observation
+    return Box(x * width, (1 - y - h) * height, (x + w) * width, (1 - y) * height, text)

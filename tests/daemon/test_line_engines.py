@@ -1,0 +1,187 @@
+"""The engines that find lines (RapidOCR for real, Apple Vision through a fake recogniser), the
+layout that puts their lines in reading order, and how `[model] engine` is chosen."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ocrd.daemon.config import ConfigError, ModelConfig
+from ocrd.daemon.device import DeviceInfo, plan_for_config
+from ocrd.daemon.engines import FACTORIES, choose_engine
+from ocrd.daemon.errors import EngineError, ModelUnavailable
+from ocrd.daemon.layout import Box, to_markdown
+from ocrd.daemon.rapidocr_engine import RapidOcrEngine, finish_page
+from ocrd.daemon.vision_engine import VisionEngine, ocrmac_recognizer, vision_box
+
+import textpages
+from configs import make_config
+
+jiwer = pytest.importorskip("jiwer")
+
+
+def plain(text: str) -> str:
+    """Markdown to comparable words: table rules and pipes out, whitespace folded."""
+    text = re.sub(r"^\|( --- \|)+$", "", text, flags=re.M).replace("|", " ")
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="session")
+def rapidocr() -> RapidOcrEngine:
+    pytest.importorskip("rapidocr_onnxruntime")
+    engine = RapidOcrEngine(ModelConfig())
+    engine.load()                         # once for the session: the ONNX sessions take ~1 s
+    return engine
+
+
+@pytest.fixture(scope="session")
+def read(rapidocr: RapidOcrEngine):
+    """Each synthetic page read once for the session: kind -> (page, PageResult)."""
+    pages = {p.kind: p for p in (textpages.prose_page(), textpages.two_column_page(), textpages.table_page())}
+    done: dict = {}
+
+    def read_kind(kind: str):
+        if kind not in done:
+            [done[kind]] = rapidocr.generate([pages[kind].image], "ignored", mode="gundam", max_tokens=8192)
+        return pages[kind], done[kind]
+    return read_kind
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+def word_boxes(words: list[str], x: float, y: float, h: float = 20) -> list[Box]:
+    out = []
+    for w in words:
+        out.append(Box(x, y, x + len(w) * h * 0.6, y + h, w))
+        x += len(w) * h * 0.6 + h * 0.4
+    return out
+
+
+def test_layout_lines_by_baseline_and_blocks_apart():
+    boxes = [*word_boxes(["second", "line"], 100, 132), *word_boxes(["first", "line"], 100, 100),
+             Box(300, 103, 360, 121, "tail"),       # a little lower, same line
+             *word_boxes(["new", "block"], 100, 220)]
+    assert to_markdown(boxes) == "first line tail\nsecond line\n\nnew block"
+
+
+def test_layout_keeps_columns_apart_and_title_first():
+    title = Box(100, 50, 900, 80, "Title over both columns")
+    left = [Box(100, 120 + 30 * n, 480, 140 + 30 * n, f"left {n}") for n in range(4)]
+    right = [Box(540, 120 + 30 * n, 900, 140 + 30 * n, f"right {n}") for n in range(4)]
+    text = to_markdown([*right, title, *left])
+    assert text.split("\n\n") == ["Title over both columns", "left 0\nleft 1\nleft 2\nleft 3",
+                                  "right 0\nright 1\nright 2\nright 3"]
+
+
+def test_layout_table_rows_become_a_markdown_table():
+    rows = [["Item", "Qty"], ["Bolts", "800"], ["Planks", "35"]]
+    boxes = [Box(x, 100 + 30 * n, x + 80, 120 + 30 * n, cell)
+             for n, row in enumerate(rows) for x, cell in zip((100, 400), row)]
+    assert to_markdown(boxes) == "| Item | Qty |\n| --- | --- |\n| Bolts | 800 |\n| Planks | 35 |"
+
+
+def test_layout_empty_page():
+    assert to_markdown([]) == "" and to_markdown([Box(0, 0, 10, 10, "  ")]) == ""
+
+
+def test_max_tokens_cuts_at_words():
+    r = finish_page("one two\nthree four five", 3, 0.1)
+    assert (r.text, r.finish_reason, r.generation_tokens) == ("one two\nthree", "length", 3)
+    assert finish_page("one two", 3, 0.1).finish_reason == "stop"
+
+
+# -- RapidOCR, for real ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["clean-serif-12pt", "two-columns", "table"])
+def test_rapidocr_reads_clean_pages(read, kind: str):
+    page, result = read(kind)
+    assert jiwer.cer(plain(page.truth), plain(result.text)) <= 0.05, result.text
+    assert result.finish_reason == "stop" and result.generation_tokens > 10
+    # reading order: each source line's first word appears after the previous line's
+    positions = [plain(result.text).find(line.split()[0]) for line in page.truth.splitlines()]
+    assert all(p >= 0 for p in positions)
+
+
+def test_rapidocr_columns_and_table_layout(read):
+    _, cols = read("two-columns")
+    assert cols.text.index("The quarterly report") < cols.text.index("Please return") \
+        < cols.text.index("Rainfall in the valley")      # the left column is read first
+    _, table = read("table")
+    assert "| Copper wire | 120 | 45.00 |" in table.text
+
+
+def test_rapidocr_blank_page_and_bad_image(rapidocr: RapidOcrEngine):
+    from PIL import Image
+    [blank] = rapidocr.generate([Image.new("RGB", (400, 300), "white")], "", mode="tiny", max_tokens=10)
+    assert blank.text == "" and blank.finish_reason == "stop"
+    with pytest.raises(EngineError):
+        rapidocr.generate([Image.new("RGB", (0, 0))], "", mode="tiny", max_tokens=10)
+
+
+# -- Vision, through a fake recogniser (the real one needs macOS: not run here) --------------------
+
+def test_vision_engine_with_a_fake_recognizer():
+    seen = []
+
+    def fake() -> object:
+        def recognize(image):
+            seen.append(image.size)
+            # normalised, origin bottom left: "top" is higher up the page than "below"
+            return [("below", 0.9, (0.1, 0.5, 0.3, 0.05)), ("top", 0.99, (0.1, 0.8, 0.2, 0.05))]
+        return recognize
+
+    engine = VisionEngine(ModelConfig(), recognizer=fake)
+    from PIL import Image
+    [r] = engine.generate([Image.new("RGB", (1000, 2000), "white")], "", mode="tiny", max_tokens=100)
+    assert r.text == "top\n\nbelow" and seen == [(1000, 2000)]
+    box = vision_box(("x", 1.0, (0.1, 0.8, 0.2, 0.05)), 1000, 2000)
+    assert (round(box.x0), round(box.y0), round(box.x1), round(box.y1)) == (100, 300, 300, 400)
+
+
+def test_vision_engine_failure_fails_the_page_and_needs_macos():
+    def broken():
+        def recognize(image):
+            raise RuntimeError("VNRecognizeTextRequest failed")
+        return recognize
+    from PIL import Image
+    with pytest.raises(EngineError, match="Vision failed"):
+        VisionEngine(ModelConfig(), recognizer=broken).generate([Image.new("RGB", (8, 8))], "",
+                                                                mode="tiny", max_tokens=1)
+    import sys
+    if sys.platform != "darwin":
+        with pytest.raises(ModelUnavailable, match="macOS"):
+            ocrmac_recognizer()
+
+
+# -- choosing the engine --------------------------------------------------------------------------
+
+def test_choose_engine_auto_by_device_and_what_is_installed():
+    yes, no = (lambda m: True), (lambda m: False)
+    assert choose_engine("auto", "metal", installed=yes).name == "mlx-vlm"
+    assert choose_engine("auto", "cuda", installed=yes).name == "mlx-vlm"
+    cpu = choose_engine("auto", "cpu", installed=yes)
+    assert cpu.name == "rapidocr" and cpu.factory == FACTORIES["rapidocr"]
+    assert 'engine = "mlx-vlm"' in cpu.reason           # how to force DeepSeek-OCR
+    bare = choose_engine("auto", "cpu", installed=no)
+    assert bare.name == "mlx-vlm" and "[cpu]" in bare.reason
+    assert choose_engine("mlx-vlm", "cpu", installed=yes).name == "mlx-vlm"
+    assert choose_engine("vision", "metal", installed=no).factory == FACTORIES["vision"]
+
+
+def test_engine_config_key(tmp_path):
+    assert make_config(tmp_path).model.engine == "auto"
+    assert make_config(tmp_path, model={"engine": "rapidocr"}).model.engine == "rapidocr"
+    with pytest.raises(ConfigError, match="model.engine"):
+        make_config(tmp_path, model={"engine": "tesseract"})
+
+
+def test_line_engine_pool_is_sized_by_cores_and_memory(tmp_path):
+    config = make_config(tmp_path)
+    cpu16 = DeviceInfo("cpu", "x86", 64 * 10**9, 64 * 10**9, 16)
+    plan = plan_for_config(cpu16, config, engine="rapidocr")
+    assert plan.count == 4 and "16 cores // 4" in plan.reason and "rapidocr" in plan.reason
+    assert plan.batch == 2 and not plan.tune_batch and plan.recycle_bytes == 0
+    small = DeviceInfo("cpu", "x86", 2 * 10**9, 2 * 10**9, 16)   # 1.2 GB budget: one 0.8 GB worker
+    assert plan_for_config(small, config, engine="rapidocr").count == 1
+    assert plan_for_config(cpu16, config).footprint_bytes > plan.footprint_bytes * 5   # DeepSeek
