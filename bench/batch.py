@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from ocrd.daemon.engine import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
+from workers import _quiet_stdout as _quiet  # noqa: E402  (bench/workers.py: the processor's prints)
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 ENGINE = "ocrd.daemon.engine:MlxVlmEngine"
@@ -252,26 +253,6 @@ def _wait(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-class _quiet:
-    """The DeepSeek processor prints set-up lines (stdout and stderr); keep the table readable."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = [os.dup(1), os.dup(2)]
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.close(null)
-
-    def __exit__(self, *exc):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, saved in zip((1, 2), self.saved):
-            os.dup2(saved, fd)
-            os.close(saved)
 
 
 def main() -> int:

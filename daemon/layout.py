@@ -11,7 +11,15 @@ from one another is written as a markdown table. Blocks are separated by a blank
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .engine import PageResult
+from .errors import EngineError, first_line
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 BLOCK_GAP = 0.9         # x the median line height: whitespace that separates blocks
 GUTTER_GAP = 1.2        # x the median line height: a vertical gutter between columns
@@ -125,3 +133,62 @@ def _table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in padded]
     lines.insert(1, "|" + " --- |" * width)
     return "\n".join(lines)
+
+
+class LineEngine:
+    """An engine that finds text lines (RapidOCR, Vision): `load()` once, then each page's boxes
+    (`find_boxes`) laid out as markdown. max_tokens counts words here: a page past it is cut and
+    marked "length"; generation_tokens counts the words written."""
+
+    name = "line engine"
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def find_boxes(self, image: Image.Image) -> list[Box]:
+        raise NotImplementedError
+
+    def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
+                 max_tokens: int) -> list[PageResult]:
+        """One PageResult per image, in order (prompt and mode do not apply to line engines)."""
+        self.load()
+        return [self._read(image, max_tokens) for image in images]
+
+    def _read(self, image: Image.Image, max_tokens: int) -> PageResult:
+        started = time.perf_counter()
+        try:
+            boxes = self.find_boxes(image)
+        except Exception as exc:
+            raise EngineError(f"{self.name} failed: {first_line(exc, with_type=True)}") from exc
+        return finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
+
+
+def finish_page(text: str, max_tokens: int, seconds: float) -> PageResult:
+    """A PageResult for text read by a line-finding engine: cut at `max_tokens` words."""
+    words = text.split()
+    finish = "stop"
+    if len(words) > max_tokens:
+        text, finish = _first_words(text, max_tokens), "length"
+        words = words[:max_tokens]
+    return PageResult(text=text, prompt_tokens=0, generation_tokens=len(words), seconds=seconds,
+                      finish_reason=finish)
+
+
+def _first_words(text: str, n: int) -> str:
+    """`text` up to the end of its n-th word, line breaks kept."""
+    seen, end = 0, 0
+    for line_end, line in _lines_with_ends(text):
+        count = len(line.split())
+        if seen + count >= n:
+            words = line.split()[: n - seen]
+            return (text[:end] + " ".join(words)).rstrip()
+        seen, end = seen + count, line_end
+    return text
+
+
+def _lines_with_ends(text: str) -> list[tuple[int, str]]:
+    out, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        pos += len(line)
+        out.append((pos, line))
+    return out

@@ -9,18 +9,15 @@ run Vision (the real path is NOT run by this repository's tests).
 from __future__ import annotations
 
 import sys
-import time
 from typing import TYPE_CHECKING, Callable
 
 from .config import ModelConfig
-from .errors import EngineError, ModelUnavailable, first_line
-from .layout import Box, to_markdown
-from .rapidocr_engine import finish_page
+from .errors import ModelUnavailable
+from .layout import Box, LineEngine
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .engine import PageResult
 
 # (text, confidence, (x, y, width, height)): Vision's normalised box, origin bottom left
 Observation = tuple[str, float, tuple[float, float, float, float]]
@@ -46,8 +43,10 @@ def ocrmac_recognizer() -> Recognizer:
     return recognize
 
 
-class VisionEngine:
-    """Vision loaded once per worker (the recogniser); `generate` reads each image to markdown."""
+class VisionEngine(LineEngine):
+    """Vision loaded once per worker (the recogniser); each image read to markdown (layout.LineEngine)."""
+
+    name = "Vision"
 
     def __init__(self, model: ModelConfig, *, recognizer: Callable[[], Recognizer] = ocrmac_recognizer) -> None:
         self.config = model
@@ -58,20 +57,9 @@ class VisionEngine:
         if self.recognize is None:
             self.recognize = self._make()
 
-    def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
-                 max_tokens: int) -> list[PageResult]:
-        self.load()
-        return [self._read(image, max_tokens) for image in images]
-
-    def _read(self, image: Image.Image, max_tokens: int) -> PageResult:
-        started = time.perf_counter()
-        try:
-            found = self.recognize(image)
-        except Exception as exc:
-            raise EngineError(f"Vision failed: {first_line(exc, with_type=True)}") from exc
+    def find_boxes(self, image: Image.Image) -> list[Box]:
         width, height = image.size
-        boxes = [vision_box(o, width, height) for o in found if o[1] >= MIN_CONFIDENCE]
-        return finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
+        return [vision_box(o, width, height) for o in self.recognize(image) if o[1] >= MIN_CONFIDENCE]
 
 
 def vision_box(observation: Observation, width: int, height: int) -> Box:

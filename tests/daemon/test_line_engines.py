@@ -11,8 +11,8 @@ from ocrd.daemon.config import ConfigError, ModelConfig
 from ocrd.daemon.device import DeviceInfo, plan_for_config
 from ocrd.daemon.engines import FACTORIES, choose_engine
 from ocrd.daemon.errors import EngineError, ModelUnavailable
-from ocrd.daemon.layout import Box, to_markdown
-from ocrd.daemon.rapidocr_engine import RapidOcrEngine, finish_page
+from ocrd.daemon.layout import Box, finish_page, to_markdown
+from ocrd.daemon.rapidocr_engine import RapidOcrEngine
 from ocrd.daemon.vision_engine import VisionEngine, ocrmac_recognizer, vision_box
 
 import textpages
