@@ -157,13 +157,26 @@ class Supervisor:
         self.ledger.close()
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: new inbox list for the watcher and for workers started from now on."""
+        """SIGHUP: a new inbox list for the watcher, new settings for the workers (they re-read the
+        config between pages: a mode or prompt applies to the next page). A new model (path or
+        engine) rolls the workers over instead: each finishes its pages in flight and exits, and
+        new workers load the new model; the queue is kept and status says "loading" meanwhile."""
+        old = self.config.model
         self.config = config
         self.hooks.reload(config.hooks)
         if self.ingest is not None:
             self.ingest.reload(config)
-        self.pool.signal_all(signal.SIGHUP)  # running workers re-read it between pages
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
+        if (config.model.path, config.model.engine) == (old.path, old.engine):
+            self.pool.signal_all(signal.SIGHUP)
+            return
+        log.warning("model_changed", old=old.path, new=config.model.path, engine=config.model.engine,
+                    note="workers finish their pages in flight, then restart with the new model")
+        self.engine = self._choose_engine(self.device)
+        self.plan = plan_for_config(self.device, config, *self._measured(), engine=self.engine.name)
+        self.model_ok = None               # one probe worker first, as at start
+        self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
+        self.pool.signal_all(signal.SIGTERM)
 
     # -- what the workers said and how they ended ------------------------------------------------
     def _on_message(self, worker_id: str, message: Message) -> None:

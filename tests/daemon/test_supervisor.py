@@ -40,14 +40,21 @@ class Running:
         self.sup = Supervisor(config, Settings(engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0,
                                                backoff_base_s=1.0), device=device)
         self._halt = threading.Event()
+        self._reloads: list[Config] = []
         self.sup.start()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP with `config`, applied on the ticking thread as run_daemon applies it."""
+        self._reloads.append(config)
 
     def _loop(self) -> None:
         # Ticks and the stop run on this one thread: Linux's PDEATHSIG fires when the *thread*
         # that spawned a worker exits, so the spawning thread must outlive its workers.
         while not self._halt.is_set():
+            while self._reloads:
+                self.sup.reload(self._reloads.pop(0))
             self.sup.tick()
             self._halt.wait(0.1)
         self.sup.stop(**self._stop_kwargs)
@@ -306,4 +313,20 @@ def test_state_is_private_and_outputs_follow_the_umask(running, umask_022) -> No
     assert mode(inbox.outbox / "page.md") == oct(0o644)   # the user's, for Samba or paperless to read
     wait_for(lambda: (inbox.archive / "page.png").exists(), 10, 0.05, "archived")
     assert mode(inbox.archive / "page.png") == oct(0o640)  # the original keeps its own mode
+    r.stop()
+
+
+def test_sighup_with_a_new_model_rolls_the_workers_over_and_keeps_the_queue(running, tmp_path: Path) -> None:
+    r = running("engines:FakeEngine", model="fake:old")
+    inbox = r.config.inboxes[0]
+    samples.write_image(inbox.path / "before.png", "PNG", n=1)
+    wait_for(lambda: (inbox.outbox / "before.md").exists(), 60, 0.05, "a page on the old model")
+    r.reload(make_config(tmp_path, "fake:new"))
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'") == [(2,)], 60, 0.05,
+             "a worker loaded the new model")
+    samples.write_image(inbox.path / "after.png", "PNG", n=2)
+    wait_for(lambda: (inbox.outbox / "after.md").exists(), 60, 0.05, "a page on the new model")
+    assert "old" in (inbox.outbox / "before.md").read_text()
+    assert "new" in (inbox.outbox / "after.md").read_text()   # status and the work tell the truth
+    assert r.query("SELECT state FROM jobs") == [("done",), ("done",)]
     r.stop()
