@@ -13,6 +13,7 @@ mistakes another process's file in flight for debris):
 from __future__ import annotations
 
 import filecmp
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from .outbox import Place, job_relative_path, place_original, plan_destination
 
 log = structlog.get_logger()
 
+_SPOOL_PREFIX = re.compile(r"^[0-9a-f]{16}-")   # ingest._spool_name
 COUNTS = ("resumed", "dropped_intents", "removed_copies", "failed_moved", "done_archived",
           "orphans_ingested", "temp_removed")
 
@@ -140,9 +142,14 @@ def _sweep_spool(ing: Settler, counts: dict[str, int]) -> None:
 def _place_spool_file(ing: Settler, path: Path) -> str | None:
     job = ing.ledger.job_by_spool_path(str(path))
     if job is None:
-        # No intent and no job: cannot happen by our own steps; keep the file by ingesting it.
+        # No intent and no job: not by our own steps, but after a lost (deleted, replaced) ledger.
+        # Keep the file by ingesting it again, under its original name (the spool name is
+        # "<16 hex>-<name>"), so its output is `name.md`, not `<16 hex>-name.md`.
         inbox = ing.home_inbox("")
-        intent = Intent(inbox=inbox.key, source_path=str(path), relative_path=path.name,
+        name = _SPOOL_PREFIX.sub("", path.name) or path.name
+        log.error("spool_file_unknown_to_the_ledger", path=str(path), queued_as=name,
+                  note="a new or lost ledger? the file is queued again under its original name")
+        intent = Intent(inbox=inbox.key, source_path=str(inbox.path / name), relative_path=name,
                         spool_name=path.name, size=path.stat().st_size, copied=True)
         write_intent(ing.intents, intent)
         ing.settle(intent)

@@ -19,16 +19,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
+from ocrd.ledger.migrations import SchemaTooNew
 
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
 from .engines import LINE_ENGINES, EngineChoice, choose_engine, name_of
-from .errors import OcrdError, PageTimeout, WorkerDied
+from .errors import OcrdError, PageTimeout, WorkerDied, first_line
 from .files import make_private_dir
 from .hooks import HookRunner
 from .ingest_service import IngestService
@@ -41,6 +44,26 @@ from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEven
 log = structlog.get_logger()
 
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
+EXIT_LEDGER_UNREADABLE = 78        # EX_CONFIG: the systemd unit's RestartPreventExitStatus
+
+
+class LedgerUnreadable(RuntimeError):
+    """The ledger file is not a database (corrupt) or was written by a newer ocrd: one line."""
+
+
+def open_ledger(config: Config, **kwargs: Any) -> Ledger:
+    """The daemon's ledger, or LedgerUnreadable naming the file and what to do. A server that is
+    down (PostgreSQL) or a lock stays an OperationalError: that one a restart may cure."""
+    try:
+        return Ledger(config.db_url, **kwargs)
+    except SchemaTooNew as exc:
+        raise LedgerUnreadable(f"the ledger {config.ledger_path} is from a newer ocrd ({exc}): "
+                               "upgrade ocrd, or move the file aside to start a new ledger") from None
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError):
+            raise
+        raise LedgerUnreadable(f"the ledger {config.ledger_path} cannot be read ({first_line(exc)}): "
+                               "run `ocrd doctor`; move the file aside to start a new ledger") from None
 
 
 @dataclass(frozen=True)
@@ -86,7 +109,13 @@ class Supervisor:
     def start(self) -> None:
         make_private_dir(self.config.state_dir)   # 0700: the ledger, spool and logs are private
         self.config.spool_dir.mkdir(exist_ok=True)
-        self.ledger = Ledger(self.config.db_url, backoff_base_s=self.settings.backoff_base_s)
+        if not self.config.ledger_url and not self.config.ledger_path.exists():
+            spooled = [p for p in self.config.spool_dir.iterdir() if not p.name.startswith(".")]
+            if spooled:   # a lost ledger: say so loudly; reconcile queues them again by name
+                log.error("new_ledger_started", ledger=str(self.config.ledger_path), spool_files=len(spooled),
+                          note="the ledger was missing: a new one is started and the spool's files "
+                               "are queued again under their original names")
+        self.ledger = open_ledger(self.config, backoff_base_s=self.settings.backoff_base_s)
         # detected in a child process: probing in this one would hold a GPU context all its life
         device = self.device = self.device or probe_device()
         engine = self.engine = self._choose_engine(device)
@@ -355,7 +384,12 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
     supervisor = Supervisor(config, settings)
     log.info("daemon_starting", pid=os.getpid(), config=str(config.source), state_dir=str(config.state_dir))
     try:
-        supervisor.start()
+        try:
+            supervisor.start()
+        except LedgerUnreadable as exc:   # corrupt, or from a newer ocrd: a restart won't help
+            log.error("ledger_unreadable", error=str(exc), note="nothing is ingested until it is fixed")
+            print(f"ocrd: {exc}", file=sys.stderr)
+            return EXIT_LEDGER_UNREADABLE
         notified = False
         while not stops:
             try:

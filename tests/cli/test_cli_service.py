@@ -63,8 +63,10 @@ def test_unit_has_every_key_with_the_right_values(tmp_path: Path):
     text = render_unit(program=PROGRAM, config_path=config, working_dir=tmp_path)
     unit = parse_unit(text)
     assert unit["Unit"]["Description"]
-    assert unit["Unit"]["After"]
+    # network-online.target does nothing in a user unit (the hostile trial): no After= at all
+    assert "After" not in unit["Unit"]
     svc = unit["Service"]
+    assert svc["RestartPreventExitStatus"] == "78"     # a corrupt ledger: restarting won't help
     assert svc["Type"] == "notify"
     assert svc["NotifyAccess"] == "main"
     # systemd quoting is close enough to shell quoting; % is doubled for systemd's specifiers.

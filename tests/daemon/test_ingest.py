@@ -19,6 +19,7 @@ from ocrd.daemon import files
 from ocrd.daemon.config import Config
 from ocrd.daemon.ingest import STALL_GRACE_S, Deferred, Ingestor, Retried, RetryOutcome
 from ocrd.daemon.ingest_service import IngestService
+from ocrd.daemon.outbox import job_relative_path
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 
@@ -432,3 +433,15 @@ def test_a_failed_ingest_is_retried_with_backoff_without_touching_the_file(confi
     [job] = wait_jobs(ledger, 1, timeout=30)
     assert job["state"] == JobState.QUEUED
     wait_for(lambda: ledger.get_meta("ingest_problem") is None, 10, 0.05, "the problem cleared")
+
+
+def test_a_lost_ledger_requeues_spool_files_under_their_original_names(config, ledger) -> None:
+    # The ledger file was deleted: the spool still holds an original the new ledger never saw.
+    config.spool_dir.mkdir(parents=True, exist_ok=True)
+    orphan = config.spool_dir / "0123456789abcdef-March invoice.pdf"
+    orphan.write_bytes(pdf_bytes(60, pages=2))
+    Ingestor(config, ledger).reconcile()
+    [job] = all_jobs(ledger)
+    assert job["state"] == JobState.QUEUED and job["pages_total"] == 2
+    assert Path(job["source_path"]) == config.inboxes[0].path / "March invoice.pdf"
+    assert job_relative_path(config, ledger.job(job["id"])) == Path("March invoice.pdf")   # -> March invoice.md

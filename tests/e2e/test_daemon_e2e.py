@@ -239,3 +239,18 @@ def test_submit_a_file_from_elsewhere_while_the_daemon_runs(make_daemon, tmp_pat
     assert (d.outbox / "statement.md").read_text().count("<!-- page ") == 2
     assert elsewhere.exists()  # submitted from outside an inbox: copied, the user's file stays
     assert d.stop() == 0
+
+
+def test_a_corrupt_ledger_is_one_line_an_exit_the_unit_does_not_restart_and_nothing_ingested(make_daemon) -> None:
+    d = make_daemon()
+    d.state.mkdir(parents=True, exist_ok=True)
+    (d.state / "ledger.db").write_bytes(b"not a database, " * 1024)
+    samples.write_image(d.inbox / "page.png", "PNG")
+    run = d.cli("run", check=False)
+    assert run.returncode == 78, run.stderr            # the unit's RestartPreventExitStatus
+    said = [line for line in run.stderr.splitlines() if line.startswith("ocrd:")]
+    assert len(said) == 1 and "ledger.db cannot be read" in said[0] and "ocrd doctor" in said[0]
+    assert "Traceback" not in run.stderr
+    assert (d.inbox / "page.png").exists()             # nothing was ingested
+    status = d.cli("status", check=False)
+    assert status.returncode == 1 and "Traceback" not in status.stderr and "ledger" in status.stderr
