@@ -60,16 +60,16 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
     device = _device_of(info, pid is not None)
 
-    ppm = rate.get("pages_per_min_5")
-    if ppm is None:
-        ppm = rate.get("pages_per_min_60")
+    ppm = rate.get("pages_per_min")
     waiting = counts["pages"][PageState.QUEUED] + counts["pages"][PageState.RUNNING]
     keys = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
             "peak_memory_bytes", "pages_done", "batch", "pages_in_flight", "host", "device_name",
             "tokens_per_s")
     workers = [{k: w.get(k) for k in keys} for w in workers]
-    model_text = None if model is None else model.describe()
     running = pid is not None
+    # with the daemon down, its last model status and a rate-based ETA would be stale news
+    model = model if running else None
+    model_text = None if model is None else model.describe()
     return {
         "daemon": {"running": running, "pid": pid},
         "paused": paused is not None,           # `ocrd pause`: no new page is claimed
@@ -88,7 +88,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "workers": workers,
         "pages_per_min": ppm,
         "tokens_per_s": flight["tokens_per_s"],
-        "eta_s": rate.get("eta_s"),
+        "eta_s": rate.get("eta_s") if running else None,
         "warnings": _status_warnings(device, model, running, waiting, workers,
                                      engine=info.engine if running and info is not None else None),
         "state_dir": str(config.state_dir),

@@ -12,6 +12,8 @@ from .clock import from_text, to_text, utc_now
 from .schema import events, heartbeats, jobs, pages, workers
 from .states import ENDED_WORKER_STATES, JobState, PageState, WorkerState
 
+RECENT_PAGES = 20                            # the rate is the pace of the last 20 pages...
+RECENT_WINDOW = timedelta(minutes=10)        # ...finished in the last 10 minutes
 LIVE_WORKER_WINDOW = timedelta(minutes=10)   # an ended worker stays listed this long
 _MEMORY_KEYS = ("active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes",
                 "memory_limit_bytes", "tokens_per_s")
@@ -79,9 +81,25 @@ def throughput(conn: Connection, now: datetime) -> dict[str, float | None]:
     per_min_60 = per_min(60)
     left = conn.execute(select(func.count()).select_from(pages).where(
         pages.c.state.in_([PageState.QUEUED, PageState.RUNNING]))).scalar_one()
-    rate = per_min_5 or per_min_60
+    rate = _recent_rate(conn, now)
+    if rate is None:
+        rate = per_min_5 or per_min_60 or None
     eta = 0.0 if left == 0 else (left / rate * 60 if rate else None)
-    return {"pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60, "eta_s": eta}
+    return {"pages_per_min": rate, "pages_per_min_5": per_min_5, "pages_per_min_60": per_min_60,
+            "eta_s": eta}
+
+
+def _recent_rate(conn: Connection, now: datetime) -> float | None:
+    """Pages/min over the last RECENT_PAGES completions (within RECENT_WINDOW): the pace of the
+    work now, not diluted by a minute's floor or by the idle time before a burst."""
+    stamps = [from_text(t) for (t,) in conn.execute(
+        select(pages.c.finished_at).where(pages.c.finished_at >= to_text(now - RECENT_WINDOW),
+                                          pages.c.finished_at <= to_text(now))
+        .order_by(pages.c.finished_at.desc()).limit(RECENT_PAGES))]
+    if len(stamps) < 2:
+        return None
+    span_s = max((stamps[0] - stamps[-1]).total_seconds(), 1.0)
+    return (len(stamps) - 1) / span_s * 60
 
 
 def in_flight(workers_: list[dict[str, Any]]) -> dict[str, Any]:

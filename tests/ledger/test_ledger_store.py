@@ -441,7 +441,8 @@ def test_counts_and_throughput(ledger: Ledger) -> None:
     empty = ledger.counts()
     assert empty == {"jobs": {"queued": 0, "running": 0, "done": 0, "failed": 0, "duplicate": 0},
                      "pages": {"queued": 0, "running": 0, "done": 0, "failed": 0}}
-    assert ledger.throughput(now=T0) == {"pages_per_min_5": 0.0, "pages_per_min_60": 0.0, "eta_s": 0.0}
+    assert ledger.throughput(now=T0) == {"pages_per_min": None, "pages_per_min_5": 0.0,
+                                         "pages_per_min_60": 0.0, "eta_s": 0.0}
     job_id = add(ledger, "a", 10)
     for minutes_ago in (2, 30, 90):
         [p] = ledger.claim_pages("w", now=T0 - minutes_ago * 60 * S)
@@ -455,6 +456,8 @@ def test_counts_and_throughput(ledger: Ledger) -> None:
     # finished; 2 pages in the 30 minutes since the first of them.
     assert tp["pages_per_min_5"] == pytest.approx(1 / 2)
     assert tp["pages_per_min_60"] == pytest.approx(2 / 30)
+    # one page in the last 10 minutes is no pace: the rate falls back to the 5-min figure
+    assert tp["pages_per_min"] == pytest.approx(1 / 2)
     assert tp["eta_s"] == pytest.approx(7 / (1 / 2) * 60)
     later = ledger.throughput(now=T0 + 10 * 60 * S)                  # only the 60-min figure
     assert later["pages_per_min_5"] == 0 and later["eta_s"] == pytest.approx(7 / (2 / 40) * 60)
@@ -470,7 +473,21 @@ def test_throughput_right_after_a_start_is_not_diluted(ledger: Ledger) -> None:
         ledger.complete_page(job_id, p.page_no, "w", text="", now=T0 - (8 - n * 0.2) * S)
     tp = ledger.throughput(now=T0)
     assert tp["pages_per_min_5"] == pytest.approx(40.0)  # over the one-minute floor, not 5 min
+    assert tp["pages_per_min"] == pytest.approx(19 / 3.8 * 60)   # the pace of the last 20 pages
     assert tp["eta_s"] == 0.0
+
+
+def test_the_rate_and_eta_follow_the_pace_of_the_last_pages(ledger: Ledger) -> None:
+    # The hostile trial's case: a burst of 10 pages in 6 s, 5 left. The old figure divided by
+    # at least a minute (10 pages/min, ETA 30 s); the pace is 90 pages/min, ETA ~3 s.
+    job_id = add(ledger, "burst", 15)
+    for n in range(10):
+        at = T0 - (6 - n * 6 / 9) * S
+        [p] = ledger.claim_pages("w", now=at)
+        ledger.complete_page(job_id, p.page_no, "w", text="", now=at)
+    tp = ledger.throughput(now=T0)
+    assert tp["pages_per_min"] == pytest.approx(90.0)
+    assert tp["eta_s"] == pytest.approx(5 / 90 * 60)
 
 
 def test_meta_and_events(ledger: Ledger) -> None:
