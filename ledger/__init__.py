@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus, OnDuplicate,
-                         PageState, TransitionError, WorkerState)
-    from .records import AddResult, ClaimedPage, DaemonInfo, Job, PageOutcome
-    from .store import BACKOFF_BASE_S, Ledger
+if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imports on first use
+    from .records import AddResult, ClaimedPage, DaemonInfo, Job, PageOutcome  # noqa: F401
+    from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus,  # noqa: F401
+                         OnDuplicate, PageState, TransitionError, WorkerState)
+    from .store import BACKOFF_BASE_S, Ledger  # noqa: F401
 
 _HOME = {
     **dict.fromkeys(("BACKOFF_BASE_S", "Ledger"), "store"),
