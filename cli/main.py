@@ -225,12 +225,12 @@ def _retry_words(r: Retried) -> str:
     from ocrd.daemon.ingest import RetryOutcome as Outcome
     return {
         Outcome.REQUEUED: "requeued (failed pages only)",
-        Outcome.REOPENED: f"requeued ({r.pages} pages)",
+        Outcome.REOPENED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'})",
         Outcome.STILL_FAILING: f"still failing: {r.detail}",
         Outcome.MISSING: f"original is missing ({r.detail or 'deleted'})",
         Outcome.NOT_FAILED: f"is {r.detail}, not failed"
                             + (" (--force processes a duplicate anyway)" if r.detail == JobState.DUPLICATE else ""),
-        Outcome.FORCED: f"requeued ({r.pages} pages), duplicate processed anyway",
+        Outcome.FORCED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'}), duplicate processed anyway",
         Outcome.NO_SUCH_JOB: "not found",
         Outcome.NOT_REOPENED: "not reopened (its state changed)",
     }[r.outcome]

@@ -304,7 +304,9 @@ class Ingestor:
 
     def _shelve_duplicate(self, intent: Intent, spool: Path, inbox: InboxConfig,
                           result: AddResult) -> None:
-        dest = plan_destination(inbox, Place.ARCHIVE, Path(intent.relative_path))
+        # A copy (`ocrd submit` of a file from elsewhere) is ours to drop: the user's file stays
+        # where it is, and archive/ does not fill with `name (2).pdf` copies of known documents.
+        dest = None if intent.copied else plan_destination(inbox, Place.ARCHIVE, Path(intent.relative_path))
         intent = intent.advance(Stage.DUPLICATE, dest=str(dest) if dest else "", job_id=result.job_id)
         write_intent(self.intents, intent)
         where = place_original(self.ledger, spool, dest, job_id=result.job_id)

@@ -124,7 +124,7 @@ def test_retry_force_processes_a_duplicate(config_file: Path, tmp_path: Path):
     assert "job 2: is duplicate, not failed (--force processes a duplicate anyway)" in plain.output
     forced = invoke(config_file, "retry", "--force", "2")
     assert forced.exit_code == 0, forced.output
-    assert forced.output == "job 2: requeued (1 pages), duplicate processed anyway\n"
+    assert forced.output == "job 2: requeued (1 page), duplicate processed anyway\n"
     config = load_config(config_file)
     with open_ledger(config_file) as ledger:
         job = ledger.job(2)

@@ -445,3 +445,16 @@ def test_a_lost_ledger_requeues_spool_files_under_their_original_names(config, l
     assert job["state"] == JobState.QUEUED and job["pages_total"] == 2
     assert Path(job["source_path"]) == config.inboxes[0].path / "March invoice.pdf"
     assert job_relative_path(config, ledger.job(job["id"])) == Path("March invoice.pdf")   # -> March invoice.md
+
+
+def test_submitting_a_known_document_again_leaves_no_copy_in_archive(config, ledger, tmp_path) -> None:
+    mine = tmp_path / "scan.png"
+    mine.write_bytes(png_bytes(70))
+    ing = Ingestor(config, ledger)
+    [first] = ing.submit([mine])
+    [again] = ing.submit([mine])                          # same bytes: a duplicate
+    assert first.result.state == JobState.QUEUED and again.result.state == JobState.DUPLICATE
+    archive = config.inboxes[0].archive
+    assert not archive.exists() or list(archive.iterdir()) == []   # no `scan (2).png` (the trial)
+    assert mine.exists() and spool_files(config) == [Path(ledger.job(first.result.job_id).spool_path)]
+    assert ledger.job(again.result.job_id).spool_path in ("", None)
