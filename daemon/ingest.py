@@ -366,10 +366,13 @@ class Ingestor:
         if job.state not in retryable:
             return Retried(job_id, RetryOutcome.NOT_FAILED, detail=str(job.state))
         original = Path(job.spool_path) if job.spool_path else None
+        copy = original is None and job.state == JobState.DUPLICATE   # a submitted copy, dropped:
+        if copy:                                                     # the user's file is the original
+            original = Path(job.source_path)
         if original is None or not original.is_file():
             return Retried(job_id, RetryOutcome.MISSING, detail=job.spool_path or "")
         if not original.is_relative_to(self.spool):
-            original = self._back_to_spool(job, original)
+            original = self._back_to_spool(job, original, copy=copy)
         picked = self.ledger.retry_jobs([job_id])
         if job.pages_total:
             if job_id not in picked:
@@ -378,16 +381,20 @@ class Ingestor:
             return Retried(job_id, RetryOutcome.REQUEUED)
         return self._reingest(job, original)
 
-    def _back_to_spool(self, job: Job, original: Path) -> Path:
+    def _back_to_spool(self, job: Job, original: Path, *, copy: bool = False) -> Path:
         # The intent lets reconcile put it back into failed/ if we die before the ledger knows.
         intent = Intent(inbox=job.inbox, source_path=job.source_path, relative_path="",
                         spool_name=_spool_name(original), size=original.stat().st_size,
                         copied=True, stage=Stage.RETRY, job_id=job.id)
         write_intent(self.intents, intent)
-        target = files.move_file(original, self.spool / intent.spool_name, overwrite=True)
+        target = self.spool / intent.spool_name
+        if copy:
+            files.copy_file(original, target)
+        else:
+            files.move_file(original, target, overwrite=True)
+            files.error_file_for(original).unlink(missing_ok=True)
         self.ledger.set_job_paths(job.id, spool_path=str(target))
         drop_intent(self.intents, intent)
-        files.error_file_for(original).unlink(missing_ok=True)
         return target
 
     def _reingest(self, job: Job, original: Path) -> Retried:
