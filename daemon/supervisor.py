@@ -237,6 +237,8 @@ class Supervisor:
             self._fail_held_pages(ended.worker_id, PageTimeout(f"page timed out after {limit:g} s"))
         elif ended.code == EXIT_MODEL_UNAVAILABLE:
             self._model_unavailable(ended.load_error or "model could not be loaded", now)
+            self.ledger.forget_worker(ended.worker_id)   # the model status tells it; no dead rows
+            return
         elif ended.code != 0:
             delay = self.pool.crash_backoff.failed(now)
             log.error("worker_died", worker_id=ended.worker_id, exit_code=ended.code, restart_in_s=delay)

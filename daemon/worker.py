@@ -87,6 +87,8 @@ class Worker:
         self._io: ThreadPoolExecutor | None = None
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
+        self._wake = threading.Event()     # a beat now (the batch emptied: say idle at once), or the end
+        self.peak_bytes = 0                # the most memory any stretch of decoding took
         self._paused: tuple[float, bool] = (float("-inf"), False)   # (checked at, paused)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -105,7 +107,8 @@ class Worker:
             self.session = self._open_session()
         except Exception as exc:  # any load failure means: no model yet; pages stay queued
             reason = str(exc) if isinstance(exc, ModelUnavailable) else first_line(exc, with_type=True)
-            self.log.error("model_unavailable", reason=reason, model=self.config.model.path)
+            # the supervisor logs it (once per new status): one error line per failed load, not two
+            self.log.info("model_load_failed", reason=reason, model=self.config.model.path)
             self.ledger.set_worker_state(self.ctx.worker_id, WorkerState.LOAD_FAILED)
             self.send(Message(WorkerEvent.LOAD_FAILED, reason=reason))
             return False
@@ -154,6 +157,7 @@ class Worker:
         if self._io is not None:
             self._io.shutdown(wait=True)
         self._done.set()
+        self._wake.set()
         if self._beat is not None:
             self._beat.join(timeout=10)
         if self.ledger is None:
@@ -261,6 +265,7 @@ class Worker:
         if not len(self.session):
             self.send(Message(WorkerEvent.IDLE))
             self._busy_at = None
+            self._wake.set()           # status says idle now, not up to a heartbeat later
         self._check_memory()
 
     def _finish(self, finished: Finished) -> None:
@@ -271,6 +276,7 @@ class Worker:
         # The peak since the last page ended, with at most this many pages in flight meanwhile:
         # the supervisor sizes the batch from it.
         peak, most = take_peak_memory(), self._most_in_flight
+        self.peak_bytes = max(self.peak_bytes, peak)
         self._most_in_flight = len(self.session)
         self._io.submit(self._store_logged, page, finished.result, peak, max(most, 1))
 
@@ -356,11 +362,15 @@ class Worker:
                 self.log.error("supervisor_gone")
                 os._exit(1)
             # Beats go on through a warm stop, so the lease of the page in hand stays renewed.
-            if self._done.wait(self.ctx.heartbeat_s):
+            self._wake.wait(self.ctx.heartbeat_s)
+            self._wake.clear()
+            if self._done.is_set():
                 return
 
     def _beat_once(self) -> None:
         stats = memory_stats()
+        # MLX's peak restarts at every page that ends (batch sizing); a heartbeat shows the worker's
+        stats["peak_memory_bytes"] = max(stats["peak_memory_bytes"], self.peak_bytes)
         now, generated = time.monotonic(), self._generated
         if self._last_beat is not None and now > self._last_beat[0]:
             self.tokens_per_s = (generated - self._last_beat[1]) / (now - self._last_beat[0])

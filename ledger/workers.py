@@ -52,6 +52,15 @@ class WorkerBook:
             values.update(current_page=None, pages_in_flight=0)
         self._write(lambda c: c.execute(update(workers).where(workers.c.id == worker_id).values(**values)))
 
+    def forget_worker(self, worker_id: str) -> None:
+        """Drop a worker that never worked (its model did not load): the model status says why,
+        and a row per retry would only pile up dead workers in `ocrd status`."""
+        def tx(conn: Connection) -> None:
+            conn.execute(delete(heartbeats).where(heartbeats.c.worker_id == worker_id))
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+        self._write(tx)
+
     def record_heartbeat(self, worker_id: str, *, backend: str, active_memory_bytes: int,
                          peak_memory_bytes: int, cache_memory_bytes: int, memory_limit_bytes: int,
                          pages_done: int, tokens_per_s: float, current_page: str | None,

@@ -20,6 +20,7 @@ from helpers import wait_for
 from ocrd.daemon.config import Config
 from ocrd.daemon.protocol import Message, WorkerContext, WorkerEvent
 from ocrd.daemon.worker import Worker
+from ocrd.ledger import WorkerState
 from ocrd.ledger.store import Ledger
 
 
@@ -53,8 +54,9 @@ class Harness:
             size_bytes=spooled.stat().st_size, pages_total=pages).job_id
 
     def worker(self, engine: str = "engines:FakeEngine", **ctx: object) -> Worker:
+        ctx.setdefault("heartbeat_s", 0.2)
         worker = Worker(WorkerContext(worker_id=f"w{len(self.workers) + 1}", config=self.config,
-                                      engine_factory=engine, heartbeat_s=0.2, **ctx),
+                                      engine_factory=engine, **ctx),
                         send=self.sent.append)
         self.workers.append(worker)
         return worker
@@ -172,3 +174,17 @@ def test_a_failing_engine_fails_its_pages_not_the_worker(harness) -> None:
     failed = h.config.inboxes[0].failed
     assert "crashing engine" in (failed / "a.png.error.txt").read_text()
     assert [m.event for m in h.sent].count(WorkerEvent.BUSY) == 2   # max_attempts = 2
+
+
+def test_the_worker_says_idle_as_soon_as_its_batch_empties(harness) -> None:
+    # Not up to a heartbeat later (the hostile trial saw "busy" for ~5 s after the last page).
+    h = harness()
+    job = h.add("a.png")
+    worker = h.worker(heartbeat_s=60)
+    assert worker.start()
+    # as a beat during the page would have left it (the next regular beat is a minute away)
+    h.ledger.record_heartbeat("w1", backend="cpu", active_memory_bytes=0, peak_memory_bytes=0,
+                              cache_memory_bytes=0, memory_limit_bytes=0, pages_done=0, tokens_per_s=0,
+                              current_page=f"{job}:1", state=WorkerState.BUSY, batch=1, pages_in_flight=1)
+    wait_for(lambda: worker.tick() and h.job_state(job) == "done", 10, 0.02, "the page done")
+    wait_for(lambda: h.ledger.workers_status()[0]["state"] == "idle", 5, 0.02, "idle at once")

@@ -159,6 +159,8 @@ def test_model_unavailable_keeps_queueing(make_daemon, tmp_path: Path) -> None:
     assert status["pages"]["queued"] == 1 and status["pages"]["failed"] == 0
     assert d.stop() == 0
     assert d.query("SELECT state FROM pages") == [("queued",)]
+    # each failed load is told by the model status, not by a dead worker row per retry (the trial)
+    assert d.query("SELECT COUNT(*) FROM workers") == [(0,)]
 
 
 def test_systemd_notify_ready_once_workers_loaded_the_model(make_daemon, tmp_path: Path) -> None:
