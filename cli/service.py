@@ -87,6 +87,14 @@ def render_unit(*, program: list[str], config_path: Path | None, working_dir: Pa
                 .replace("@ENVIRONMENT@\n", env + "\n" if env else ""))
 
 
+def _explain(error: str) -> str:
+    """A failed systemctl/launchctl line, with the cause a person can act on where we know it."""
+    if "Failed to connect to bus" in error or "DBUS_SESSION_BUS_ADDRESS" in error:
+        return ("systemd has no user session here (`systemctl --user` cannot reach its bus): log in "
+                "with a session (not `su`), or run `loginctl enable-linger $USER` once")
+    return error
+
+
 def _run_subprocess(cmd: list[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
@@ -160,12 +168,24 @@ class ServiceManager:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.platform == "macos":
             self.log_dir.mkdir(parents=True, exist_ok=True)  # launchd does not create it
+        previous = path.read_text(encoding="utf-8") if path.exists() else None
+        self._write(path, content)
+        try:
+            # bootout fails when the agent was not loaded yet: that is the normal first install.
+            self._run_all(self.commands("install"), may_fail=("bootout",))
+        except ServiceError as exc:   # leave things as they were, and say why in one line
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                self._write(path, previous)
+            raise ServiceError(_explain(str(exc)) + "; nothing was installed") from None
+        return path
+
+    @staticmethod
+    def _write(path: Path, content: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
-        # bootout fails when the agent was not loaded yet: that is the normal first install.
-        self._run_all(self.commands("install"), may_fail=("bootout",))
-        return path
 
     def uninstall(self) -> bool:
         """Stop and remove the service; False if no file was installed."""

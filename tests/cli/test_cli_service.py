@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import plistlib
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -240,3 +241,17 @@ def test_cli_uses_the_config_from_the_environment(tmp_path: Path):
                     env={"HOME": str(tmp_path), "OCRD_CONFIG": str(config)})
     assert result.exit_code == 0
     assert "--config" in result.output and str(config) in result.output
+
+
+def test_install_without_a_user_bus_says_why_and_leaves_nothing_behind(tmp_path: Path):
+    class NoBus(Recorder):
+        def __call__(self, cmd):
+            super().__call__(cmd)
+            return subprocess.CompletedProcess(cmd, 1, "", "Failed to connect to bus: No medium found\n")
+
+    manager = ServiceManager("linux", home=tmp_path, uid=1000, run=NoBus())
+    with pytest.raises(ServiceError) as err:
+        manager.install("[Unit]\n")
+    assert "no user session" in str(err.value) and "nothing was installed" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not manager.file_path.exists()        # no unit file left behind (the hostile trial)
