@@ -91,6 +91,7 @@ class WorkerPool:
         self.slots: list[_Slot] = []
         self.model_backoff = Backoff(base_s=5.0, max_s=300.0)   # the model would not load
         self.crash_backoff = Backoff()                           # a worker died
+        self._replacements: list[float] = []                     # when each may start
         self._messages: queue.SimpleQueue[tuple[str, float, Message]] = queue.SimpleQueue()
         self._pending: list[tuple[str, Message]] = []
 
@@ -105,7 +106,20 @@ class WorkerPool:
         return next((g for g in range(gpus) if g not in used), None)
 
     def held_off(self, now: float) -> bool:
-        return now < max(self.model_backoff.next_at, self.crash_backoff.next_at)
+        """The model would not load: no worker starts until its backoff has passed."""
+        return now < self.model_backoff.next_at
+
+    def crashed(self, now: float) -> float:
+        """A worker died: its replacement waits (2 s, doubling per crash in a row, up to 60 s),
+        the other workers' places are not held up by it. Returns the wait."""
+        delay = self.crash_backoff.failed(now)
+        self._replacements.append(now + delay)
+        return delay
+
+    def waiting(self, now: float) -> int:
+        """Places of crashed workers whose replacement may not start yet."""
+        self._replacements = [t for t in self._replacements if t > now]
+        return len(self._replacements)
 
     # -- start ----------------------------------------------------------------------------------
     def start_worker(self, ctx: WorkerContext) -> int:

@@ -58,6 +58,7 @@ class WorkerEvent(StrEnum):
     LOAD_FAILED = "load_failed"    # the model could not be loaded (reason); the worker exits 3
     BUSY = "busy"                  # inside the engine on `pages` pages: the page timeout (re)starts
     IDLE = "idle"                  # nothing in the engine any more
+    ADMITTED = "admitted"          # `page` ("job:page") entered the engine: a crash now is its fault
     PAGE_STORED = "page_stored"    # a page's result is in the ledger: the worker's peak memory
                                    # with `pages` pages in flight
 
@@ -70,6 +71,7 @@ class Message:
     seconds: float = 0.0           # LOADED: load time
     weights_bytes: int = 0         # LOADED: memory held once the model is loaded
     peak_memory_bytes: int = 0     # PAGE_STORED
+    page: str = ""                 # ADMITTED, PAGE_STORED: "job_id:page_no"
 
     def encode(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v or k == "event"}) + "\n"

@@ -100,6 +100,7 @@ class Supervisor:
         self.peak_seen = 0               # the one-page footprint measured on real pages
         self.page_seen = 0               # memory per page in flight, measured
         self._saved = (0, 0)
+        self._admitted: dict[str, set[str]] = {}   # worker id -> pages it gave its engine, not stored
         self._serial = 0
         self._next_rescue = 0.0
         self.hooks = HookRunner(config.hooks)
@@ -217,8 +218,12 @@ class Supervisor:
             self.pool.crash_backoff.reset()
             self.ready.set()
             self.weights_bytes = max(self.weights_bytes, message.weights_bytes)
-        elif message.event == WorkerEvent.PAGE_STORED and message.peak_memory_bytes:
-            self._measure(message.peak_memory_bytes, max(message.pages, 1))
+        elif message.event == WorkerEvent.ADMITTED:
+            self._admitted.setdefault(worker_id, set()).add(message.page)
+        elif message.event == WorkerEvent.PAGE_STORED:
+            self._admitted.get(worker_id, set()).discard(message.page)
+            if message.peak_memory_bytes:
+                self._measure(message.peak_memory_bytes, max(message.pages, 1))
 
     def _measure(self, peak: int, pages: int) -> None:
         """Real pages say what a worker needs. Its peak while up to `pages` were in flight is the
@@ -240,9 +245,10 @@ class Supervisor:
             self.ledger.forget_worker(ended.worker_id)   # the model status tells it; no dead rows
             return
         elif ended.code != 0:
-            delay = self.pool.crash_backoff.failed(now)
+            delay = self.pool.crashed(now)
             log.error("worker_died", worker_id=ended.worker_id, exit_code=ended.code, restart_in_s=delay)
             self._fail_held_pages(ended.worker_id, WorkerDied(f"worker died (exit code {ended.code})"))
+        self._admitted.pop(ended.worker_id, None)
         state = WorkerState.STOPPED if ended.code == 0 else WorkerState.DEAD
         self.ledger.set_worker_state(ended.worker_id, state, error=ended.reason)
 
@@ -258,13 +264,21 @@ class Supervisor:
         self.ready.set()
 
     def _fail_held_pages(self, worker_id: str, exc: OcrdError) -> None:
+        """A worker killed or dead: the pages it had given its engine are charged an attempt (one
+        of them may be why); pages it had only claimed ahead go back uncharged."""
+        admitted = self._admitted.pop(worker_id, set())
         for job_id, page_no in self.ledger.pages_of_worker(worker_id):
+            if f"{job_id}:{page_no}" not in admitted:
+                continue
             outcome = self.ledger.fail_page(job_id, page_no, None, str(exc), retryable=exc.retryable,
                                             max_attempts=self.config.workers.max_attempts)
             log.warning("page_failed", job_id=job_id, page=page_no, reason=str(exc),
                         kind=exc.kind, outcome=str(outcome.state))
             if outcome.job_failed:
                 fail_document(self.config, self.ledger, job_id, str(exc))
+        released = self.ledger.release_pages(worker_id)
+        if released:
+            log.info("pages_released", worker_id=worker_id, pages=released, note="claimed ahead, not started")
 
     # -- the tick's other parts -----------------------------------------------------------------
     def _recover_previous_run(self) -> None:
@@ -317,7 +331,7 @@ class Supervisor:
         target = self.plan.count if self.model_ok else 1   # one probe until the model is known to load
         if self.pool.held_off(now):
             return
-        while len(self.pool) < target:
+        while len(self.pool) + self.pool.waiting(now) < target:
             self._serial += 1
             ctx = WorkerContext(
                 worker_id=f"{self.host.split('.')[0]}-{os.getpid()}-{self._serial}-{secrets.token_hex(2)}",

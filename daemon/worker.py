@@ -84,11 +84,13 @@ class Worker:
         self._busy_at: float | None = None
         self._winding_since: float | None = None
         self._idle_s = IDLE_WAIT_S[0]
+        self._claim_after = 0.0        # an empty queue is not asked again before this
         self._io: ThreadPoolExecutor | None = None
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
         self._wake = threading.Event()     # a beat now (the batch emptied: say idle at once), or the end
         self.peak_bytes = 0                # the most memory any stretch of decoding took
+        self._worked = False               # decoded since it last had nothing in hand
         self._paused: tuple[float, bool] = (float("-inf"), False)   # (checked at, paused)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -142,7 +144,11 @@ class Worker:
             self._claim_ahead()
         if len(self.session):
             self._step()
-        elif self._claim is None and not self._ready:
+            self._worked = True
+        elif not self._ready:
+            if self._worked:           # just ran out of work: status says idle now, not a beat later
+                self._worked = False
+                self._wake.set()
             self._idle()
         return True
 
@@ -176,10 +182,12 @@ class Worker:
         """Keep the session full and READY_AHEAD pages rendered behind it."""
         if self._is_paused():
             return
+        if self._claim is not None or time.monotonic() < self._claim_after:
+            return                     # one claim at a time; an empty queue is asked again later
         budget = self.config.workers.max_pages_per_worker - self.claimed
         want = (self.tuner.limit - len(self.session) + min(self.tuner.limit, READY_AHEAD)
                 - len(self._ready))
-        if self._claim is None and min(want, budget) > 0:
+        if min(want, budget) > 0:
             self._claim = self._io.submit(self._claim_and_render, min(want, budget, CLAIM_CHUNK))
 
     def _is_paused(self, now: float | None = None) -> bool:
@@ -200,7 +208,13 @@ class Worker:
     def _collect_claim(self, *, wait: bool) -> None:
         if self._claim is not None and (wait or self._claim.done()):
             claim, self._claim = self._claim, None
-            self._ready.extend(claim.result())
+            got = claim.result()
+            self._ready.extend(got)
+            if got:
+                self._idle_s, self._claim_after = IDLE_WAIT_S[0], 0.0
+            else:   # the queue is empty: ask again after 0.1 s, backing off to 1 s
+                self._claim_after = time.monotonic() + self._idle_s
+                self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
 
     def _claim_and_render(self, n: int) -> Rendered:
         """Claim up to n pages and render them. A page that can't be rendered fails here."""
@@ -226,6 +240,8 @@ class Worker:
             inbox = self.config.inbox_for(page.inbox)
             key = (page.job_id, page.page_no)
             self._held[key] = page
+            # before the engine sees it: a crash while preparing it is this page's too
+            self.send(Message(WorkerEvent.ADMITTED, page=f"{page.job_id}:{page.page_no}"))
             refused = self.session.add(key, image, prompt=self.config.prompt_for(inbox),
                                        mode=self.config.mode_for(inbox),
                                        max_tokens=self.config.model.max_tokens)
@@ -265,7 +281,6 @@ class Worker:
         if not len(self.session):
             self.send(Message(WorkerEvent.IDLE))
             self._busy_at = None
-            self._wake.set()           # status says idle now, not up to a heartbeat later
         self._check_memory()
 
     def _finish(self, finished: Finished) -> None:
@@ -304,8 +319,8 @@ class Worker:
                       reason=reason, pages=self.claimed, in_flight=len(self.session), **fields)
 
     def _idle(self) -> None:
-        self.stopping.wait(self._idle_s)
-        self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
+        """Nothing in hand: wait until the queue may be asked again (or a stop)."""
+        self.stopping.wait(max(self._claim_after - time.monotonic(), 0.0))
 
     def _open_session(self) -> Session:
         return open_session(self.engine, capacity=self.tuner.cap,
@@ -329,7 +344,8 @@ class Worker:
         self.log.info("page_done", job_id=page.job_id, page=page.page_no, seconds=round(result.seconds, 3),
                       tokens=result.generation_tokens, finish_reason=result.finish_reason,
                       peak_memory_bytes=peak, in_flight=in_flight)
-        self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak))
+        self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak,
+                          page=f"{page.job_id}:{page.page_no}"))
         if complete:
             finish_document(self.config, self.ledger, page.job_id)
 

@@ -330,3 +330,18 @@ def test_sighup_with_a_new_model_rolls_the_workers_over_and_keeps_the_queue(runn
     assert "new" in (inbox.outbox / "after.md").read_text()   # status and the work tell the truth
     assert r.query("SELECT state FROM jobs") == [("done",), ("done",)]
     r.stop()
+
+
+def test_a_killed_worker_is_charged_only_for_the_page_in_its_engine(running) -> None:
+    # The hostile trial: a worker killed with a page claimed ahead (rendered, not yet started)
+    # charged that page an attempt too. Now only the page its engine had is charged.
+    r = running("engines:HangingEngine", batch=1)
+    for name, n in (("first.png", 1), ("second.png", 2)):
+        samples.write_image(r.config.inboxes[0].path / name, "PNG", n=n)
+    # the supervisor has heard which page the worker gave its engine (an ADMITTED message)
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM pages WHERE state = 'running'") == [(2,)]
+             and any(r.sup._admitted.values()), 60, 0.05, "one page in the engine, one claimed ahead")
+    os.kill(r.sup.pool.slots[0].proc.pid, signal.SIGKILL)
+    wait_for(lambda: r.query("SELECT attempts FROM pages WHERE state = 'queued' ORDER BY attempts") == [(0,), (1,)],
+             10, 0.02, "the page in hand charged, the one claimed ahead not")
+    r.stop(deadline_s=2)

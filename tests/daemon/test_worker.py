@@ -8,6 +8,7 @@ worker as a real child process under the supervisor.
 from __future__ import annotations
 
 import hashlib
+import time
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -123,8 +124,10 @@ def test_a_tick_infers_one_page_and_claims_the_next_ahead(harness) -> None:
     wait_for(lambda: h.pages(worker) == [(second, 1, "running", 1, "w1")], 10, 0.02, "claimed ahead")
     assert h.job_state(third) == "queued"
     events = [m.event for m in h.sent]
-    assert events == [WorkerEvent.LOADED, WorkerEvent.BUSY, WorkerEvent.IDLE, WorkerEvent.PAGE_STORED]
-    assert h.sent[1].pages == 1 and h.sent[3].pages == 1   # stored with one page in flight
+    assert events == [WorkerEvent.LOADED, WorkerEvent.ADMITTED, WorkerEvent.BUSY, WorkerEvent.IDLE,
+                      WorkerEvent.PAGE_STORED]
+    assert h.sent[1].page == f"{first}:1"                  # what a crash now would charge
+    assert h.sent[2].pages == 1 and h.sent[4].pages == 1   # stored with one page in flight
 
 
 def test_the_last_page_finishes_the_document(harness) -> None:
@@ -187,4 +190,19 @@ def test_the_worker_says_idle_as_soon_as_its_batch_empties(harness) -> None:
                               cache_memory_bytes=0, memory_limit_bytes=0, pages_done=0, tokens_per_s=0,
                               current_page=f"{job}:1", state=WorkerState.BUSY, batch=1, pages_in_flight=1)
     wait_for(lambda: worker.tick() and h.job_state(job) == "done", 10, 0.02, "the page done")
-    wait_for(lambda: h.ledger.workers_status()[0]["state"] == "idle", 5, 0.02, "idle at once")
+    wait_for(lambda: worker.tick() and h.ledger.workers_status()[0]["state"] == "idle", 5, 0.02,
+             "idle at once")
+
+
+def test_an_idle_worker_backs_off_instead_of_asking_the_ledger_in_a_loop(harness) -> None:
+    # With nothing queued each tick waits (0.1 s, doubling to 1 s) before the queue is asked
+    # again: four ticks take at least 0.1 + 0.2 + 0.4 s, not four claim transactions back to back.
+    h = harness()
+    worker = h.worker()
+    assert worker.start()
+    started = time.monotonic()
+    for _ in range(4):
+        assert worker.tick()
+    assert time.monotonic() - started >= 0.7
+    job = h.add("late.png")                    # work that arrives is still taken within a second
+    wait_for(lambda: worker.tick() and h.job_state(job) == "done", 5, 0.01, "the late page done")
