@@ -130,8 +130,9 @@ def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
 
 
 def test_heartbeats_every_5s_with_memory_figures(running, tiny_model: Path) -> None:
-    # ~15 s of real pages on the tiny model, to see three heartbeats.
-    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model))
+    # ~15 s of real pages on the tiny model, one at a time, to see three heartbeats while busy
+    # (a worker that runs out of work beats once more at once, to say it is idle).
+    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model), batch=1)
     samples.write_pdf(r.config.inboxes[0].path / "long.pdf", 30)
     beats = wait_for(lambda: len(rows := r.query(
         "SELECT at, active_memory_bytes, peak_memory_bytes, backend FROM heartbeats ORDER BY at")) >= 3
