@@ -4,6 +4,7 @@ the dicts `--json` prints, and rendered as text for people."""
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ from ocrd.daemon.device import (
     recommended_label,
 )
 from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.ingest_service import INGEST_PROBLEM
 from ocrd.daemon.engines import LINE_ENGINES, choose_engine
 from ocrd.daemon.lockfile import running_pid
 from ocrd.ledger import DaemonInfo, Ledger
@@ -50,7 +52,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     pid = running_pid(config.lock_path)
     if ledger is None:
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
-        workers, rate, model, info, paused, metrics_url = [], {}, None, None, None, None
+        workers, rate, model, info, paused, metrics_url, problem = [], {}, None, None, None, None, None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
     else:
         report = ledger.status()
@@ -58,6 +60,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         flight = report["in_flight"]
         model, info = ledger.model_status(), ledger.daemon_info()
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
+        problem = ledger.get_meta(INGEST_PROBLEM)
     device = _device_of(info, pid is not None)
 
     ppm = rate.get("pages_per_min")
@@ -90,7 +93,8 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "tokens_per_s": flight["tokens_per_s"],
         "eta_s": rate.get("eta_s") if running else None,
         "warnings": _status_warnings(device, model, running, waiting, workers,
-                                     engine=info.engine if running and info is not None else None),
+                                     engine=info.engine if running and info is not None else None)
+                    + (_ingest_warning(problem) if running else []),
         "state_dir": str(config.state_dir),
     }, model
 
@@ -123,6 +127,17 @@ def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running:
             if age is not None and age > STALE_HEARTBEAT_S and w.get("state") not in ENDED_WORKER_STATES:
                 warnings.append(f"worker {w['id']}: no heartbeat for {fmt.duration(age)}")
     return warnings
+
+
+def _ingest_warning(problem: str | None) -> list[str]:
+    """The ingest thread's standing failure (a full or read-only state dir), if any."""
+    if not problem:
+        return []
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        p = json.loads(problem)
+        return [f"ingest failing for {p['files']} file(s), e.g. {p['path']}: {p['error']} "
+                f"(retrying every {p['retry_in_s']:.0f} s; `ocrd doctor` checks free space)"]
+    return [f"ingest failing: {problem}"]
 
 
 def _model_label(model: ModelStatus | None) -> str:

@@ -416,3 +416,16 @@ def test_device_uses_config_model_size_and_measured_peak(tmp_path: Path, monkeyp
     assert r["measured_page_bytes"] == 100 * 10**6
     assert r["pool"]["page_bytes"] >= 100 * 10**6 and "measured" in r["pool"]["batch_reason"]
     assert "per page in flight (measured)" in invoke(config_file, "device").output
+
+
+def test_status_warns_while_ingest_keeps_failing(config_file: Path, seeded):
+    config = load_config(config_file)
+    ledger = open_ledger(config_file)
+    try:
+        ledger.set_meta("ingest_problem", json.dumps({"path": "/in/a.pdf", "error": "OSError: No space left",
+                                                      "retry_in_s": 20, "files": 3}))
+    finally:
+        ledger.close()
+    with DaemonLock(config.lock_path):  # this test process plays the daemon
+        s = json.loads(invoke(config_file, "status", "--json").output)
+    assert any("ingest failing for 3 file(s)" in w and "No space left" in w for w in s["warnings"])
