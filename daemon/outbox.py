@@ -14,6 +14,7 @@ ingest, reconcile and retry all go through it.
 
 from __future__ import annotations
 
+import errno
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +30,15 @@ log = structlog.get_logger()
 
 _DET = re.compile(r"<\|det\|>.*?<\|/det\|>", re.S)
 _REF = re.compile(r"<\|/?ref\|>")
+
+
+# A disk that is full or was remounted read-only clears by itself (or by a person who won't
+# think of `ocrd retry`): the document keeps its done pages and the daemon writes it later.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class OutputDelayed(OSError):
+    """The outbox can't take the document right now (TRANSIENT_ERRNOS); the supervisor retries."""
 
 
 class Place(StrEnum):
@@ -124,7 +134,10 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
         texts = ledger.page_texts(job_id)
         try:
             atomic_write_text(out, assemble(texts))
-        except OSError as exc:  # unwritable or full outbox: fail the document, don't loop on it
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:   # a full or read-only disk clears: wait, don't fail
+                raise OutputDelayed(f"cannot write output {out} yet: {exc.strerror or exc}") from exc
+            # a file where the outbox folder should be, permissions: the user must act (`ocrd retry`)
             reason = f"cannot write output {out}: {exc.strerror or exc}"
             ledger.fail_job(job_id, reason)
             fail_document(config, ledger, job_id, reason)

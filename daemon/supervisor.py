@@ -37,13 +37,14 @@ from .hooks import HookRunner
 from .ingest_service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import configure_logging
-from .outbox import fail_document, finish_document
+from .outbox import OutputDelayed, fail_document, finish_document
 from .pool import Exit, WorkerPool
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
 
 log = structlog.get_logger()
 
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
+OUTPUT_RETRY_S, OUTPUT_RETRY_MAX_S = 5.0, 300.0   # a full outbox is tried again after 5 s, doubling
 EXIT_LEDGER_UNREADABLE = 78        # EX_CONFIG: the systemd unit's RestartPreventExitStatus
 
 
@@ -101,6 +102,7 @@ class Supervisor:
         self.page_seen = 0               # memory per page in flight, measured
         self._saved = (0, 0)
         self._admitted: dict[str, set[str]] = {}   # worker id -> pages it gave its engine, not stored
+        self._output_waits: dict[int, tuple[int, float]] = {}   # job -> (tries, next try) full outbox
         self._serial = 0
         self._next_rescue = 0.0
         self.hooks = HookRunner(config.hooks)
@@ -157,7 +159,7 @@ class Supervisor:
             rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
-            self._finish_orphaned_documents()
+            self._finish_orphaned_documents(now)
             self._save_footprint()
         self.hooks.tick(now)
         self._spawn(now)
@@ -295,13 +297,23 @@ class Supervisor:
         self.ledger.mark_workers_dead(self.host, alive_ids=[])
         self._finish_orphaned_documents()
 
-    def _finish_orphaned_documents(self) -> None:
+    def _finish_orphaned_documents(self, now: float | None = None) -> None:
         """Jobs with every page done but no outbox file: their finisher died in between (a worker
-        killed right after its last page). Finishing is idempotent, so racing a live finisher is safe."""
+        killed right after its last page), or the outbox was full or read-only (tried again with
+        backoff). Finishing is idempotent, so racing a live finisher is safe."""
+        now = time.monotonic() if now is None else now
         for job_id in self.ledger.completed_jobs_not_done():
+            tries, next_at = self._output_waits.get(job_id, (0, 0.0))
+            if now < next_at:
+                continue
             try:
                 if finish_document(self.config, self.ledger, job_id):
-                    log.warning("job_finished_for_lost_worker", job_id=job_id)
+                    log.warning("job_finished_late", job_id=job_id, tries=tries)
+                self._output_waits.pop(job_id, None)
+            except OutputDelayed as exc:
+                delay = min(OUTPUT_RETRY_S * 2 ** tries, OUTPUT_RETRY_MAX_S)
+                self._output_waits[job_id] = (tries + 1, now + delay)
+                log.error("output_waits", job_id=job_id, error=str(exc), retry_in_s=delay)
             except Exception:  # one document must never stop the supervisor
                 log.exception("finish_failed", job_id=job_id)
 

@@ -35,7 +35,7 @@ from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_
                      take_peak_memory)
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import configure_worker_logging
-from .outbox import fail_document, finish_document
+from .outbox import OutputDelayed, fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context
 from .render import render_page
 
@@ -347,7 +347,10 @@ class Worker:
         self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak,
                           page=f"{page.job_id}:{page.page_no}"))
         if complete:
-            finish_document(self.config, self.ledger, page.job_id)
+            try:
+                finish_document(self.config, self.ledger, page.job_id)
+            except OutputDelayed as exc:   # the supervisor writes it once the disk has room
+                self.log.warning("output_waits", job_id=page.job_id, error=str(exc))
 
     def _fail(self, page: ClaimedPage, exc: OcrdError) -> None:
         outcome = self.ledger.fail_page(page.job_id, page.page_no, self.ctx.worker_id, str(exc),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -346,3 +348,29 @@ def test_a_killed_worker_is_charged_only_for_the_page_in_its_engine(running) -> 
     wait_for(lambda: r.query("SELECT attempts FROM pages WHERE state = 'queued' ORDER BY attempts") == [(0,), (1,)],
              10, 0.02, "the page in hand charged, the one claimed ahead not")
     r.stop(deadline_s=2)
+
+
+def test_a_full_outbox_delays_the_document_and_the_daemon_writes_it_once_there_is_room(running, tmp_path) -> None:
+    # A disk that fills up (or goes read-only) clears without `ocrd retry`: the document waits,
+    # keeps its done pages, and is written with backoff once there is room (the hostile trial).
+    outbox = tmp_path / "outbox"            # the config's outbox, on a small disk of its own
+    outbox.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(outbox)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs a small filesystem of its own (mounting a tmpfs is not permitted here)")
+    try:
+        filler = outbox / ".filler"
+        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+            while f.write(b"x" * 4096):     # fill it to the last byte (ENOSPC ends it)
+                pass
+        r = running("engines:FakeEngine")
+        samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
+        wait_for(lambda: r.query("SELECT state FROM pages") == [("done",)], 60, 0.05, "the page done")
+        wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'job_failed'") == [(0,)]
+                 and r.query("SELECT state FROM jobs") == [("running",)], 10, 0.05, "the job waiting")
+        filler.unlink()                     # room again
+        wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "written once there is room")
+        assert (outbox / "page.md").exists()
+        r.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(outbox)], capture_output=True)
