@@ -49,6 +49,18 @@ def one_line(text: Any, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def tail(text: Any, width: int = 40) -> str:
+    """one_line, shortened from the front: a path keeps its file name ("…/scans/a.pdf")."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= width else "…" + flat[len(flat) - width + 1:]
+
+
+def bar(done: int, total: int, width: int = 20) -> str:
+    """A progress bar: bar(5, 20, 10) -> '[##--------]'."""
+    filled = 0 if total <= 0 else min(width, int(width * done / total))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
 def name_of(path: str | None) -> str:
     return Path(path).name if path else "-"
 

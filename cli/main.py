@@ -239,19 +239,21 @@ def _retry_words(r: Retried) -> str:
 @main.command()
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path), metavar="PATH...")
+@click.option("--force", is_flag=True, help="Process a file even if its content is a known job's "
+              "(otherwise it is recorded as `duplicate`).")
 @click.pass_context
-def submit(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+def submit(ctx: click.Context, paths: tuple[Path, ...], force: bool) -> None:
     """Enqueue files without the watcher.
 
     A file inside an inbox is moved into the spool as if the watcher had seen it; a file elsewhere
     is copied (yours stays) and its output goes to the first inbox's outbox. A folder submits its
-    supported files.
+    supported files. With --force, a duplicate is processed anyway.
     """
     config = _load(ctx)
     from ocrd.daemon.ingest import Ingestor
     failed = 0
     with _ledger(config, create=True) as ledger:
-        submitted = Ingestor(config, ledger).submit([p.absolute() for p in paths])
+        submitted = Ingestor(config, ledger).submit([p.absolute() for p in paths], force=force)
     for s in submitted:
         result = s.result
         if s.error is not None or result is None or result.state == JobState.FAILED:
@@ -285,8 +287,10 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
     if not rows:
         click.echo("no jobs" + (f" in state {state}" if state else ""))
         return
+    from ocrd.daemon.outbox import relative_source
     table = [(r["id"], r["state"], f"{r.get('pages_done') or 0}/{r.get('pages_total') or 0}",
-              fmt.when(r.get("updated_at")), fmt.one_line(fmt.name_of(r.get("source_path")), 40),
+              fmt.when(r.get("updated_at")),
+              fmt.tail(relative_source(config, r["inbox"], r["source_path"]).as_posix(), 40),
               fmt.one_line(r.get("error"), 60) or "") for r in rows]
     click.echo(fmt.table(("ID", "STATE", "PAGES", "UPDATED", "SOURCE", "ERROR"), table, right=(0, 2)))
 
@@ -321,14 +325,9 @@ def show(ctx: click.Context, job_id: int, as_json: bool, as_text: bool) -> None:
               ("updated", fmt.when(job.get("updated_at"))), ("finished", fmt.when(job.get("finished_at"))),
               ("error", job.get("error"))]
     click.echo("\n".join(f"{k:<9} {'-' if v is None else v}" for k, v in fields))
-    pages = job.get("pages") or []
-    if pages:
-        rows = [(p["page_no"], p["state"], p.get("attempts"), p.get("lease_owner") or "-",
-                 "-" if p.get("seconds") is None else f"{p['seconds']:.1f}s",
-                 p.get("generation_tokens") if p.get("generation_tokens") is not None else "-",
-                 fmt.one_line(p.get("error"), 60)) for p in pages]
-        click.echo("\n" + fmt.table(("PAGE", "STATE", "TRIES", "WORKER", "TIME", "TOKENS", "ERROR"),
-                                    rows, right=(0, 2, 4, 5)))
+    if job.get("pages"):
+        from .reports import render_pages
+        click.echo("\n" + render_pages(job["pages"]))
     events = job.get("events") or []
     if events:
         rows = [(fmt.when(e.get("at")), e.get("kind"), fmt.one_line(e.get("detail"), 80)) for e in events]

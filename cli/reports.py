@@ -23,6 +23,7 @@ from ocrd.daemon.engine import model_size_bytes
 from ocrd.daemon.ingest_service import INGEST_PROBLEM
 from ocrd.daemon.engines import LINE_ENGINES, choose_engine
 from ocrd.daemon.lockfile import running_pid
+from ocrd.daemon.outbox import relative_source
 from ocrd.ledger import DaemonInfo, Ledger
 from ocrd.ledger.states import ENDED_WORKER_STATES, JobState, ModelState, ModelStatus, PageState
 
@@ -54,6 +55,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
         workers, rate, model, info, paused, metrics_url, problem = [], {}, None, None, None, None, None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
+        busy: list[dict[str, Any]] = []
     else:
         report = ledger.status()
         counts, workers, rate = report["counts"], report["workers"], report["throughput"]
@@ -61,6 +63,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         model, info = ledger.model_status(), ledger.daemon_info()
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
         problem = ledger.get_meta(INGEST_PROBLEM)
+        busy = ledger.running_jobs()
     device = _device_of(info, pid is not None)
 
     ppm = rate.get("pages_per_min")
@@ -92,11 +95,40 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "pages_per_min": ppm,
         "tokens_per_s": flight["tokens_per_s"],
         "eta_s": rate.get("eta_s") if running else None,
+        "running_jobs": _running_jobs(config, busy, ppm if running else None, live=running),
         "warnings": _status_warnings(device, model, running, waiting, workers,
                                      engine=info.engine if running and info is not None else None)
                     + (_ingest_warning(problem) if running else []),
         "state_dir": str(config.state_dir),
     }, model
+
+
+def _running_jobs(config: Config, rows: list[dict[str, Any]], ppm: float | None, *,
+                  live: bool) -> list[dict[str, Any]]:
+    """The documents being worked on, for the progress bars: each with its path below its inbox,
+    pages done / total and an ETA from its own pace (before its first page is done: from the
+    overall rate); no ETA while the daemon is down."""
+    out = []
+    for r in rows:
+        left = max((r["pages_total"] or 0) - (r["pages_done"] or 0), 0)
+        pace = r["pages_per_min"] or ppm
+        out.append({"id": r["id"], "source": r["source_path"],
+                    "relative_path": relative_source(config, r["inbox"], r["source_path"]).as_posix(),
+                    "pages_done": r["pages_done"], "pages_total": r["pages_total"],
+                    "pages_claimed": r["pages_claimed"], "pages_per_min": r["pages_per_min"],
+                    "eta_s": left / pace * 60 if live and pace else None})
+    return out
+
+
+def _running_lines(jobs: list[dict[str, Any]]) -> list[str]:
+    """`status`: one line per running document: id, path, progress bar, pages, ETA."""
+    if not jobs:
+        return []
+    rows = [(j["id"], fmt.tail(j["relative_path"], 40), fmt.bar(j["pages_done"] or 0, j["pages_total"] or 0),
+             f"{j['pages_done'] or 0}/{j['pages_total'] or 0}",
+             "-" if j["pages_per_min"] is None else f"{j['pages_per_min']:.1f}/min",
+             fmt.duration(j["eta_s"])) for j in jobs]
+    return ["", fmt.table(("JOB", "RUNNING", "PROGRESS", "PAGES", "PACE", "ETA"), rows, right=(0, 3, 4, 5))]
 
 
 def _pool_of(info: DaemonInfo | None) -> dict[str, Any] | None:
@@ -172,6 +204,7 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     ppm, tps = s["pages_per_min"], s.get("tokens_per_s")
     lines.append(f"rate     {'-' if ppm is None else f'{ppm:.1f}'} pages/min"
                  + ("" if tps is None else f"  {tps:.0f} tokens/s") + f"  ETA {fmt.duration(s['eta_s'])}")
+    lines += _running_lines(s.get("running_jobs") or [])
     if s["workers"]:
         lines += ["", _workers_table(s["workers"])]
     else:
@@ -226,6 +259,28 @@ def _workers_table(workers: list[dict[str, Any]]) -> str:
                       "MEMORY", "PEAK", "DONE"), rows, right=(1, 4, 6, 7, 8, 9, 10))
 
 
+CUT_SHORT = {"length": "max_tokens", "repetition": "repetition"}   # finish_reason -> CUT
+
+
+def render_pages(pages: list[dict[str, Any]]) -> str:
+    """`ocrd show`'s page table; CUT flags a page whose text was cut short: at [model] max_tokens
+    (finish_reason "length") or by the repetition guard (a loop, cut where it began)."""
+    rows = [(p["page_no"], p["state"], p.get("attempts"), p.get("lease_owner") or "-",
+             "-" if p.get("seconds") is None else f"{p['seconds']:.1f}s",
+             p.get("generation_tokens") if p.get("generation_tokens") is not None else "-",
+             CUT_SHORT.get(p.get("finish_reason") or "", ""), fmt.one_line(p.get("error"), 60))
+            for p in pages]
+    text = fmt.table(("PAGE", "STATE", "TRIES", "WORKER", "TIME", "TOKENS", "CUT", "ERROR"), rows,
+                     right=(0, 2, 4, 5))
+    cut = [p for p in pages if p.get("finish_reason") in CUT_SHORT]
+    if cut:
+        text += "\n" + click.style(
+            f"{len(cut)} page{'' if len(cut) == 1 else 's'} cut short: their text may be incomplete"
+            + (" (max_tokens: raise [model] max_tokens)" if any(p["finish_reason"] == "length" for p in cut)
+               else ""), fg="yellow")
+    return text
+
+
 def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     """What `ocrd device` prints: the device, the model's size, and the pool plan with its
     reasons (workers, batch, recycling)."""
@@ -235,7 +290,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     if ledger is not None:
         measured = _meta_int(ledger, footprint_key(config.model))
         measured_page = _meta_int(ledger, page_key(config.model))
-    engine = choose_engine(config.model.engine, info.backend)
+    engine = choose_engine(config.model.engine, info.backend, model_local=lambda: size is not None)
     plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
     warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
     if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use

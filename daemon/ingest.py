@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger import AddResult, Job, JobState, Ledger
+from ocrd.ledger import AddResult, Job, JobState, Ledger, OnDuplicate
 
 from . import files
 from .config import Config, InboxConfig
@@ -209,12 +209,12 @@ class Ingestor:
         except OSError:
             return
 
-    def _take(self, inbox: InboxConfig, path: Path, *, copy: bool) -> Taken:
+    def _take(self, inbox: InboxConfig, path: Path, *, copy: bool, force: bool = False) -> Taken:
         rel = Path(path.name) if copy else path.relative_to(inbox.path)
         st = self._stat_takeable(inbox, path, copy=copy)
         intent = Intent(inbox=inbox.key, source_path=_storable(str(path)),
                         relative_path=_storable(rel.as_posix()), spool_name=_spool_name(path),
-                        size=st.st_size, mtime_ns=st.st_mtime_ns, copied=copy)
+                        size=st.st_size, mtime_ns=st.st_mtime_ns, copied=copy, force=force)
         write_intent(self.intents, intent)
         target = self.spool / intent.spool_name
         try:
@@ -273,11 +273,13 @@ class Ingestor:
             return self._fail(intent, spool, inbox, sha, size, exc)
         result = self.ledger.add_job(inbox=intent.inbox, source_path=intent.source_path,
                                      spool_path=str(spool), sha256=sha, size_bytes=size,
-                                     pages_total=pages, on_duplicate=inbox.on_duplicate)
+                                     pages_total=pages,
+                                     on_duplicate=OnDuplicate.PROCESS if intent.force else inbox.on_duplicate)
         if result.state == JobState.DUPLICATE:
             self._shelve_duplicate(intent, spool, inbox, result)
         elif result.state == JobState.QUEUED:
-            log.info("job_queued", job_id=result.job_id, pages=pages, path=intent.source_path)
+            log.info("job_queued", job_id=result.job_id, pages=pages, path=intent.source_path,
+                     **({"forced": True} if intent.force else {}))
         drop_intent(self.intents, intent)
         return Taken(result, pages=pages)
 
@@ -314,21 +316,22 @@ class Ingestor:
                  path=intent.source_path, moved_to=str(where) if where else None)
 
     # -- ocrd submit ----------------------------------------------------------------------------
-    def submit(self, paths: list[Path]) -> list[Submitted]:
+    def submit(self, paths: list[Path], *, force: bool = False) -> list[Submitted]:
         """`ocrd submit`: files in an inbox are moved in as usual, files elsewhere are copied (the
-        user's file stays) and use the first inbox's folders; a folder submits its supported files."""
+        user's file stays) and use the first inbox's folders; a folder submits its supported files.
+        `force` (`submit --force`): a file whose content is a known job's is processed anyway."""
         out: list[Submitted] = []
         for given in paths:
             path = Path(given).expanduser().absolute()
             if path.is_dir() and not path.is_symlink():
                 for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
                     if _submittable(path, f):
-                        out.append(self._submit_one(f))
+                        out.append(self._submit_one(f, force))
             else:
-                out.append(self._submit_one(path))
+                out.append(self._submit_one(path, force))
         return out
 
-    def _submit_one(self, path: Path) -> Submitted:
+    def _submit_one(self, path: Path, force: bool = False) -> Submitted:
         if not path.exists() and not path.is_symlink():
             return Submitted(path, None, f"no such file: {path}")
         if not path.is_file():
@@ -338,7 +341,8 @@ class Ingestor:
             return Submitted(path, None, "no inbox is configured (the job needs an outbox)")
         try:
             with self.locked():
-                taken = self._take(inbox or self.config.inboxes[0], path, copy=inbox is None)
+                taken = self._take(inbox or self.config.inboxes[0], path, copy=inbox is None,
+                                   force=force)
         except _Skip as exc:
             return Submitted(path, None, str(exc))
         if taken.result.state == JobState.FAILED:

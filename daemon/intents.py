@@ -35,6 +35,7 @@ class Intent:
     size: int = 0            # size and mtime when taken
     mtime_ns: int = 0
     copied: bool = False     # copied in (`ocrd submit` from elsewhere): the source stays
+    force: bool = False      # `submit --force`: processed even if its content is a known job's
     stage: Stage = Stage.NEW
     dest: str = ""           # where it is being moved ("" : deleted, or not chosen yet)
     job_id: int | None = None

@@ -3,7 +3,11 @@
 
 A recursive XY-cut: a region is cut down a vertical gutter (columns, left to right) that leaves
 every part wide enough to be a text column, else across horizontal whitespace (blocks, top to
-bottom). A region that can't be cut is one block: its boxes are grouped into lines by
+bottom). Where full-width text above or below the columns leaves no such gutter, or the gutter is
+narrower than that (OCRmyPDF's linn.png: about one line height), a band of rows that keeps off one
+vertical gutter is read as two columns: top, left, right, bottom; a line box that crosses the
+gutter only through a gap between its words (detectors can join lines across a narrow gutter) is
+split there. A region that can't be cut is one block: its boxes are grouped into lines by
 baseline, and a block whose lines hold several cells apart
 from one another is written as a markdown table. Blocks are separated by a blank line.
 """
@@ -26,6 +30,8 @@ GUTTER_GAP = 1.2        # x the median line height: a vertical gutter between co
 COLUMN_MIN_WIDTH = 10   # x the median line height: narrower parts are table cells, not columns
 CELL_GAP = 1.5          # x the line height: whitespace between two cells of one table row
 SAME_LINE = 0.5         # centres closer than this x the line height share a line
+BAND_LINES = 3          # whole boxes on each side of a gutter before a band counts as two columns
+BAND_GAP = 0.5          # x the median line height: the narrowest gutter in a band
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class Box:
     x1: float
     y1: float
     text: str
+    words: tuple[Box, ...] = ()     # the words' own boxes where the engine gives them (RapidOCR)
 
     @property
     def height(self) -> float:
@@ -68,6 +75,9 @@ def _cut(boxes: list[Box], unit: float) -> list[list[Box]]:
     columns = _split(boxes, unit * GUTTER_GAP, axis="x")
     if len(columns) > 1 and all(_width(c) >= unit * COLUMN_MIN_WIDTH for c in columns):
         return [block for column in columns for block in _cut(column, unit)]
+    band = _band(boxes, unit)
+    if band:
+        return [block for part in band if part for block in _cut(part, unit)]
     rows = _split(boxes, unit * BLOCK_GAP, axis="y")
     if len(rows) > 1:
         return [block for row in rows for block in _cut(row, unit)]
@@ -86,6 +96,98 @@ def _split(boxes: list[Box], gap: float, *, axis: str) -> list[list[Box]]:
         groups[-1].append(box)
         reach = max(reach, getattr(box, hi))
     return groups
+
+
+def _band(boxes: list[Box], unit: float) -> tuple[list[Box], ...] | None:
+    """(above, left, right, below): the longest run of boxes, top to bottom, that all keep off one
+    vertical gutter (or cross it between words), with columns of text on both sides; else None."""
+    ordered = sorted(boxes, key=lambda b: (b.y0, b.x0))
+    lo, hi = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
+    best: tuple[int, int, float] | None = None
+    x = lo + unit * COLUMN_MIN_WIDTH
+    while x <= hi - unit * COLUMN_MIN_WIDTH:
+        for start, end in _runs(ordered, x, unit):
+            if best is None or end - start > best[1] - best[0]:
+                best = (start, end, x)
+        x += unit / 4
+    if best is None:
+        return None
+    start, end = _trim(ordered, *best)
+    parts = [_sides(box, best[2]) for box in ordered[start:end]]
+    return (ordered[:start], [p[0] for p in parts if p and p[0]],
+            [p[1] for p in parts if p and p[1]], ordered[end:])
+
+
+def _trim(ordered: list[Box], start: int, end: int, x: float) -> tuple[int, int]:
+    """A band's run less a first or last whole line that stands beside nothing on the other side
+    and nearer the full-width text outside the band (a heading over it, a heading under it)."""
+    def side(box: Box) -> bool:
+        return box.x0 >= x
+
+    def beside(box: Box, run: list[Box]) -> bool:   # text beside it, or a line split across x
+        if box.x0 < x < box.x1:
+            return True
+        other = [b for b in run if b.x1 > x] if not side(box) else [b for b in run if b.x0 < x]
+        return any(b.y0 < box.y1 and box.y0 < b.y1 for b in other)
+
+    while end - start > 2 * BAND_LINES and end < len(ordered):
+        last, run = ordered[end - 1], ordered[start:end - 1]
+        above = [b for b in run if side(b) == side(last) and (b.x1 <= x or b.x0 >= x)]
+        if beside(last, run) or not above or last.y0 - above[-1].y1 <= ordered[end].y0 - last.y1:
+            break
+        end -= 1
+    while end - start > 2 * BAND_LINES and start > 0:
+        first, run = ordered[start], ordered[start + 1:end]
+        below = [b for b in run if side(b) == side(first) and (b.x1 <= x or b.x0 >= x)]
+        if beside(first, run) or not below or below[0].y0 - first.y1 <= first.y0 - ordered[start - 1].y1:
+            break
+        start += 1
+    return start, end
+
+
+def _runs(ordered: list[Box], x: float, unit: float) -> list[tuple[int, int]]:
+    """The runs of consecutive boxes that keep off a gutter at `x` and make two columns:
+    (start, end) in `ordered`."""
+    runs, start, left, right, whole = [], 0, [], [], [0, 0]
+    for i, box in enumerate([*ordered, None]):
+        parts = _sides(box, x) if box else None
+        if parts is None:
+            if min(whole) >= BAND_LINES and _columns(left, right, unit):
+                runs.append((start, i))
+            start, left, right, whole = i + 1, [], [], [0, 0]
+            continue
+        left += [parts[0]] if parts[0] else []
+        right += [parts[1]] if parts[1] else []
+        if not (parts[0] and parts[1]):     # a whole line on one side, not a split one
+            whole[parts[0] is None] += 1
+    return runs
+
+
+def _sides(box: Box, x: float) -> tuple[Box | None, Box | None] | None:
+    """`box` as (left part, right part) of a gutter at x; None where it runs across the gutter."""
+    if box.x1 <= x:
+        return box, None
+    if box.x0 >= x:
+        return None, box
+    left = [w for w in box.words if w.x1 <= x]
+    right = [w for w in box.words if w.x0 >= x]
+    if not left or not right or len(left) + len(right) < len(box.words):
+        return None
+    return _join(left), _join(right)
+
+
+def _join(words: list[Box]) -> Box:
+    return Box(min(w.x0 for w in words), min(w.y0 for w in words), max(w.x1 for w in words),
+               max(w.y1 for w in words), " ".join(w.text for w in words), tuple(words))
+
+
+def _columns(left: list[Box], right: list[Box], unit: float) -> bool:
+    """Whether left and right parts are two columns: lines mostly column-wide (a table's cells are
+    not), and a gutter apart."""
+    wide = unit * COLUMN_MIN_WIDTH
+    return (min(b.x0 for b in right) - max(b.x1 for b in left) >= unit * BAND_GAP
+            and statistics.median(b.x1 - b.x0 for b in left) >= wide
+            and statistics.median(b.x1 - b.x0 for b in right) >= wide)
 
 
 def _width(boxes: list[Box]) -> float:

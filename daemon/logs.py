@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines to a rotating file in the state dir, readable lines on a terminal.
+"""structlog set-up: JSON lines to a rotating file in the state dir, a line per document on a
+terminal (console.py).
 
 Worker processes do not write the log themselves: they send JSON event lines to the supervisor
 over a pipe (`configure_worker_logging`), and the supervisor logs them with the worker bound.
@@ -15,6 +16,8 @@ from typing import IO
 
 import structlog
 
+from .console import ConsoleFilter, ConsoleRenderer
+
 _SHARED = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -30,7 +33,8 @@ def _not_stop_noise(record: logging.LogRecord) -> bool:
 def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
                       level: int = logging.INFO) -> None:
     """Log to `log_dir/ocrd.log` (JSON, rotated at 10 MB x 5) and to `stream` (default stderr):
-    coloured key=value lines on a terminal, JSON lines otherwise (launchd/systemd capture)."""
+    on a terminal, a line per document and the warnings (console.py); JSON lines otherwise
+    (launchd/systemd capture everything)."""
     stream = stream or sys.stderr
     handlers: list[logging.Handler] = []
     if log_dir is not None:
@@ -41,9 +45,11 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
         file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         handlers.append(file_handler)
     tty = hasattr(stream, "isatty") and stream.isatty()
-    console = structlog.dev.ConsoleRenderer(colors=tty) if tty else structlog.processors.JSONRenderer()
+    console = ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
     stream_handler = logging.StreamHandler(stream)
     stream_handler.setFormatter(_formatter(console))
+    if tty:
+        stream_handler.addFilter(ConsoleFilter())
     handlers.append(stream_handler)
 
     root = logging.getLogger()

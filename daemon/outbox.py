@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import errno
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
 from ocrd.ledger import Job, JobState, Ledger
+from ocrd.ledger.clock import from_text
 
 from .config import Config, InboxConfig
 from .files import atomic_write_text, flocked, move_file, unique_path, write_error_file
@@ -50,7 +52,12 @@ class Place(StrEnum):
 def job_relative_path(config: Config, job: Job) -> Path:
     """A job's source path below its inbox (just its name when it came from elsewhere): the
     path it keeps under outbox/, archive/ and failed/."""
-    source, inbox = Path(job.source_path), config.inbox_for(job.inbox)
+    return relative_source(config, job.inbox, job.source_path)
+
+
+def relative_source(config: Config, inbox_key: str, source_path: str) -> Path:
+    """job_relative_path for a job known by its inbox key and source path (a ledger row)."""
+    source, inbox = Path(source_path), config.inbox_for(inbox_key)
     if inbox is not None and source.is_relative_to(inbox.path):
         return source.relative_to(inbox.path)
     return Path(source.name)
@@ -149,8 +156,16 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
         elif job.spool_path and inbox.archive and (inbox.archive / rel).exists():
             ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
         ledger.finish_job(job_id, str(out))
-    log.info("job_done", job_id=job_id, output=str(out), pages=len(texts))
+    log.info("job_done", job_id=job_id, source=job.source_path, output=str(out), pages=len(texts),
+             seconds=_seconds_since(ledger.job_started_at(job_id)))
     return out
+
+
+def _seconds_since(iso: str | None) -> float | None:
+    """Seconds from an ISO-8601 UTC stamp of the ledger to now (how long a document took)."""
+    if not iso:
+        return None
+    return round((datetime.now(UTC) - from_text(iso)).total_seconds(), 1)
 
 
 def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, details: str = "") -> None:
@@ -165,5 +180,5 @@ def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, deta
     dest = plan_destination(inbox, Place.FAILED, job_relative_path(config, job))
     moved = place_original(ledger, original, dest, job_id=job_id, error=job.error or reason,
                            details=details, event="failed_move_failed")
-    if moved != original:
-        log.warning("job_failed", job_id=job_id, reason=job.error or reason, moved_to=str(moved))
+    log.warning("job_failed", job_id=job_id, source=job.source_path, reason=job.error or reason,
+                moved_to=str(moved) if moved is not None else None)

@@ -52,10 +52,23 @@ class RapidOcrEngine(LineEngine):
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         # No 180-degree line classifier: on upright pages it turned whole lines upside down
         # (a clean sans page lost a line to it: CER 12.5% with it, 2.2% without).
-        found, _ = self.ocr(pixels, use_cls=False)
+        # Word boxes let layout split a line the detector joined across a narrow column gutter.
+        found, _ = self.ocr(pixels, use_cls=False, return_word_box=True)
         return [_box(item) for item in found or []]
 
 
 def _box(item: list[Any]) -> Box:
-    """A detection (quad, text, score) as a layout Box."""
-    return box_from_quad(item[0], item[1])
+    """A detection (quad, text, score[, piece quads, piece texts, ...]) as a layout Box with its
+    words: RapidOCR places Latin text a character at a time, spaces included."""
+    line = box_from_quad(item[0], item[1])
+    if len(item) < 5 or not item[3] or len(item[3]) != len(item[4]):
+        return line
+    words: list[list[Box]] = [[]]
+    for quad, piece in zip(item[3], item[4]):
+        if piece.strip():
+            words[-1].append(box_from_quad(quad, piece))
+        elif words[-1]:
+            words.append([])
+    joined = tuple(Box(min(c.x0 for c in w), min(c.y0 for c in w), max(c.x1 for c in w),
+                       max(c.y1 for c in w), "".join(c.text for c in w)) for w in words if w)
+    return Box(line.x0, line.y0, line.x1, line.y1, line.text, joined)

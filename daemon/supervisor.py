@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -30,7 +30,8 @@ from ocrd.ledger.migrations import SchemaTooNew
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
-from .engines import LINE_ENGINES, EngineChoice, choose_engine, name_of
+from .engine import model_size_bytes
+from .engines import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
 from .errors import OcrdError, PageTimeout, WorkerDied, first_line
 from .files import make_private_dir
 from .hooks import HookRunner
@@ -97,6 +98,7 @@ class Supervisor:
         self.recycle_bytes = 0
         self.model_ok: bool | None = None
         self.ready = threading.Event()   # set once the model loaded, or its first load failed
+        self._model_fetched = threading.Event()   # DeepSeek-OCR downloaded behind an interim engine
         self.weights_bytes = 0           # a loaded worker's memory before any page
         self.peak_seen = 0               # the one-page footprint measured on real pages
         self.page_seen = 0               # memory per page in flight, measured
@@ -123,6 +125,8 @@ class Supervisor:
         device = self.device = self.device or probe_device()
         engine = self.engine = self._choose_engine(device)
         log.info("engine_chosen", engine=engine.name, reason=engine.reason, factory=engine.factory)
+        if engine.interim:   # tick() rolls the workers over to DeepSeek-OCR once it is here
+            fetch_model(self.config.model.path, self._model_fetched)
         if device.backend == "cpu" and engine.name not in LINE_ENGINES:
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
         plan = self.plan = plan_for_config(device, self.config, *self._measured(), engine=engine.name)
@@ -162,6 +166,8 @@ class Supervisor:
             self._finish_orphaned_documents(now)
             self._save_footprint()
         self.hooks.tick(now)
+        if self._model_fetched.is_set():
+            self._take_downloaded_model()
         self._spawn(now)
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
@@ -322,7 +328,23 @@ class Supervisor:
         factory = self.settings.engine_factory
         if factory:
             return EngineChoice(name_of(factory), factory, "given by the caller (Settings.engine_factory)")
-        return choose_engine(self.config.model.engine, device.backend)
+        return choose_engine(self.config.model.engine, device.backend,
+                             model_local=lambda: model_size_bytes(self.config.model.path) is not None)
+
+    def _take_downloaded_model(self) -> None:
+        """The interim engine's workers finish their pages and exit; new ones load DeepSeek-OCR."""
+        self._model_fetched.clear()
+        self.engine = self._choose_engine(self.device)
+        if self.engine.interim:
+            return
+        self.plan = plan_for_config(self.device, self.config, *self._measured(), engine=self.engine.name)
+        info = self.ledger.daemon_info()
+        if info is not None:
+            self.ledger.set_daemon_info(replace(info, engine=self.engine.name, engine_reason=self.engine.reason,
+                                                workers=self.plan.count, batch=self.plan.batch))
+        self.model_ok = None
+        self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
+        self.pool.signal_all(signal.SIGTERM)
 
     def _measured(self) -> tuple[int | None, int | None]:
         """The footprint and memory per page in flight measured by earlier runs, if any."""
@@ -410,7 +432,8 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     supervisor = Supervisor(config, settings)
-    log.info("daemon_starting", pid=os.getpid(), config=str(config.source), state_dir=str(config.state_dir))
+    log.info("daemon_starting", pid=os.getpid(), config=str(config.source), state_dir=str(config.state_dir),
+             log=str(config.log_dir / "ocrd.log"))
     try:
         try:
             supervisor.start()
@@ -425,8 +448,7 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
             except Exception:  # log and go on: the daemon outlives any one bad tick
                 log.exception("tick_failed")
             if not notified and supervisor.ready.is_set():
-                sd_notify("READY=1\nSTATUS=workers " + ("loaded the model" if supervisor.model_ok
-                                                        else "could not load the model; queueing"))
+                _announce_ready(supervisor)
                 notified = True
             if reload.is_set():
                 reload.clear()
@@ -440,6 +462,15 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
         lock.release()
         log.info("daemon_stopped")
     return 0
+
+
+def _announce_ready(supervisor: Supervisor) -> None:
+    """The model loaded (or could not be): tell systemd, and the person at the terminal which
+    inboxes are watched and where their output goes."""
+    ok = bool(supervisor.model_ok)
+    sd_notify("READY=1\nSTATUS=workers " + ("loaded the model" if ok else "could not load the model; queueing"))
+    log.info("daemon_ready", model_ok=ok, workers=supervisor.plan.count if supervisor.plan else 0,
+             inboxes=[{"inbox": str(i.path), "outbox": str(i.outbox)} for i in supervisor.config.inboxes])
 
 
 def _reload(supervisor: Supervisor) -> None:

@@ -122,6 +122,32 @@ def status(conn: Connection, now: datetime) -> dict[str, Any]:
             "in_flight": in_flight(workers_)}
 
 
+def running_jobs(conn: Connection, now: datetime, limit: int = 20) -> list[dict[str, Any]]:
+    """Jobs being worked on (state running), oldest first, each with id, inbox, source_path,
+    pages_done, pages_total, pages_claimed (its running pages), started_at (when its first page
+    was claimed) and pages_per_min: its own pace since then (None before a page is done)."""
+    started = func.min(pages.c.started_at)
+    claimed = func.count().filter(pages.c.state == PageState.RUNNING)
+    query = (select(jobs.c.id, jobs.c.inbox, jobs.c.source_path, jobs.c.pages_done, jobs.c.pages_total,
+                    started.label("started_at"), claimed.label("pages_claimed"))
+             .join(pages, pages.c.job_id == jobs.c.id)
+             .where(jobs.c.state == JobState.RUNNING)
+             .group_by(jobs.c.id, jobs.c.inbox, jobs.c.source_path, jobs.c.pages_done, jobs.c.pages_total)
+             .order_by(jobs.c.id).limit(limit))
+    out = []
+    for r in conn.execute(query):
+        row = dict(r._mapping)
+        elapsed = (now - from_text(r.started_at)).total_seconds() if r.started_at else 0.0
+        row["pages_per_min"] = r.pages_done / elapsed * 60 if r.pages_done and elapsed > 0 else None
+        out.append(row)
+    return out
+
+
+def job_started_at(conn: Connection, job_id: int) -> str | None:
+    """When the job's first page was claimed (ISO text); None before any was."""
+    return conn.execute(select(func.min(pages.c.started_at)).where(pages.c.job_id == job_id)).scalar_one()
+
+
 def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """jobs rows (all columns), newest first."""
     query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
@@ -197,6 +223,13 @@ class Reports:
         """counts, workers_status and throughput read together, so the three agree."""
         now = utc_now(now)
         return self._read(lambda conn: status(conn, now))
+
+    def running_jobs(self, now: datetime | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        now = utc_now(now)
+        return self._read(lambda conn: running_jobs(conn, now, limit))
+
+    def job_started_at(self, job_id: int) -> str | None:
+        return self._read(lambda conn: job_started_at(conn, job_id))
 
     def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return self._read(lambda conn: list_jobs(conn, state, limit))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 import samples
 from cli_support import OCRD, invoke, write_config
+from helpers import wait_for
 from ocrd.daemon.config import ConfigError, HooksConfig, MetricsConfig, load_config
 from ocrd.daemon.lockfile import DaemonLock
 from ocrd.daemon.outbox import finish_document
@@ -133,6 +136,105 @@ def test_retry_force_processes_a_duplicate(config_file: Path, tmp_path: Path):
     assert invoke(config_file, "retry", "--force", "--failed").exit_code == 2
     again = invoke(config_file, "retry", "--force", "2")                # queued now: not retryable
     assert again.exit_code == 1 and "is queued, not failed" in again.output
+
+
+def test_submit_force_processes_a_duplicate(config_file: Path, tmp_path: Path):
+    config = load_config(config_file)
+    first, elsewhere = tmp_path / "one.png", tmp_path / "again.png"
+    samples.write_image(first, "PNG")
+    elsewhere.write_bytes(first.read_bytes())
+    in_inbox = config.inboxes[0].path / "sub" / "third.png"
+    in_inbox.parent.mkdir(parents=True, exist_ok=True)
+    in_inbox.write_bytes(first.read_bytes())
+    assert invoke(config_file, "submit", str(first)).exit_code == 0
+    forced = invoke(config_file, "submit", "--force", str(elsewhere), str(in_inbox))
+    assert forced.exit_code == 0, forced.output
+    assert forced.output == (f"{elsewhere}: job 2 queued (1 page)\n"
+                             f"{in_inbox}: job 3 queued (1 page)\n")
+    assert elsewhere.exists() and not in_inbox.exists()          # a copy; a move out of the inbox
+    plain = invoke(config_file, "submit", str(elsewhere))
+    assert plain.output == f"{elsewhere}: duplicate of job 1 (job 4, skipped)\n"
+    with open_ledger(config_file) as ledger:
+        for job_id in (2, 3):
+            job = ledger.job(job_id)
+            assert job.state == JobState.QUEUED and job.pages_total == 1 and job.duplicate_of is None
+            assert Path(job.spool_path).is_relative_to(config.spool_dir)
+        assert ledger.job(4).state == JobState.DUPLICATE
+    assert not list((config.spool_dir / ".intents").iterdir())
+
+
+# -- progress: status bars, jobs' relative paths, pages cut short ---------------------------------
+
+def _progress_ledger(config_file: Path) -> tuple[int, int]:
+    """Job 1: inbox/sub/long.pdf, 8 pages, 2 done (one cut at max_tokens, one by the repetition
+    guard) 2 minutes after its first pages were claimed, 2 more claimed. Job 2: elsewhere, queued."""
+    config = load_config(config_file)
+    inbox = config.inboxes[0]
+    now = datetime.now(UTC)
+    with open_ledger(config_file) as ledger:
+        long_job = ledger.add_job(inbox=inbox.key, source_path=str(inbox.path / "sub" / "long.pdf"),
+                                  spool_path="/s/1.pdf", sha256="c" * 64, size_bytes=1, pages_total=8).job_id
+        other = ledger.add_job(inbox=inbox.key, source_path="/elsewhere/short.png",
+                               spool_path="/s/2.png", sha256="d" * 64, size_bytes=1, pages_total=2).job_id
+        ledger.register_worker("w", host="h", pid=1, backend="cpu", device_name="cpu")
+        ledger.claim_pages("w", n=4, now=now - timedelta(minutes=2))
+        for page_no, finish in ((1, "length"), (2, "repetition")):
+            ledger.complete_page(long_job, page_no, "w", text="x", generation_tokens=9, seconds=1.0,
+                                 finish_reason=finish, now=now - timedelta(seconds=1))
+    return long_job, other
+
+
+def test_status_shows_each_running_document_with_a_bar_and_eta(config_file: Path):
+    long_job, _ = _progress_ledger(config_file)
+    down = json.loads(invoke(config_file, "status", "--json").output)["running_jobs"]
+    assert [(j["id"], j["relative_path"], j["eta_s"]) for j in down] == [(long_job, "sub/long.pdf", None)]
+    with DaemonLock(load_config(config_file).lock_path):           # this process plays the daemon
+        s = json.loads(invoke(config_file, "status", "--json").output)
+        text = invoke(config_file, "status").output
+    [job] = s["running_jobs"]
+    assert (job["pages_done"], job["pages_total"], job["pages_claimed"]) == (2, 8, 2)
+    assert job["pages_per_min"] == pytest.approx(1.0, rel=0.05)     # 2 pages in 2 minutes
+    assert job["eta_s"] == pytest.approx(360, rel=0.05)             # 6 pages left at 1 page/min
+    assert "pages/min" in text and "ETA" in text                   # the overall rate stays
+    header, row = text.split("\n\n")[1].splitlines()[:2]
+    assert header.split() == ["JOB", "RUNNING", "PROGRESS", "PAGES", "PACE", "ETA"]
+    assert row.split()[:4] == [str(long_job), "sub/long.pdf", "[#####---------------]", "2/8"]
+    assert row.split()[4] == "1.0/min" and row.split()[5].startswith(("5m5", "6m0"))
+
+
+def test_status_watch_refreshes_until_interrupted(config_file: Path):
+    _progress_ledger(config_file)
+    proc = subprocess.Popen([str(OCRD), "--config", str(config_file), "status", "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen: list[str] = []
+        wait_for(lambda: seen.append(proc.stdout.readline()) or sum("sub/long.pdf" in s for s in seen) >= 2,
+                 60, 0, "two frames of `status --watch` with the running document")
+        assert any(s.split()[2:4] == ["[#####---------------]", "2/8"] for s in seen if "sub/long.pdf" in s)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_jobs_shows_the_path_below_the_inbox(config_file: Path):
+    _progress_ledger(config_file)
+    lines = invoke(config_file, "jobs").output.splitlines()
+    assert lines[1].split()[0] == "2" and lines[1].split()[5] == "short.png"    # from elsewhere
+    assert lines[2].split()[0] == "1" and lines[2].split()[5] == "sub/long.pdf"
+
+
+def test_show_flags_pages_cut_short(config_file: Path):
+    long_job, _ = _progress_ledger(config_file)
+    out = invoke(config_file, "show", str(long_job)).output
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["PAGE", "STATE", "TRIES", "WORKER", "TIME", "TOKENS", "CUT", "ERROR"]
+    assert table[1].split() == ["1", "done", "1", "w", "1.0s", "9", "max_tokens"]
+    assert table[2].split() == ["2", "done", "1", "w", "1.0s", "9", "repetition"]
+    assert table[3].split() == ["3", "running", "1", "w", "-", "-"]
+    assert table[-1] == ("2 pages cut short: their text may be incomplete "
+                         "(max_tokens: raise [model] max_tokens)")
 
 
 # -- the config keys ------------------------------------------------------------------------------

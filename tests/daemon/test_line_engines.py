@@ -9,7 +9,7 @@ import pytest
 
 from ocrd.daemon.config import ConfigError, ModelConfig
 from ocrd.daemon.device import DeviceInfo, plan_for_config
-from ocrd.daemon.engines import FACTORIES, choose_engine
+from ocrd.daemon.engines import FACTORIES, choose_engine, fetch_model
 from ocrd.daemon.errors import EngineError, ModelUnavailable
 from ocrd.daemon.layout import Box, finish_page, to_markdown
 from ocrd.daemon.rapidocr_engine import RapidOcrEngine
@@ -72,6 +72,51 @@ def test_layout_keeps_columns_apart_and_title_first():
     text = to_markdown([*right, title, *left])
     assert text.split("\n\n") == ["Title over both columns", "left 0\nleft 1\nleft 2\nleft 3",
                                   "right 0\nright 1\nright 2\nright 3"]
+
+
+def line_box(words: list[str], x: float, y: float, h: float = 20) -> Box:
+    """One detected line with its words' boxes (as RapidOCR gives them)."""
+    parts = word_boxes(words, x, y, h)
+    return Box(parts[0].x0, y, parts[-1].x1, y + h, " ".join(words), tuple(parts))
+
+
+def linn_like(joined: bool = False) -> list[Box]:
+    """Full-width text over and under two columns whose gutter (16 px) is narrower than a line is
+    tall, with no blank band between them (OCRmyPDF's linn.png); `joined`: the detector ran the
+    first two rows of the columns together across the gutter."""
+    left = ["left", "column", "text", "runs", "here", "on"]           # 6 words: 0..~431 px wide
+    right = ["right", "column", "words", "go", "on", "here"]
+    boxes = [line_box(["Full", "width", "intro", "line", "that", "spans", "both", "columns", "wide"] * 2,
+                      100, 40 + 24 * n) for n in range(2)]
+    boxes.append(line_box(["A", "heading", "under", "the", "intro"], 100, 88))   # left, nothing beside
+    for n in range(5):
+        y = 112 + 24 * n
+        lw, rw = [*left[:5], str(n)], [*right[:5], str(n)]
+        if joined and n < 2:
+            boxes.append(line_box([*lw, *rw], 100, y, h=20))   # one box across the gutter
+            boxes[-1] = Box(boxes[-1].x0, y, 564 + 446, y + 20, boxes[-1].text,
+                            (*word_boxes(lw, 100, y), *word_boxes(rw, 564, y)))
+        else:
+            boxes += [line_box(lw, 100, y), line_box(rw, 564, y)]
+    boxes.append(line_box(["Closing", "full", "width", "line", "over", "the", "page"] * 3, 100, 232))
+    return boxes
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_layout_reads_columns_between_full_width_text(joined: bool):
+    text = to_markdown(linn_like(joined))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines[2] == "A heading under the intro"
+    column = [ln.split()[0] for ln in lines[3:13]]
+    assert column == ["left"] * 5 + ["right"] * 5, text                   # left, then right
+    assert [ln.split()[-1] for ln in lines[3:8]] == ["0", "1", "2", "3", "4"]
+    assert lines[13].startswith("Closing")
+
+
+def test_layout_does_not_split_a_single_column_at_word_gaps():
+    words = ["aaaa", "bbbbbbbb", "cc", "dddddd", "eeeee", "ffffffff", "gg", "hhhhhhh"] * 2
+    boxes = [line_box(words, 100, 100 + 24 * n) for n in range(6)]
+    assert to_markdown(boxes) == "\n".join([" ".join(words)] * 6)
 
 
 def test_layout_table_rows_become_a_markdown_table():
@@ -167,6 +212,34 @@ def test_choose_engine_auto_by_device_and_what_is_installed():
     assert bare.name == "mlx-vlm" and "[cpu]" in bare.reason
     assert choose_engine("mlx-vlm", "cpu", installed=yes).name == "mlx-vlm"
     assert choose_engine("vision", "metal", installed=no).factory == FACTORIES["vision"]
+
+
+def test_auto_reads_with_vision_while_the_model_downloads_on_a_mac():
+    yes = lambda m: True                                             # noqa: E731
+    only_rapid = lambda m: m == "rapidocr_onnxruntime"               # noqa: E731
+    meanwhile = choose_engine("auto", "metal", installed=yes, model_local=lambda: False)
+    assert (meanwhile.name, meanwhile.factory, meanwhile.interim) == ("vision", FACTORIES["vision"], True)
+    assert "downloads" in meanwhile.reason and "DeepSeek-OCR takes over" in meanwhile.reason
+    here = choose_engine("auto", "metal", installed=yes, model_local=lambda: True)
+    assert (here.name, here.interim) == ("mlx-vlm", False)
+    # no Vision (ocrmac missing), CUDA, or an engine set in the config: no stand-in
+    assert choose_engine("auto", "metal", installed=only_rapid, model_local=lambda: False).name == "mlx-vlm"
+    assert choose_engine("auto", "cuda", installed=yes, model_local=lambda: False).name == "mlx-vlm"
+    assert choose_engine("mlx-vlm", "metal", installed=yes, model_local=lambda: False).name == "mlx-vlm"
+
+
+def test_fetch_model_in_the_background_says_when_it_is_here():
+    import threading
+
+    got, done = [], threading.Event()
+    fetch_model("some/model", done, resolve=got.append).join(timeout=10)
+    assert got == ["some/model"] and done.is_set()
+
+    def offline(path: str) -> None:
+        raise ModelUnavailable(f"model {path} could not be downloaded: offline")
+    failed = threading.Event()
+    fetch_model("some/model", failed, resolve=offline).join(timeout=10)
+    assert not failed.is_set()
 
 
 def test_engine_config_key(tmp_path):

@@ -71,8 +71,8 @@ class Daemon:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
         try:
             return con.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []  # the schema is not there yet
+        except sqlite3.DatabaseError:
+            return []  # the schema is not there yet (or a test made the file corrupt on purpose)
         finally:
             con.close()
 
