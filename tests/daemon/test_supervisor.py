@@ -331,7 +331,8 @@ def test_sighup_with_a_new_model_rolls_the_workers_over_and_keeps_the_queue(runn
     wait_for(lambda: (inbox.outbox / "after.md").exists(), 60, 0.05, "a page on the new model")
     assert "old" in (inbox.outbox / "before.md").read_text()
     assert "new" in (inbox.outbox / "after.md").read_text()   # status and the work tell the truth
-    assert r.query("SELECT state FROM jobs") == [("done",), ("done",)]
+    # the output is written before the job is marked done: wait for the last step
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",), ("done",)], 10, 0.05, "both done")
     r.stop()
 
 
