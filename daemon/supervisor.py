@@ -212,6 +212,7 @@ class Supervisor:
                     note="workers finish their pages in flight, then restart with the new model")
         self.engine = self._choose_engine(self.device)
         self.plan = plan_for_config(self.device, config, *self._measured(), engine=self.engine.name)
+        self.recycle_bytes = self.plan.recycle_bytes   # the new model's bound, not the old one's
         self.model_ok = None               # one probe worker first, as at start
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
         self.pool.signal_all(signal.SIGTERM)
