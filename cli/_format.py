@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import io
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
+
+UNDECODABLE = "ocrd-undecodable"     # the error handler below, for sys.stdout and sys.stderr
 
 
 def size(n: int | float | None) -> str:
@@ -78,3 +84,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
 
 def to_json(obj: Any, *, pretty: bool = True) -> str:
     return json.dumps(obj, indent=2 if pretty else None, sort_keys=False, default=str)
+
+
+def _escape(exc: UnicodeError) -> tuple[str, int]:
+    """A codecs error handler: a file name's byte that is not UTF-8 (os.fsdecode's lone surrogate
+    U+DC80..U+DCFF) as `\\xe9`, any other character the stream cannot encode as `\\u00e9`."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = (ord(c) for c in exc.object[exc.start:exc.end])
+    return "".join(f"\\x{n - 0xDC00:02x}" if 0xDC80 <= n <= 0xDCFF else
+                   f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}" for n in bad), exc.end
+
+
+codecs.register_error(UNDECODABLE, _escape)
+
+
+def readable_output() -> None:
+    """Print a file name that is not UTF-8 as `caf\\xe9.pdf`: never a UnicodeEncodeError on a strict
+    UTF-8 terminal, never a raw byte that makes the output invalid UTF-8. (JSON output is ASCII:
+    such a byte is a `\\udce9` escape there, which json.loads turns back into the name.)"""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors=UNDECODABLE)

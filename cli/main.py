@@ -87,6 +87,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     persistent model workers and writes markdown to the outbox. Exit codes: 0 ok, 1 failure,
     2 bad usage (including a bad config).
     """
+    fmt.readable_output()
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     if ctx.invoked_subcommand not in (None, "run"):

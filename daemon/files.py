@@ -151,11 +151,12 @@ def copy_file(src: Path, dst: Path) -> None:
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write via temp file + fsync + rename: readers see the old file or the whole new one. The
-    file follows the umask (outbox files are the user's) unless `mode` is given (PRIVATE)."""
+    file follows the umask (outbox files are the user's) unless `mode` is given (PRIVATE). A file
+    name in `text` that is not UTF-8 (an error naming it) is written with its own bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
     with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp", mode) as f:
-        f.write(text.encode("utf-8"))
+        f.write(text.encode("utf-8", "surrogateescape"))
 
 
 def write_error_file(original: Path, reason: str, details: str = "") -> Path:

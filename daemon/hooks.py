@@ -36,7 +36,8 @@ _STOP = object()
 
 
 def hook_env(ending: dict[str, Any]) -> dict[str, str]:
-    """The environment a hook runs with: the daemon's own plus the job's OCRD_* variables."""
+    """The environment a hook runs with: the daemon's own plus the job's OCRD_* variables (a name
+    that is not UTF-8 arrives as its own bytes: os.fsencode of the surrogates the ledger gives)."""
     return {**os.environ,
             "OCRD_JOB_ID": str(ending["job_id"]),
             "OCRD_STATE": "done" if ending["kind"] == "job_done" else "failed",

@@ -110,16 +110,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _storable(path: str) -> str:
-    """A file name as the ledger can store it: bytes that are not UTF-8 (a Latin-1 name from an old
-    share or zip) become U+FFFD instead of lone surrogates, which SQLite refuses."""
-    return os.fsencode(path).decode("utf-8", "replace")
-
-
 def _spool_name(source: Path) -> str:
     # Unique, and keeps the extension (renderers and people both look at it); bounded in bytes, not
     # characters (80 CJK characters are 240 bytes), so the intent's `<name>.json` fits NAME_MAX too.
-    return files.fit_name(f"{uuid.uuid4().hex[:16]}-{_storable(source.name)}", 120)
+    # A name that is not UTF-8 keeps its bytes (os.fsdecode's surrogates; the ledger's FsText).
+    return files.fit_name(f"{uuid.uuid4().hex[:16]}-{source.name}", 120)
 
 
 def _count_pages(path: Path) -> int:
@@ -212,8 +207,8 @@ class Ingestor:
     def _take(self, inbox: InboxConfig, path: Path, *, copy: bool, force: bool = False) -> Taken:
         rel = Path(path.name) if copy else path.relative_to(inbox.path)
         st = self._stat_takeable(inbox, path, copy=copy)
-        intent = Intent(inbox=inbox.key, source_path=_storable(str(path)),
-                        relative_path=_storable(rel.as_posix()), spool_name=_spool_name(path),
+        intent = Intent(inbox=inbox.key, source_path=str(path),
+                        relative_path=rel.as_posix(), spool_name=_spool_name(path),
                         size=st.st_size, mtime_ns=st.st_mtime_ns, copied=copy, force=force)
         write_intent(self.intents, intent)
         target = self.spool / intent.spool_name

@@ -29,7 +29,7 @@ class Stage(StrEnum):
 class Intent:
     """One file in flight: where it came from, its spool name, and how far it got."""
     inbox: str               # InboxConfig.key
-    source_path: str         # where it was dropped (text the ledger can store)
+    source_path: str         # where it was dropped (os.fsdecode's str: see ledger/fsnames.py)
     relative_path: str       # below its inbox: the path it keeps under archive/ and failed/
     spool_name: str          # its name in the spool; also names the sidecar
     size: int = 0            # size and mtime when taken
@@ -67,7 +67,9 @@ class Intent:
         return cls(**values)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        # ASCII: a name's undecodable bytes (lone surrogates) are written as \udcXX escapes,
+        # which json.loads turns back into the same surrogates
+        return json.dumps(asdict(self), ensure_ascii=True)
 
 
 def intent_path(folder: Path, spool_name: str) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index, Integer,
                         MetaData, Table, Text, UniqueConstraint, text)
 
+from .fsnames import FsText
 from .states import JobState, PageState
 
 metadata = MetaData()
@@ -30,9 +31,9 @@ def _in(column: str, values: type) -> CheckConstraint:
 jobs = Table(
     "jobs", metadata,
     Column("id", Integer, primary_key=True),
-    Column("inbox", Text, nullable=False),
-    Column("source_path", Text, nullable=False),
-    Column("spool_path", Text),                # where the original lies now (see store.py)
+    Column("inbox", FsText, nullable=False),
+    Column("source_path", FsText, nullable=False),
+    Column("spool_path", FsText),              # where the original lies now (see store.py)
     Column("sha256", Text),
     Column("size_bytes", Bytes),
     Column("state", Text, nullable=False),
@@ -43,8 +44,8 @@ jobs = Table(
     Column("created_at", Text, nullable=False),
     Column("updated_at", Text, nullable=False),
     Column("finished_at", Text),
-    Column("output_path", Text),
-    Column("error", Text),
+    Column("output_path", FsText),
+    Column("error", FsText),
     Column("duplicate_of", Integer, ForeignKey("jobs.id")),
     _in("state", JobState),
 )
@@ -67,7 +68,7 @@ pages = Table(
     Column("generation_tokens", Integer),
     Column("seconds", Float),
     Column("finish_reason", Text),
-    Column("error", Text),
+    Column("error", FsText),
     UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
     _in("state", PageState),
 )
@@ -114,7 +115,7 @@ events = Table(
     Column("page_no", Integer),
     Column("at", Text, nullable=False),
     Column("kind", Text, nullable=False),
-    Column("detail", Text, nullable=False, default=""),
+    Column("detail", FsText, nullable=False, default=""),
 )
 
 schema_version = Table(

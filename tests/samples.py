@@ -173,3 +173,19 @@ def write_blank_png(path: Path, size: tuple[int, int], mode: str = "1") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, 1 if mode == "1" else 255).save(path, "PNG")
     return path
+
+
+def non_utf8_path(folder: Path, raw: bytes = b"caf\xe9.png") -> Path:
+    """`folder/<raw>`, `raw` a file name that is not UTF-8 (Latin-1 `café.png` from an old share or
+    zip), as Python names it (os.fsdecode: 'caf\\udce9.png'). Skips the test where the file system
+    refuses such names (APFS, some SMB shares)."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / os.fsdecode(raw)
+    try:
+        path.touch()
+        path.unlink()
+    except OSError as exc:
+        pytest.skip(f"the file system refuses a name that is not UTF-8: {exc}")
+    return path

@@ -206,3 +206,42 @@ def test_real_world_files_end_in_archive_or_failed(make_daemon) -> None:
     assert errors[2].startswith("corrupt image") and shown["state"] == "failed"
     assert d.cli("show", str(bad_frame["id"])).stdout.count("\n") > 10
     assert d.stop() == 0
+
+
+def _names(folder: Path) -> list[bytes]:
+    return sorted(os.listdir(os.fsencode(folder)))
+
+
+def test_a_name_that_is_not_utf8_keeps_its_bytes(make_daemon, monkeypatch) -> None:
+    """A Latin-1 `café.png` (b"caf\\xe9.png", from an old SMB share or zip) and a broken
+    b"\\xe9chec.pdf": archive/, failed/ and the outbox keep the byte 0xE9, and the CLI lists them
+    on a strict UTF-8 terminal."""
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8:strict")   # the daemon and every `ocrd` below
+    d = make_daemon(max_tokens=4)
+    good = samples.write_image(samples.non_utf8_path(d.root / "stage"), "PNG", n=3)
+    bad = samples.write_corrupt_pdf(samples.non_utf8_path(d.root / "stage", b"\xe9chec.pdf"))
+    d.start()
+    wait_for(lambda: d.status()["daemon"]["running"], 60, 0.2, "daemon up")
+    for path in (good, bad):
+        os.rename(path, d.inbox / path.name)
+    # what sqlite3 shows: the byte as the private-use character U+F7E9
+    assert d.wait_settled(2) == {"caf\uf7e9.png": "done", "\uf7e9chec.pdf": "failed"}
+
+    assert _names(d.archive) == [b"caf\xe9.png"] and _names(d.outbox) == [b"caf\xe9.md"]
+    assert _names(d.failed) == [b"\xe9chec.pdf", b"\xe9chec.pdf.error.txt"]
+    markdown = (d.outbox / os.fsdecode(b"caf\xe9.md")).read_text(encoding="utf-8")
+    assert markdown.count("<!-- page 1 of 1 -->") == 1
+    assert d.spool_files() == []
+
+    listed = {os.fsencode(Path(j["source_path"]).name): j for j in json.loads(d.cli("jobs", "--json").stdout)}
+    assert sorted(listed) == [b"caf\xe9.png", b"\xe9chec.pdf"]
+    assert os.fsencode(listed[b"caf\xe9.png"]["output_path"]) == os.fsencode(d.outbox) + b"/caf\xe9.md"
+    table = d.cli("jobs").stdout
+    assert "caf\\xe9.png" in table and "\\xe9chec.pdf" in table
+    for job in listed.values():
+        assert str(d.inbox).encode() in d.cli("show", str(job["id"])).stdout.encode()
+    assert d.cli("status").returncode == 0
+    retried = d.cli("retry", str(listed[b"\xe9chec.pdf"]["id"]), check=False)   # still broken
+    assert retried.returncode == 1 and "still failing" in retried.stderr
+    assert _names(d.failed) == [b"\xe9chec.pdf", b"\xe9chec.pdf.error.txt"]
+    assert d.stop() == 0
