@@ -168,7 +168,7 @@ def check_ledger(config: Config) -> Check:
     if not config.ledger_url and not config.ledger_path.exists():
         return Check("ledger", True, f"{config.ledger_path} (created on first run)")
     try:
-        ledger = Ledger(config.db_url)
+        ledger = Ledger(config.db_url, host=config.host_name)
         try:
             result = ledger.integrity_check()
             status = ledger.model_status()

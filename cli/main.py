@@ -60,7 +60,7 @@ def _ledger(config: Config, *, create: bool = False) -> Iterator[Ledger | None]:
         config.state_dir.mkdir(parents=True, exist_ok=True)
     from ocrd.ledger import Ledger
     try:
-        ledger = Ledger(config.db_url)
+        ledger = Ledger(config.db_url, host=config.host_name)
     except Exception as exc:  # corrupt file, unreachable server, newer schema...
         _fail(click.get_current_context(),
               f"cannot open the ledger {_where(config)}: {first_line(exc)} (see `ocrd doctor`)")
@@ -234,6 +234,7 @@ def _retry_words(r: Retried) -> str:
         Outcome.FORCED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'}), duplicate processed anyway",
         Outcome.NO_SUCH_JOB: "not found",
         Outcome.NOT_REOPENED: "not reopened (its state changed)",
+        Outcome.OTHER_HOST: f"belongs to host {r.detail}: run `ocrd retry` there",
     }[r.outcome]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class InboxConfig:
 class Config:
     state_dir: Path
     ledger_url: str = ""
+    host: str = ""                # [ledger] host: this host's name in a shared ledger ("": hostname)
     model: ModelConfig = field(default_factory=ModelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
@@ -132,6 +134,10 @@ class Config:
     @property
     def lock_path(self) -> Path:
         return self.state_dir / "ocrd.lock"
+
+    @property
+    def host_name(self) -> str:
+        return self.host or socket.gethostname()
 
     @property
     def db_url(self) -> str:
@@ -201,7 +207,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     )
     model.done()
     workers_cfg = WorkersConfig(
-        count=_auto_or_positive(workers, "count"),
+        count=_auto_or_positive(workers, "count", low=0),   # 0: ingest and deliver only
         batch=_auto_or_positive(workers, "batch"),
         memory_budget=_memory_budget(workers),
         max_pages_per_worker=workers.int("max_pages_per_worker", WorkersConfig.max_pages_per_worker, low=1),
@@ -213,6 +219,9 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     url = ledger.str("url", Config.ledger_url)
     if url and not url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..., not {url!r}")
+    host = ledger.str("host", Config.host)
+    if host != host.strip() or any(c.isspace() or not c.isprintable() for c in host):
+        raise ConfigError(f"ledger.host: must be a name without spaces, not {host!r}")
     ledger.done()
 
     inboxes = tuple(_parse_inbox(t, n) for n, t in enumerate(inbox_list))
@@ -222,6 +231,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     return Config(
         state_dir=state,
         ledger_url=url,
+        host=host,
         model=model_cfg,
         workers=workers_cfg,
         pdf=pdf_cfg,
@@ -310,13 +320,13 @@ def _check_overlaps(inboxes: tuple[InboxConfig, ...], state_dir: Path) -> None:
                 raise ConfigError(f"inbox[{n}].path: {inbox.path} must not be inside {key} {folder}")
 
 
-def _auto_or_positive(workers: _Reader, key: str) -> int | None:
-    """`[workers] count` and `batch`: "auto" (None) or a positive integer."""
+def _auto_or_positive(workers: _Reader, key: str, low: int = 1) -> int | None:
+    """`[workers] count` and `batch`: "auto" (None) or an integer of at least `low`."""
     value = workers.get(key, "auto")
     if value == "auto":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise workers.fail(key, 'must be "auto" or an integer of at least 1', value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise workers.fail(key, f'must be "auto" or an integer of at least {low}', value)
     return value
 
 

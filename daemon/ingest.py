@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from ocrd.ledger import AddResult, Job, JobState, Ledger, OnDuplicate
+from ocrd.ledger.hosts import SHARED_MAX_BYTES
 
 from . import files
 from .config import Config, InboxConfig
@@ -86,6 +87,7 @@ class RetryOutcome(StrEnum):
     NO_SUCH_JOB = "no_such_job"
     NOT_REOPENED = "not_reopened"      # its state changed meanwhile
     FORCED = "forced"                  # a duplicate (`retry --force`): queued with `pages` pages
+    OTHER_HOST = "other_host"          # another host's (`detail`): its original lies there
 
     @property
     def ok(self) -> bool:
@@ -263,12 +265,16 @@ class Ingestor:
         size = spool.stat().st_size
         sha = sha256_file(spool)
         try:
+            if self.ledger.shares_files and size > SHARED_MAX_BYTES:
+                raise InputError(f"too large for a shared ledger: {size / 1e9:.2f} GB, the limit is "
+                                 f"{SHARED_MAX_BYTES / 1e9:.2f} GB (PostgreSQL carries each document)")
             pages = _count_pages(spool)
         except InputError as exc:
             return self._fail(intent, spool, inbox, sha, size, exc)
         result = self.ledger.add_job(inbox=intent.inbox, source_path=intent.source_path,
                                      spool_path=str(spool), sha256=sha, size_bytes=size,
-                                     pages_total=pages,
+                                     pages_total=pages, mode=self.config.mode_for(inbox),
+                                     prompt=self.config.prompt_for(inbox),
                                      on_duplicate=OnDuplicate.PROCESS if intent.force else inbox.on_duplicate)
         if result.state == JobState.DUPLICATE:
             self._shelve_duplicate(intent, spool, inbox, result)
@@ -364,6 +370,8 @@ class Ingestor:
         retryable = (JobState.FAILED, JobState.DUPLICATE) if force else (JobState.FAILED,)
         if job.state not in retryable:
             return Retried(job_id, RetryOutcome.NOT_FAILED, detail=str(job.state))
+        if not self.ledger.delivers(job.host):
+            return Retried(job_id, RetryOutcome.OTHER_HOST, detail=job.host or "")
         original = Path(job.spool_path) if job.spool_path else None
         copy = original is None and job.state == JobState.DUPLICATE   # a submitted copy, dropped:
         if copy:                                                     # the user's file is the original

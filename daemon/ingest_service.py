@@ -123,7 +123,7 @@ class IngestService:
     def _open_ledger(self) -> Ledger | None:
         while not self._stop.is_set():
             try:
-                return Ledger(self.config.db_url)
+                return Ledger(self.config.db_url, host=self.config.host_name)
             except Exception:
                 log.exception("ingest_ledger_unavailable")
                 self._stop.wait(5.0)

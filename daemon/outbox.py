@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import errno
 import re
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
 from ocrd.ledger import Job, JobState, Ledger
-from ocrd.ledger.clock import from_text
+from ocrd.ledger.clock import from_text, utc_now
 
 from .config import Config, InboxConfig
 from .files import atomic_write_text, flocked, move_file, unique_path, write_error_file
@@ -128,8 +127,8 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
     with flocked(config.state_dir / "outbox.lock"):
         job = ledger.job(job_id)
         if job is None or job.state not in (JobState.RUNNING, JobState.QUEUED) \
-                or not ledger.job_complete(job_id):
-            return None
+                or not ledger.delivers(job.host) or not ledger.job_complete(job_id):
+            return None   # (another host's job: that host delivers it, ledger/hosts.py)
         inbox = config.home_inbox(job.inbox)
         if inbox is None:
             log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job.inbox)
@@ -147,7 +146,7 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
             # a file where the outbox folder should be, permissions: the user must act (`ocrd retry`)
             reason = f"cannot write output {out}: {exc.strerror or exc}"
             ledger.fail_job(job_id, reason)
-            fail_document(config, ledger, job_id, reason)
+            _move_failed(config, ledger, job_id, reason, "")
             return None
         original = _in_spool(config, job)
         if original is not None:   # the output is written; if archive/ refuses, it waits in the spool
@@ -165,13 +164,19 @@ def _seconds_since(iso: str | None) -> float | None:
     """Seconds from an ISO-8601 UTC stamp of the ledger to now (how long a document took)."""
     if not iso:
         return None
-    return round((datetime.now(UTC) - from_text(iso)).total_seconds(), 1)
+    return round((utc_now() - from_text(iso)).total_seconds(), 1)
 
 
 def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, details: str = "") -> None:
-    """After the ledger failed a job: move its original to failed/<rel> with `<name>.error.txt`."""
+    """After the ledger failed a job: move its original to failed/<rel> with `<name>.error.txt`
+    (under the finishers' lock: the supervisor delivers failures of other hosts' workers too)."""
+    with flocked(config.state_dir / "outbox.lock"):
+        _move_failed(config, ledger, job_id, reason, details)
+
+
+def _move_failed(config: Config, ledger: Ledger, job_id: int, reason: str, details: str) -> None:
     job = ledger.job(job_id)
-    if job is None or job.state != JobState.FAILED:
+    if job is None or job.state != JobState.FAILED or not ledger.delivers(job.host):
         return
     original = _in_spool(config, job)
     inbox = config.home_inbox(job.inbox)

@@ -38,14 +38,14 @@ from .hooks import HookRunner
 from .ingest_service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import configure_logging
-from .outbox import OutputDelayed, fail_document, finish_document
+from .delivery import Delivery
+from .outbox import fail_document
 from .pool import Exit, WorkerPool
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
 
 log = structlog.get_logger()
 
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
-OUTPUT_RETRY_S, OUTPUT_RETRY_MAX_S = 5.0, 300.0   # a full outbox is tried again after 5 s, doubling
 EXIT_LEDGER_UNREADABLE = 78        # EX_CONFIG: the systemd unit's RestartPreventExitStatus
 
 
@@ -57,7 +57,7 @@ def open_ledger(config: Config, **kwargs: Any) -> Ledger:
     """The daemon's ledger, or LedgerUnreadable naming the file and what to do. A server that is
     down (PostgreSQL) or a lock stays an OperationalError: that one a restart may cure."""
     try:
-        return Ledger(config.db_url, **kwargs)
+        return Ledger(config.db_url, host=config.host_name, **kwargs)
     except SchemaTooNew as exc:
         raise LedgerUnreadable(f"the ledger {config.ledger_path} is from a newer ocrd ({exc}): "
                                "upgrade ocrd, or move the file aside to start a new ledger") from None
@@ -89,9 +89,10 @@ class Supervisor:
         self.config = config
         self.settings = settings
         self.device = device             # None: detect through MLX at start
-        self.host = socket.gethostname()
+        self.host = config.host_name
         self.pool = WorkerPool()
         self.ledger: Ledger | None = None
+        self.delivery: Delivery | None = None
         self.ingest: IngestService | None = None
         self.plan: PoolPlan | None = None
         self.engine: EngineChoice | None = None
@@ -104,7 +105,6 @@ class Supervisor:
         self.page_seen = 0               # memory per page in flight, measured
         self._saved = (0, 0)
         self._admitted: dict[str, set[str]] = {}   # worker id -> pages it gave its engine, not stored
-        self._output_waits: dict[int, tuple[int, float]] = {}   # job -> (tries, next try) full outbox
         self._serial = 0
         self._next_rescue = 0.0
         self.hooks = HookRunner(config.hooks)
@@ -140,6 +140,10 @@ class Supervisor:
             workers=plan.count, batch=plan.batch, reason=plan.reason,
             batch_reason=plan.batch_reason, engine=engine.name, engine_reason=engine.reason))
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
+        self.delivery = Delivery(self.config, self.ledger, workers=plan.count, backend=device.backend,
+                                 device_name=device.name)
+        if not plan.count:   # [workers] count = 0: this host ingests and delivers; others decode
+            self.ready.set()
         self._recover_previous_run()
         self.hooks.start(self.ledger)
         from .metrics import MetricsServer   # prometheus_client: only the daemon needs it
@@ -163,8 +167,8 @@ class Supervisor:
             rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
-            self._finish_orphaned_documents(now)
             self._save_footprint()
+        self.delivery.tick(now)
         self.hooks.tick(now)
         if self._model_fetched.is_set():
             self._take_downloaded_model()
@@ -192,6 +196,10 @@ class Supervisor:
         except Exception:  # the next start runs them (the cursor is in the ledger)
             log.exception("hooks_check_failed")
         self.hooks.stop()
+        try:
+            self.delivery.stopped()
+        except Exception:  # an unreachable ledger: other hosts see this one go dead instead
+            log.exception("host_stop_failed")
         self.ledger.close()
 
     def reload(self, config: Config) -> None:
@@ -202,6 +210,7 @@ class Supervisor:
         old = self.config.model
         self.config = config
         self.hooks.reload(config.hooks)
+        self.delivery.reload(config, self.plan.count)
         if self.ingest is not None:
             self.ingest.reload(config)
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
@@ -302,27 +311,7 @@ class Supervisor:
                     log.warning("pages_recovered", worker_id=worker["id"], pages=released,
                                 pid_alive=_pid_alive(worker["pid"]))
         self.ledger.mark_workers_dead(self.host, alive_ids=[])
-        self._finish_orphaned_documents()
-
-    def _finish_orphaned_documents(self, now: float | None = None) -> None:
-        """Jobs with every page done but no outbox file: their finisher died in between (a worker
-        killed right after its last page), or the outbox was full or read-only (tried again with
-        backoff). Finishing is idempotent, so racing a live finisher is safe."""
-        now = time.monotonic() if now is None else now
-        for job_id in self.ledger.completed_jobs_not_done():
-            tries, next_at = self._output_waits.get(job_id, (0, 0.0))
-            if now < next_at:
-                continue
-            try:
-                if finish_document(self.config, self.ledger, job_id):
-                    log.warning("job_finished_late", job_id=job_id, tries=tries)
-                self._output_waits.pop(job_id, None)
-            except OutputDelayed as exc:
-                delay = min(OUTPUT_RETRY_S * 2 ** tries, OUTPUT_RETRY_MAX_S)
-                self._output_waits[job_id] = (tries + 1, now + delay)
-                log.error("output_waits", job_id=job_id, error=str(exc), retry_in_s=delay)
-            except Exception:  # one document must never stop the supervisor
-                log.exception("finish_failed", job_id=job_id)
+        self.delivery.tick(force=True)
 
     def _choose_engine(self, device: DeviceInfo) -> EngineChoice:
         """Settings' factory when given (tests, benches), else the config's engine for the device."""
@@ -363,7 +352,8 @@ class Supervisor:
             self._saved = (max(self.peak_seen, self._saved[0]), max(self.page_seen, self._saved[1]))
 
     def _spawn(self, now: float) -> None:
-        target = self.plan.count if self.model_ok else 1   # one probe until the model is known to load
+        # one probe until the model is known to load
+        target = self.plan.count if self.model_ok else min(1, self.plan.count)
         if self.pool.held_off(now):
             return
         while len(self.pool) + self.pool.waiting(now) < target:

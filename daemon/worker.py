@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -31,8 +30,10 @@ from ocrd.ledger import ClaimedPage, Ledger, WorkerState
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
+from .delivery import fetched_dir
 from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
                      take_peak_memory)
+from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import configure_worker_logging
 from .outbox import OutputDelayed, fail_document, finish_document
@@ -96,10 +97,11 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> bool:
         """Register and load the model; False when it can't be loaded (pages stay queued)."""
-        self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s)
+        self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s,
+                             host=self.config.host_name)
         device = detect_device()
         self.backend = device.backend
-        self.ledger.register_worker(self.ctx.worker_id, host=socket.gethostname(), pid=os.getpid(),
+        self.ledger.register_worker(self.ctx.worker_id, host=self.ledger.host, pid=os.getpid(),
                                     backend=device.backend, device_name=device.name,
                                     state=WorkerState.LOADING, batch=self.tuner.limit)
         started = time.monotonic()
@@ -223,31 +225,51 @@ class Worker:
         rendered = []
         for page in pages:
             try:
-                rendered.append((page, render_page(Path(page.spool_path), page.page_no, self.config.pdf.dpi)))
+                rendered.append((page, render_page(self._source(page), page.page_no, self.config.pdf.dpi)))
             except OcrdError as exc:
                 self._fail(page, exc)
             except Exception as exc:  # a renderer bug is this page's problem, not the worker's
                 self._fail(page, InputError(f"cannot render page: {first_line(exc, with_type=True)}"))
         return rendered
 
+    def _source(self, page: ClaimedPage) -> Path:
+        """The page's document: the spool file of a job of this host, else (a PostgreSQL ledger
+        shared by several hosts) a copy fetched from the ledger once per job."""
+        if self.ledger.delivers(page.host):
+            return Path(page.spool_path)
+        folder = fetched_dir(self.config)
+        copy = folder / files.fit_name(f"{page.job_id}-{Path(page.spool_path).name}", 120)
+        if not copy.exists():
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if not self.ledger.fetch_document(page.job_id, copy):
+                raise InputError(f"the document is not in the ledger (host {page.host} holds it)")
+        return copy
+
     def _admit(self) -> None:
         """Ready pages join the session while it has free slots, each with its inbox's prompt
-        and mode (an inbox added by a SIGHUP after this worker started reloads the config)."""
+        and mode."""
         while self._ready and len(self.session) < self.tuner.limit:
             page, image = self._ready.popleft()
-            if self.config.inbox_for(page.inbox) is None:
-                self._reload_config()
-            inbox = self.config.inbox_for(page.inbox)
+            prompt, mode = self._prompt_and_mode(page)
             key = (page.job_id, page.page_no)
             self._held[key] = page
             # before the engine sees it: a crash while preparing it is this page's too
             self.send(Message(WorkerEvent.ADMITTED, page=f"{page.job_id}:{page.page_no}"))
-            refused = self.session.add(key, image, prompt=self.config.prompt_for(inbox),
-                                       mode=self.config.mode_for(inbox),
+            refused = self.session.add(key, image, prompt=prompt, mode=mode,
                                        max_tokens=self.config.model.max_tokens)
             if refused is not None:
                 self._finish(refused)
         self._show_in_flight()
+
+    def _prompt_and_mode(self, page: ClaimedPage) -> tuple[str, str]:
+        """Its inbox's prompt and mode: from this host's config for its own inboxes (a SIGHUP's
+        change applies to the next page), else as the host that has the inbox recorded them."""
+        if not self.ledger.delivers(page.host):
+            return page.prompt or self.config.model.prompt, page.mode or self.config.model.mode
+        if self.config.inbox_for(page.inbox) is None:
+            self._reload_config()   # an inbox added by a SIGHUP after this worker started
+        inbox = self.config.inbox_for(page.inbox)
+        return self.config.prompt_for(inbox), self.config.mode_for(inbox)
 
     def _show_in_flight(self) -> None:
         # Plain attributes the heartbeat thread reads (it must not iterate a dict in motion).

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Callable
 
 from sqlalchemy import (CheckConstraint, Column, Connection, Float, ForeignKey, Index, Integer,
-                        MetaData, Table, Text, UniqueConstraint, func, inspect, select, text)
+                        LargeBinary, MetaData, Table, Text, UniqueConstraint, func, inspect, select, text)
 
 from . import schema
 
@@ -113,9 +113,33 @@ def _add_batch_columns(conn: Connection) -> None:
         conn.execute(text(ddl))
 
 
+def _add_hosts(conn: Connection) -> None:
+    """v3, several hosts on one PostgreSQL ledger: who delivers each job and with which mode and
+    prompt, the documents' bytes, and each daemon's heartbeat."""
+    for ddl in ("ALTER TABLE jobs ADD COLUMN host TEXT", "ALTER TABLE jobs ADD COLUMN mode TEXT",
+                "ALTER TABLE jobs ADD COLUMN prompt TEXT",
+                "CREATE INDEX ix_jobs_host_state ON jobs (host, state)"):
+        conn.execute(text(ddl))
+    v3 = MetaData()
+    Table("jobs", v3, Column("id", Integer, primary_key=True))
+    Table("blobs", v3,
+          Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+          Column("chunk_no", Integer, primary_key=True, autoincrement=False),
+          Column("data", LargeBinary, nullable=False))
+    Table("hosts", v3,
+          Column("name", Text, primary_key=True), Column("pid", Integer, nullable=False),
+          Column("state", Text, nullable=False), Column("started_at", Text, nullable=False),
+          Column("seen_at", Text, nullable=False), Column("inboxes", Integer, nullable=False),
+          Column("workers", Integer, nullable=False), Column("backend", Text),
+          Column("device_name", Text))
+    v3.tables["blobs"].create(conn)
+    v3.tables["hosts"].create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, pages, workers, heartbeats, events, meta and their indexes", _create_v1),
     Migration(2, "workers and heartbeats: batch, pages_in_flight", _add_batch_columns),
+    Migration(3, "several hosts: jobs.host/mode/prompt, blobs, hosts", _add_hosts),
 )
 
 

@@ -37,6 +37,9 @@ class Job:
     output_path: str | None
     error: str | None
     duplicate_of: int | None
+    host: str | None = None      # who delivers it (hosts.py); None: written before v3
+    mode: str | None = None      # its inbox's mode and prompt when it was ingested
+    prompt: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -52,6 +55,15 @@ class ClaimedPage:
     inbox: str                   # InboxConfig.key
     source_path: str
     spool_path: str
+    host: str | None = None      # the job's (hosts.py)
+    mode: str | None = None      # the job's inbox's, for a worker that doesn't have that inbox
+    prompt: str | None = None
+
+    @classmethod
+    def of(cls, job_id: int, page_no: int, attempts: int, job: Row) -> ClaimedPage:
+        return cls(job_id=job_id, page_no=page_no, attempts=attempts, pages_total=job.pages_total,
+                   inbox=job.inbox, source_path=job.source_path, spool_path=job.spool_path,
+                   host=job.host, mode=job.mode, prompt=job.prompt)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import Connection, func, or_, select, text
+from sqlalchemy import Connection, func, or_, select, text, true
 
-from .clock import from_text, to_text, utc_now
+from .clock import from_text, to_text
 from .schema import events, heartbeats, jobs, pages, workers
 from .states import ENDED_WORKER_STATES, JobState, PageState, WorkerState
 
@@ -173,14 +173,16 @@ def show_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
 ENDING_EVENTS = ("job_done", "job_failed")
 
 
-def job_endings(conn: Connection, after: int, limit: int = 100) -> list[dict[str, Any]]:
+def job_endings(conn: Connection, after: int, limit: int = 100, mine: Any = true()) -> list[dict[str, Any]]:
     """Jobs that ended (done or failed, at ingest too) after event id `after`, oldest first, one
     per ending (a job retried and failed again ends twice): event_id, kind, job_id, and the job's
-    state, source_path, output_path and error now (hooks: daemon/hooks.py)."""
+    state, source_path, output_path and error now (hooks: daemon/hooks.py). `mine`: the jobs of
+    this host (hosts.py), whose hooks it runs."""
     query = (select(events.c.id.label("event_id"), events.c.kind, events.c.job_id, jobs.c.state,
                     jobs.c.source_path, jobs.c.output_path, jobs.c.error)
              .join(jobs, jobs.c.id == events.c.job_id)
-             .where(events.c.id > after, events.c.kind.in_(ENDING_EVENTS), events.c.page_no.is_(None))
+             .where(events.c.id > after, events.c.kind.in_(ENDING_EVENTS), events.c.page_no.is_(None),
+                    mine)
              .order_by(events.c.id).limit(limit))
     return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -207,25 +209,27 @@ class Reports:
 
     _read: Callable[[Callable[[Connection], Any]], Any]
     _sqlite: bool
+    clock: Callable[..., datetime]           # store.py: the ledger's now (clock.py)
+    _mine: Callable[[], Any]                 # hosts.py
 
     def counts(self) -> dict[str, dict[str, int]]:
         return self._read(counts)
 
     def workers_status(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        now = utc_now(now)
+        now = self.clock(now)
         return self._read(lambda conn: workers_status(conn, now))
 
     def throughput(self, now: datetime | None = None) -> dict[str, float | None]:
-        now = utc_now(now)
+        now = self.clock(now)
         return self._read(lambda conn: throughput(conn, now))
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
         """counts, workers_status and throughput read together, so the three agree."""
-        now = utc_now(now)
+        now = self.clock(now)
         return self._read(lambda conn: status(conn, now))
 
     def running_jobs(self, now: datetime | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        now = utc_now(now)
+        now = self.clock(now)
         return self._read(lambda conn: running_jobs(conn, now, limit))
 
     def job_started_at(self, job_id: int) -> str | None:
@@ -238,7 +242,7 @@ class Reports:
         return self._read(lambda conn: show_job(conn, job_id))
 
     def job_endings(self, after: int, limit: int = 100) -> list[dict[str, Any]]:
-        return self._read(lambda conn: job_endings(conn, after, limit))
+        return self._read(lambda conn: job_endings(conn, after, limit, self._mine()))
 
     def last_event_id(self) -> int:
         return self._read(last_event_id)

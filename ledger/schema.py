@@ -4,7 +4,10 @@ Columns are the ones DESIGN.md documents for users, plus a few that the queries 
 `jobs.duplicate_of`, `pages.id` (the claim's row key), `pages.priority` (a copy of the job's, so
 the claim walks one index in order instead of sorting every queued page), `pages.started_at` and
 `pages.finished_at` (pages/min), `workers.error`, `events.page_no`, and the `meta` key/value table;
-and, for continuous batching, `batch` and `pages_in_flight` in `workers` and `heartbeats`.
+and, for continuous batching, `batch` and `pages_in_flight` in `workers` and `heartbeats`; for several hosts on PostgreSQL (v3),
+`jobs.host` (the host that ingested the job and delivers it), `jobs.mode`/`jobs.prompt` (its inbox's,
+for workers on other hosts), `blobs` (the document's bytes while it is queued or running) and
+`hosts` (each daemon's heartbeat and role).
 Times are UTC ISO-8601 text of one fixed width, so text order is time order (in any collation:
 every value has its digits and punctuation at the same places).
 """
@@ -12,7 +15,7 @@ every value has its digits and punctuation at the same places).
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Float, ForeignKey, Index, Integer,
-                        MetaData, Table, Text, UniqueConstraint, text)
+                        LargeBinary, MetaData, Table, Text, UniqueConstraint, text)
 
 from .fsnames import FsText
 from .states import JobState, PageState
@@ -47,6 +50,9 @@ jobs = Table(
     Column("output_path", FsText),
     Column("error", FsText),
     Column("duplicate_of", Integer, ForeignKey("jobs.id")),
+    Column("host", Text),                      # v3: who delivers it (NULL: written before v3)
+    Column("mode", Text),                      # v3: its inbox's resolution mode and prompt
+    Column("prompt", Text),
     _in("state", JobState),
 )
 
@@ -131,6 +137,26 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
+blobs = Table(                                 # v3: PostgreSQL only, SQLite keeps the spool file
+    "blobs", metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("chunk_no", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+hosts = Table(                                 # v3
+    "hosts", metadata,
+    Column("name", Text, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("state", Text, nullable=False),     # running | stopped (dead: seen_at too old)
+    Column("started_at", Text, nullable=False),
+    Column("seen_at", Text, nullable=False),
+    Column("inboxes", Integer, nullable=False),
+    Column("workers", Integer, nullable=False),  # planned pool size (0: ingest and deliver only)
+    Column("backend", Text),
+    Column("device_name", Text),
+)
+
 # The claim walks this index in ORDER BY order and filters run_after from it without touching rows;
 # its `state` prefix also serves the counts and the lease rescue.
 Index("ix_pages_claim", pages.c.state, pages.c.priority.desc(), pages.c.job_id, pages.c.page_no,
@@ -139,6 +165,7 @@ Index("ix_pages_finished_at", pages.c.finished_at)
 Index("ix_jobs_state", jobs.c.state)
 Index("ix_jobs_sha256", jobs.c.sha256)
 Index("ix_jobs_spool_path", jobs.c.spool_path)
+Index("ix_jobs_host_state", jobs.c.host, jobs.c.state)
 Index("ix_heartbeats_worker_at", heartbeats.c.worker_id, heartbeats.c.at)
 Index("ix_heartbeats_at", heartbeats.c.at)               # the 24 h retention delete
 Index("ix_events_job_id", events.c.job_id)

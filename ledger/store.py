@@ -14,12 +14,13 @@ CONTRACT (other modules are written against exactly these names and signatures; 
 - `jobs.spool_path` always holds where the original lies NOW: the spool while queued/running, the
   archive path once done (None if deleted), the failed/ path once failed. Whoever moves the file
   calls `set_job_paths` right after the move; the supervisor reconciles at start.
-- `now` parameters are timezone-aware UTC datetimes (default: datetime.now(UTC)); stored as ISO-8601.
+- `now` parameters are aware UTC datetimes (default: `self.clock()`, clock.py); stored as ISO-8601.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
@@ -27,7 +28,8 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from . import migrations as _migrations
 from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction
-from .clock import from_text, to_text, utc_now
+from .clock import LedgerClock, from_text, to_text, utc_now
+from .hosts import HostBook
 from .records import AddResult, ClaimedPage, Job, PageOutcome
 from .reports import Reports
 from .schema import jobs, pages, workers
@@ -52,20 +54,22 @@ def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random 
     return min(base_s * 2 ** attempts, BACKOFF_MAX_S) * jitter
 
 
-class Ledger(WorkerBook, Reports):
+class Ledger(WorkerBook, Reports, HostBook):
     """The job database's one API: open it (creating and migrating as needed), call its methods
     (each one short transaction, from any thread or process), close it (or use it as a context)."""
 
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 2,
                  migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS,
-                 backoff_base_s: float = BACKOFF_BASE_S) -> None:
+                 backoff_base_s: float = BACKOFF_BASE_S, host: str | None = None) -> None:
         """Open the ledger at a SQLAlchemy URL ("sqlite:////abs/path/ledger.db" or
         "postgresql+psycopg://..."). `backoff_base_s` scales fail_page's retry delay (tests
-        shorten it)."""
+        shorten it); `host` names this host in a shared ledger (default: the host name)."""
         self.url = url
         self.backoff_base_s = backoff_base_s
         self._engine = make_sql_engine(url, busy_timeout_ms, pool_size)
         self._sqlite = self._engine.dialect.name == "sqlite"
+        self.host = host or socket.gethostname()
+        self.clock = LedgerClock(None if self._sqlite else self._engine)   # hosts.py, clock.py
         try:
             self._migrate(migrations)
         except BaseException:
@@ -96,17 +100,19 @@ class Ledger(WorkerBook, Reports):
     # -- jobs -----------------------------------------------------------------------------------
     def add_job(self, *, inbox: str, source_path: str, spool_path: str, sha256: str, size_bytes: int,
                 pages_total: int, priority: int = 0, on_duplicate: OnDuplicate = OnDuplicate.SKIP,
-                now: datetime | None = None) -> AddResult:
+                mode: str | None = None, prompt: str | None = None, now: datetime | None = None) -> AddResult:
         """Insert a job and its `pages_total` page rows in one transaction.
         If on_duplicate is SKIP and a queued/running/done job has the same sha256, insert a
         `duplicate` job instead (no pages, error = "duplicate of job N") and return duplicate_of=N.
-        Idempotent on spool_path: if a job with this spool_path exists, return it unchanged."""
+        Idempotent on spool_path: if a job with this spool_path exists, return it unchanged.
+        The job is this host's; on PostgreSQL the file's bytes go into the ledger (hosts.py)."""
         if pages_total < 1:
             raise ValueError("a job needs at least one page; record empty files with add_failed_job")
-        now = utc_now(now)
+        now = self.clock(now)
         stamp = to_text(now)
         common = dict(inbox=inbox, source_path=source_path, spool_path=spool_path, sha256=sha256,
-                      size_bytes=size_bytes, priority=priority, created_at=stamp, updated_at=stamp)
+                      size_bytes=size_bytes, priority=priority, created_at=stamp, updated_at=stamp,
+                      host=self.host, mode=mode, prompt=prompt)
 
         def tx(conn: Connection) -> AddResult:
             self._lock_ingest(conn)
@@ -130,6 +136,7 @@ class Ledger(WorkerBook, Reports):
             job_id = conn.execute(insert(jobs).values(
                 **common, state=JobState.QUEUED, pages_total=pages_total)).inserted_primary_key[0]
             self._insert_pages(conn, job_id, pages_total, priority)
+            self._share(conn, job_id, spool_path)
             append_event(conn, job_id, None, now, "job_added", f"{pages_total} pages from {source_path}")
             return AddResult(job_id, JobState.QUEUED, None)
 
@@ -158,7 +165,7 @@ class Ledger(WorkerBook, Reports):
         """Record a file that failed at ingest (unsupported, corrupt, empty...) as a `failed` job
         with no pages; spool_path is where the original now lies (the failed/ folder).
         Idempotent on spool_path like add_job."""
-        now = utc_now(now)
+        now = self.clock(now)
         stamp = to_text(now)
 
         def tx(conn: Connection) -> int:
@@ -169,7 +176,7 @@ class Ledger(WorkerBook, Reports):
             job_id = conn.execute(insert(jobs).values(
                 inbox=inbox, source_path=source_path, spool_path=spool_path, sha256=sha256,
                 size_bytes=size_bytes, state=JobState.FAILED, pages_total=0, created_at=stamp,
-                updated_at=stamp, finished_at=stamp, error=error)).inserted_primary_key[0]
+                updated_at=stamp, finished_at=stamp, error=error, host=self.host)).inserted_primary_key[0]
             append_event(conn, job_id, None, now, "job_failed", f"at ingest: {error}")
             return job_id
 
@@ -177,19 +184,16 @@ class Ledger(WorkerBook, Reports):
 
     def job(self, job_id: int) -> Job | None:
         """One jobs row, or None."""
-        def tx(conn: Connection) -> Job | None:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-            return None if row is None else Job.from_row(row)
-
-        return self._read(tx)
+        row = self._read(lambda c: c.execute(select(jobs).where(jobs.c.id == job_id)).first())
+        return None if row is None else Job.from_row(row)
 
     def job_by_spool_path(self, spool_path: str) -> Job | None:
         """The newest job whose original lies at spool_path, or None."""
         return self._read(lambda c: self._by_spool_path(c, spool_path))
 
     def jobs_in_states(self, states: list[JobState]) -> list[Job]:
-        """All jobs rows in these states, oldest first."""
-        query = select(jobs).where(jobs.c.state.in_(list(states))).order_by(jobs.c.id)
+        """This host's jobs rows in these states, oldest first."""
+        query = select(jobs).where(jobs.c.state.in_(list(states)), self._mine()).order_by(jobs.c.id)
         return self._read(lambda c: [Job.from_row(r) for r in c.execute(query)])
 
     def set_job_paths(self, job_id: int, *, spool_path: str | None = _KEEP,
@@ -200,7 +204,7 @@ class Ledger(WorkerBook, Reports):
                   if v is not _KEEP}
         if not values:
             return
-        stamp = to_text(utc_now())
+        stamp = to_text(self.clock())
         self._write(lambda c: c.execute(update(jobs).where(jobs.c.id == job_id)
                                         .values(**values, updated_at=stamp)))
 
@@ -208,7 +212,7 @@ class Ledger(WorkerBook, Reports):
         """running -> done with output_path and finished_at; False if it was not running, or if
         some of its pages are not done. A queued job whose pages are all done (retried after a
         failure past its last page) goes queued -> running -> done."""
-        now = utc_now(now)
+        now = self.clock(now)
 
         def tx(conn: Connection) -> bool:
             if not self._all_pages_done(conn, job_id):
@@ -231,7 +235,7 @@ class Ledger(WorkerBook, Reports):
 
     def fail_job(self, job_id: int, error: str, now: datetime | None = None) -> bool:
         """queued/running -> failed with error (its queued/running pages -> failed too)."""
-        now = utc_now(now)
+        now = self.clock(now)
         return self._write(lambda conn: fail_job_with_pages(conn, job_id, error, now))
 
     def completed_jobs_not_done(self) -> list[int]:
@@ -241,7 +245,7 @@ class Ledger(WorkerBook, Reports):
                                               pages.c.state != PageState.DONE)
         query = (select(jobs.c.id)
                  .where(jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
-                        jobs.c.pages_total > 0, ~unfinished.exists())
+                        jobs.c.pages_total > 0, ~unfinished.exists(), self._mine())
                  .order_by(jobs.c.id))
         return self._read(lambda c: list(c.execute(query).scalars()))
 
@@ -259,15 +263,15 @@ class Ledger(WorkerBook, Reports):
         failed at ingest (no pages) are returned in the list too, left failed, with an event
         `retry_ingest` so the caller can move the original back into its inbox. Returns the ids
         that were requeued or need re-ingest."""
-        now = utc_now(now)
+        now = self.clock(now)
 
         def tx(conn: Connection) -> list[int]:
-            query = (select(jobs.c.id).where(jobs.c.state == JobState.FAILED).order_by(jobs.c.id)
-                     .with_for_update(key_share=True))
+            query = (select(jobs.c.id, jobs.c.spool_path).where(jobs.c.state == JobState.FAILED)
+                     .order_by(jobs.c.id).with_for_update(key_share=True))
             if job_ids is not None:
                 query = query.where(jobs.c.id.in_(list(job_ids)))
-            picked = list(conn.execute(query).scalars())
-            for job_id in picked:
+            picked = dict(conn.execute(query).all())
+            for job_id, spool_path in picked.items():
                 has_pages = conn.execute(select(pages.c.id).where(pages.c.job_id == job_id)
                                          .limit(1)).first() is not None
                 if not has_pages:
@@ -281,7 +285,8 @@ class Ledger(WorkerBook, Reports):
                                  where=pages.c.job_id == job_id, detail="retry",
                                  values=dict(attempts=0, error=None, run_after=None,
                                              lease_expires_at=None))
-            return picked
+                self._share(conn, job_id, spool_path)
+            return list(picked)
 
         return self._write(tx)
 
@@ -292,7 +297,7 @@ class Ledger(WorkerBook, Reports):
         transaction. False if it was neither (or has pages: use retry_jobs for those)."""
         if pages_total < 1:
             raise ValueError("a job needs at least one page")
-        now = utc_now(now)
+        now = self.clock(now)
 
         def tx(conn: Connection) -> bool:
             row = conn.execute(select(jobs.c.state, jobs.c.priority).where(jobs.c.id == job_id)
@@ -307,6 +312,7 @@ class Ledger(WorkerBook, Reports):
                             pages_done=0, error=None, finished_at=None, output_path=None,
                             attempts=jobs.c.attempts + 1)
             self._insert_pages(conn, job_id, pages_total, row.priority)
+            self._share(conn, job_id, spool_path)
             return True
 
         return self._write(tx)
@@ -331,7 +337,7 @@ class Ledger(WorkerBook, Reports):
         LIMIT n) RETURNING. PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED."""
         if n < 1:
             return []
-        now = utc_now(now)
+        now = self.clock(now)
         stamp = to_text(now)
         # Walks ix_pages_claim in this order, so the claim costs the same with a million pages.
         pick = (select(pages.c.id)
@@ -358,8 +364,8 @@ class Ledger(WorkerBook, Reports):
             # locked in id order: a concurrent claim of another page of a job waits here and
             # then reads it running
             info = {r.id: r for r in conn.execute(
-                select(jobs.c.id, jobs.c.state, jobs.c.pages_total, jobs.c.inbox,
-                       jobs.c.source_path, jobs.c.spool_path).where(jobs.c.id.in_(job_ids))
+                select(jobs.c.id, jobs.c.state, jobs.c.pages_total, jobs.c.inbox, jobs.c.source_path,
+                       jobs.c.spool_path, jobs.c.host, jobs.c.mode, jobs.c.prompt).where(jobs.c.id.in_(job_ids))
                 .order_by(jobs.c.id).with_for_update(key_share=True))}
             for job_id in job_ids:
                 if info[job_id].state == JobState.QUEUED:
@@ -368,17 +374,13 @@ class Ledger(WorkerBook, Reports):
             claimed = sorted(claimed, key=lambda r: (r.job_id, r.page_no))
             conn.execute(update(workers).where(workers.c.id == worker_id).values(
                 current_page=",".join(f"{r.job_id}:{r.page_no}" for r in claimed)))
-            return [ClaimedPage(job_id=r.job_id, page_no=r.page_no, attempts=r.attempts,
-                                pages_total=info[r.job_id].pages_total, inbox=info[r.job_id].inbox,
-                                source_path=info[r.job_id].source_path,
-                                spool_path=info[r.job_id].spool_path)
-                    for r in claimed]
+            return [ClaimedPage.of(r.job_id, r.page_no, r.attempts, info[r.job_id]) for r in claimed]
 
         return self._write(tx)
 
     def renew_leases(self, worker_id: str, lease_s: float = 60.0, now: datetime | None = None) -> int:
         """Push out the lease of every page this worker holds; returns how many."""
-        now = utc_now(now)
+        now = self.clock(now)
         return self._write(lambda conn: self._renew(conn, worker_id, lease_s, now))
 
     @staticmethod
@@ -394,7 +396,7 @@ class Ledger(WorkerBook, Reports):
         workers.pages_done += 1. Returns True when this completion made every page of the job
         done (the caller then assembles the outbox). False if the lease was lost or the job is
         not yet complete -- use `job_complete` to tell apart if needed."""
-        now = utc_now(now)
+        now = self.clock(now)
         stamp = to_text(now)
 
         def tx(conn: Connection) -> bool:
@@ -432,7 +434,7 @@ class Ledger(WorkerBook, Reports):
         A page no longer running under this worker (its lease was rescued, its job failed through
         another page) is left alone: the outcome then reports its current state, job_failed False.
         TransitionError only if there is no such page."""
-        now = utc_now(now)
+        now = self.clock(now)
 
         def tx(conn: Connection) -> PageOutcome:
             where = page_key(job_id, page_no)
@@ -462,7 +464,7 @@ class Ledger(WorkerBook, Reports):
 
     def release_pages(self, worker_id: str, now: datetime | None = None) -> int:
         """Warm stop: running pages of this worker -> queued, attempts -= 1 (not its fault)."""
-        now = utc_now(now)
+        now = self.clock(now)
         return self._write(lambda conn: len(transition_page(
             conn, PageState.RUNNING, PageState.QUEUED, now, where=pages.c.lease_owner == worker_id,
             detail=f"released by worker {worker_id}",
@@ -471,7 +473,7 @@ class Ledger(WorkerBook, Reports):
     def rescue_expired(self, max_attempts: int = 3, now: datetime | None = None) -> int:
         """Pages whose lease expired -> queued (the attempt stays counted); a page already at
         max_attempts fails with "lease expired (worker lost)" instead. Returns pages touched."""
-        now = utc_now(now)
+        now = self.clock(now)
         expired = pages.c.lease_expires_at < to_text(now)
 
         def tx(conn: Connection) -> int:

@@ -8,10 +8,10 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, insert, select, update
 
 from .clock import to_text
-from .schema import events, jobs, pages
+from .schema import blobs, events, jobs, pages
 from .states import JobState, PageState, TransitionError, check_job, check_page
 
 
@@ -47,6 +47,8 @@ def transition_job(conn: Connection, job_id: int, dst: JobState, now: datetime, 
                           .values(state=dst, updated_at=to_text(now), **values))
     if result.rowcount != 1:
         raise TransitionError(f"job {job_id} moved on from {current} (lost a race)")
+    if dst in (JobState.DONE, JobState.FAILED, JobState.DUPLICATE):   # no worker reads it again
+        conn.execute(delete(blobs).where(blobs.c.job_id == job_id))
     append_event(conn, job_id, None, now, f"job_{dst}", _describe(current, dst, detail))
     return current
 

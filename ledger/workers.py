@@ -14,7 +14,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ._engine import upsert
-from .clock import to_text, utc_now
+from .clock import to_text
 from .records import DaemonInfo
 from .schema import heartbeats, meta, workers
 from .states import ENDED_WORKER_STATES, ModelStatus, WorkerState
@@ -26,6 +26,9 @@ PAUSED_KEY = "paused"        # meta: set (to when) while `ocrd pause` holds clai
 
 class WorkerBook:
     _read: Callable[[Callable[[Connection], Any]], Any]
+    clock: Callable[..., datetime]           # store.py: the ledger's now (clock.py)
+    _sqlite: bool
+    host: str
     _write: Callable[[Callable[[Connection], Any]], Any]
     _renew: Callable[[Connection, str, float, datetime], int]
 
@@ -34,7 +37,7 @@ class WorkerBook:
                         batch: int = 1, now: datetime | None = None) -> None:
         """Insert or reset the workers row (a restarted worker may reuse its id); `batch` is its
         in-flight limit (heartbeats update it as the worker tunes it)."""
-        stamp = to_text(utc_now(now))
+        stamp = to_text(self.clock(now))
         state = WorkerState(state)
         self._write(lambda conn: upsert(conn, workers, "id", dict(
             id=worker_id, host=host, pid=pid, backend=backend, device_name=device_name, state=state,
@@ -75,7 +78,7 @@ class WorkerBook:
         in its batch. `batch` is its in-flight limit now; `pages_in_flight` the pages in its batch
         being decoded now (not the ones claimed ahead and waiting for a slot: the ledger counts
         those as running too, and `ocrd status` shows the difference)."""
-        now = utc_now(now)
+        now = self.clock(now)
         stamp = to_text(now)
 
         def tx(conn: Connection) -> None:
@@ -108,16 +111,23 @@ class WorkerBook:
     def add_event(self, job_id: int | None, kind: str, detail: str = "",
                   now: datetime | None = None, *, page_no: int | None = None) -> None:
         """Append an events row that is not a state change (e.g. ingest notes, outbox written)."""
-        now = utc_now(now)
+        now = self.clock(now)
         self._write(lambda c: append_event(c, job_id, page_no, now, kind, detail))
 
     # -- small key/value store (pool sizing memory, model load status) ----------------------------
+    def _meta_key(self, key: str) -> str:
+        """Meta keys are each host's own in a shared (PostgreSQL) ledger: `key@host`; `paused`
+        holds the whole queue."""
+        return key if self._sqlite or key == PAUSED_KEY else f"{key}@{self.host}"
+
     def get_meta(self, key: str) -> str | None:
+        key = self._meta_key(key)
         return self._read(lambda c: c.execute(select(meta.c.value).where(meta.c.key == key))
                           .scalar_one_or_none())
 
     def set_meta(self, key: str, value: str | None) -> None:
         """Set a value; None deletes the key."""
+        key = self._meta_key(key)
         if value is None:
             self._write(lambda c: c.execute(delete(meta).where(meta.c.key == key)))
         else:
@@ -126,7 +136,7 @@ class WorkerBook:
     def set_paused(self, paused: bool, now: datetime | None = None) -> bool:
         """`ocrd pause` / `ocrd resume`: workers claim no new page while paused (ingest goes on);
         kept in meta, so it survives restarts. Returns whether this changed anything."""
-        stamp = to_text(utc_now(now))
+        stamp = to_text(self.clock(now))
 
         def tx(conn: Connection) -> bool:
             was = conn.execute(select(meta.c.value).where(meta.c.key == PAUSED_KEY)).scalar_one_or_none()
@@ -136,7 +146,7 @@ class WorkerBook:
                 upsert(conn, meta, "key", dict(key=PAUSED_KEY, value=stamp))
             else:
                 conn.execute(delete(meta).where(meta.c.key == PAUSED_KEY))
-            append_event(conn, None, None, utc_now(now), "paused" if paused else "resumed", "")
+            append_event(conn, None, None, self.clock(now), "paused" if paused else "resumed", "")
             return True
 
         return self._write(tx)

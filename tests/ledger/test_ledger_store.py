@@ -130,7 +130,8 @@ def test_claim_order_fields_and_job_follows(ledger: Ledger) -> None:
     got = ledger.claim_pages("w", n=3, lease_s=30, now=T0)
     assert [(p.job_id, p.page_no) for p in got] == [(low, 1), (high, 1), (high, 2)]
     assert got[1] == type(got[1])(job_id=high, page_no=1, attempts=1, pages_total=2, inbox="/in",
-                                  source_path="/in/high.pdf", spool_path="/spool/high.pdf")
+                                  source_path="/in/high.pdf", spool_path="/spool/high.pdf",
+                                  host=ledger.host)
     assert ledger.job(high).state == ledger.job(low).state == JobState.RUNNING
     page = ledger.show_job(high)["pages"][0]
     assert (page["lease_owner"], from_text(page["lease_expires_at"])) == ("w", T0 + 30 * S)

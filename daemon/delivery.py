@@ -1,0 +1,99 @@
+"""A host's own documents, whoever decoded their pages. Every DELIVER_EVERY_S the supervisor asks:
+
+- which of this host's jobs have every page done but no outbox file: their finisher died between
+  its last page and the outbox write, the outbox was full or read-only (tried again with backoff),
+  or, on a PostgreSQL ledger shared by several hosts, a worker of another host stored the last
+  page (only the host that owns a job's inbox writes its outbox and moves its original);
+- (shared ledger) which of this host's failed jobs still have their original in the spool: a
+  worker elsewhere failed them; the original goes to failed/ with its reason.
+
+It also keeps this host's `hosts` row fresh (ledger/hosts.py) and the cache of documents fetched
+from the ledger small. Finishing is idempotent and runs under the finishers' lock (outbox.py), so
+racing a live finisher is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import structlog
+
+from ocrd.ledger import JobState, Ledger
+
+from .config import Config
+from .outbox import OutputDelayed, fail_document, finish_document
+
+log = structlog.get_logger("ocrd.delivery")
+
+DELIVER_EVERY_S = 1.0
+HOST_BEAT_S = 5.0                  # hosts.seen_at; a host unseen for 60 s is dead (hosts.py)
+SWEEP_FETCHED_S = 60.0
+OUTPUT_RETRY_S, OUTPUT_RETRY_MAX_S = 5.0, 300.0   # a full outbox is tried again after 5 s, doubling
+
+
+def fetched_dir(config: Config) -> Path:
+    """Where a worker keeps the documents of other hosts it fetched from the ledger."""
+    return config.state_dir / "fetched"
+
+
+class Delivery:
+    def __init__(self, config: Config, ledger: Ledger, *, workers: int, backend: str = "",
+                 device_name: str = "") -> None:
+        self.config = config
+        self.ledger = ledger
+        self._host = dict(pid=os.getpid(), started_at=ledger.clock(), workers=workers,
+                          backend=backend, device_name=device_name)
+        self._waits: dict[int, tuple[int, float]] = {}   # job -> (tries, next try) full outbox
+        self._next = self._next_beat = self._next_sweep = 0.0
+
+    def tick(self, now: float | None = None, *, force: bool = False) -> None:
+        now = time.monotonic() if now is None else now
+        if now < self._next and not force:
+            return
+        self._next = now + DELIVER_EVERY_S
+        if now >= self._next_beat:
+            self._next_beat = now + HOST_BEAT_S
+            self.ledger.host_seen(inboxes=len(self.config.inboxes), **self._host)
+        for job_id in self.ledger.completed_jobs_not_done():
+            self._finish(job_id, now)
+        if self.ledger.shares_files:
+            for job_id in self.ledger.failed_in_spool(str(self.config.spool_dir)):
+                job = self.ledger.job(job_id)
+                fail_document(self.config, self.ledger, job_id, job.error if job else "failed")
+            if now >= self._next_sweep:
+                self._next_sweep = now + SWEEP_FETCHED_S
+                self._sweep_fetched()
+
+    def reload(self, config: Config, workers: int) -> None:
+        self.config = config
+        self._host["workers"] = workers
+
+    def stopped(self) -> None:
+        self.ledger.host_stopped()
+
+    def _finish(self, job_id: int, now: float) -> None:
+        tries, next_at = self._waits.get(job_id, (0, 0.0))
+        if now < next_at:
+            return
+        try:
+            if finish_document(self.config, self.ledger, job_id):
+                log.info("job_delivered", job_id=job_id, tries=tries,
+                         note="its last page was stored by a worker that did not finish it")
+            self._waits.pop(job_id, None)
+        except OutputDelayed as exc:
+            delay = min(OUTPUT_RETRY_S * 2 ** tries, OUTPUT_RETRY_MAX_S)
+            self._waits[job_id] = (tries + 1, now + delay)
+            log.error("output_waits", job_id=job_id, error=str(exc), retry_in_s=delay)
+        except Exception:  # one document must never stop the supervisor
+            log.exception("finish_failed", job_id=job_id)
+
+    def _sweep_fetched(self) -> None:
+        """Fetched documents of jobs no longer queued or running go (a worker fetches again)."""
+        folder = fetched_dir(self.config)
+        names = [p for p in folder.iterdir() if p.name.split("-", 1)[0].isdigit()] if folder.is_dir() else []
+        for path in names:
+            job = self.ledger.job(int(path.name.split("-", 1)[0]))
+            if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
+                path.unlink(missing_ok=True)
