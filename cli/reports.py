@@ -56,6 +56,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         workers, rate, model, info, paused, metrics_url, problem = [], {}, None, None, None, None, None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
         busy: list[dict[str, Any]] = []
+        hosts: list[dict[str, Any]] = []
     else:
         report = ledger.status()
         counts, workers, rate = report["counts"], report["workers"], report["throughput"]
@@ -64,6 +65,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
         problem = ledger.get_meta(INGEST_PROBLEM)
         busy = ledger.running_jobs()
+        hosts = ledger.hosts_status()
     device = _device_of(info, pid is not None)
 
     ppm = rate.get("pages_per_min")
@@ -71,7 +73,11 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     keys = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
             "peak_memory_bytes", "pages_done", "batch", "pages_in_flight", "host", "device_name",
             "tokens_per_s")
+    dead = {h["name"] for h in hosts if h["state"] == "dead"}
     workers = [{k: w.get(k) for k in keys} for w in workers]
+    for w in workers:   # a dead host's workers died with it (their leases expire, others go on)
+        if w["host"] in dead and w["state"] not in ENDED_WORKER_STATES:
+            w["state"] = "dead"
     running = pid is not None
     # with the daemon down, its last model status and a rate-based ETA would be stale news
     model = model if running else None
@@ -92,13 +98,17 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "pages_in_flight": flight["pages_in_flight"],
         "pages_claimed_waiting": max(counts["pages"][PageState.RUNNING] - flight["pages_in_flight"], 0),
         "workers": workers,
+        "host": config.host_name,
+        # every daemon of this ledger (several on PostgreSQL): state running, stopped or dead
+        # (unseen 60 s), and `delivering`: its documents not done yet (only it writes their output)
+        "hosts": hosts,
         "pages_per_min": ppm,
         "tokens_per_s": flight["tokens_per_s"],
         "eta_s": rate.get("eta_s") if running else None,
         "running_jobs": _running_jobs(config, busy, ppm if running else None, live=running),
         "warnings": _status_warnings(device, model, running, waiting, workers,
                                      engine=info.engine if running and info is not None else None)
-                    + (_ingest_warning(problem) if running else []),
+                    + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name),
         "state_dir": str(config.state_dir),
     }, model
 
@@ -161,6 +171,14 @@ def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running:
     return warnings
 
 
+def _host_warnings(hosts: list[dict[str, Any]], here: str) -> list[str]:
+    """Another host is dead: its documents wait for it (any host may decode their pages, only it
+    delivers). This host's own daemon is told by `daemon`."""
+    return [f"host {h['name']}: not seen for {fmt.duration(h['seen_age_s'])}"
+            + (f"; its {h['delivering']} document(s) are delivered when it is back" if h["delivering"] else "")
+            for h in hosts if h["state"] == "dead" and h["name"] != here]
+
+
 def _ingest_warning(problem: str | None) -> list[str]:
     """The ingest thread's standing failure (a full or read-only state dir), if any."""
     if not problem:
@@ -205,8 +223,11 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     lines.append(f"rate     {'-' if ppm is None else f'{ppm:.1f}'} pages/min"
                  + ("" if tps is None else f"  {tps:.0f} tokens/s") + f"  ETA {fmt.duration(s['eta_s'])}")
     lines += _running_lines(s.get("running_jobs") or [])
+    several = len(s.get("hosts") or []) > 1
+    if several:
+        lines += ["", _hosts_table(s["hosts"], s.get("host"))]
     if s["workers"]:
-        lines += ["", _workers_table(s["workers"])]
+        lines += ["", _workers_table(s["workers"], with_host=several)]
     else:
         lines.append("workers  none")
     return "\n".join(lines)
@@ -244,8 +265,19 @@ def _pages_of(current: str | None) -> str:
     return pages[0] if len(pages) == 1 else f"{pages[0]} +{len(pages) - 1}"
 
 
-def _workers_table(workers: list[dict[str, Any]]) -> str:
-    """BATCH is pages in flight / the worker's in-flight limit; TOK/S its aggregate rate."""
+def _hosts_table(hosts: list[dict[str, Any]], here: str | None) -> str:
+    """Several hosts on one ledger: each daemon, its role and the documents it delivers."""
+    rows = [(h["name"] + (" *" if h["name"] == here else ""), h["state"], h["pid"],
+             fmt.duration(h["seen_age_s"]), h["inboxes"], h["workers"],
+             f"{h.get('backend') or '-'} {h.get('device_name') or ''}".strip(), h["delivering"])
+            for h in hosts]
+    return fmt.table(("HOST", "STATE", "PID", "SEEN", "INBOXES", "WORKERS", "DEVICE", "DELIVERING"),
+                     rows, right=(2, 3, 4, 5, 7))
+
+
+def _workers_table(workers: list[dict[str, Any]], *, with_host: bool = False) -> str:
+    """BATCH is pages in flight / the worker's in-flight limit; TOK/S its aggregate rate; HOST
+    only when several hosts share the ledger."""
     def batch(w: dict[str, Any]) -> str:
         return "-" if w.get("batch") is None else f"{w.get('pages_in_flight') or 0}/{w['batch']}"
 
@@ -255,8 +287,12 @@ def _workers_table(workers: list[dict[str, Any]]) -> str:
     rows = [(w["id"], w["pid"], w["backend"], w["state"], fmt.duration(w["heartbeat_age_s"]),
              _pages_of(w["current_page"]), batch(w), rate(w), fmt.size(w["active_memory_bytes"]),
              fmt.size(w["peak_memory_bytes"]), w["pages_done"]) for w in workers]
-    return fmt.table(("WORKER", "PID", "BACKEND", "STATE", "HEARTBEAT", "PAGE", "BATCH", "TOK/S",
-                      "MEMORY", "PEAK", "DONE"), rows, right=(1, 4, 6, 7, 8, 9, 10))
+    headers = ("WORKER", "PID", "BACKEND", "STATE", "HEARTBEAT", "PAGE", "BATCH", "TOK/S",
+               "MEMORY", "PEAK", "DONE")
+    if with_host:
+        headers, rows = ("HOST", *headers), [(w["host"], *row) for w, row in zip(workers, rows)]
+    right = tuple(i + with_host for i in (1, 4, 6, 7, 8, 9, 10))
+    return fmt.table(headers, rows, right=right)
 
 
 CUT_SHORT = {"length": "max_tokens", "repetition": "repetition"}   # finish_reason -> CUT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -429,3 +430,36 @@ def test_status_warns_while_ingest_keeps_failing(config_file: Path, seeded):
     with DaemonLock(config.lock_path):  # this test process plays the daemon
         s = json.loads(invoke(config_file, "status", "--json").output)
     assert any("ingest failing for 3 file(s)" in w and "No space left" in w for w in s["warnings"])
+
+
+def test_status_lists_every_host_of_a_shared_ledger(config_file: Path, seeded):
+    """Several daemons on one ledger: each host with its role and the documents it delivers; a
+    host unseen for a minute is dead, and so are its workers."""
+    config = load_config(config_file)
+    here = open_ledger(config_file)
+    gpu = Ledger(config.db_url, host="gpu-box")
+    try:
+        started = gpu.clock()
+        here.host_seen(pid=os.getpid(), started_at=started, inboxes=1, workers=0)
+        gpu.host_seen(pid=777, started_at=started, inboxes=0, workers=1, backend="cuda",
+                      device_name="NVIDIA H200")
+        gpu.register_worker("gpu-777-1", host="gpu-box", pid=778, backend="cuda",
+                            device_name="NVIDIA H200", state="busy")
+        with gpu._engine.begin() as conn:   # last seen 5 minutes ago: the box died
+            conn.exec_driver_sql("UPDATE hosts SET seen_at = ? WHERE name = 'gpu-box'",
+                                 ((started - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))
+    finally:
+        here.close()
+        gpu.close()
+    with DaemonLock(config.lock_path):
+        s = json.loads(invoke(config_file, "status", "--json").output)
+        text = invoke(config_file, "status").output
+    hosts = {h["name"]: h for h in s["hosts"]}
+    assert s["host"] == config.host_name and set(hosts) == {config.host_name, "gpu-box"}
+    assert hosts[config.host_name]["state"] == "running" and hosts["gpu-box"]["state"] == "dead"
+    assert hosts[config.host_name]["delivering"] == 2            # a.pdf running, c.png queued
+    assert hosts["gpu-box"]["workers"] == 1 and hosts["gpu-box"]["delivering"] == 0
+    assert [w["state"] for w in s["workers"] if w["host"] == "gpu-box"] == ["dead"]
+    assert any(w.startswith("host gpu-box: not seen for") for w in s["warnings"])
+    assert "DELIVERING" in text and "gpu-box" in text
+    assert any(line.split()[:2] == ["HOST", "WORKER"] for line in text.splitlines())   # a HOST column

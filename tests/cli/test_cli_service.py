@@ -227,7 +227,7 @@ def test_cli_status_exit_code_follows_the_service_manager(tmp_path: Path):
 
 def test_cli_install_refuses_a_bad_config(tmp_path: Path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[workers]\ncount = 0\n")
+    bad.write_text("[workers]\ncount = -1\n")
     rec = Recorder()
     result = invoke(bad, "service", "install", obj={"service_run": rec}, env={"HOME": str(tmp_path)})
     assert result.exit_code == 2
