@@ -25,20 +25,6 @@ from ocrd.ledger.store import Ledger
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    cfg = make_config(tmp_path)
-    cfg.inboxes[0].path.mkdir(parents=True)
-    return cfg
-
-
-@pytest.fixture
-def ledger(config: Config):
-    led = Ledger(config.db_url)
-    yield led
-    led.close()
-
-
-@pytest.fixture
 def start_service():
     started: list[IngestService] = []
 

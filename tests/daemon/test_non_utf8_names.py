@@ -10,10 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-import pytest
 import structlog
 
-from ingest_runner import make_config, pdf_bytes, png_bytes
+from ingest_runner import pdf_bytes, png_bytes
 from samples import non_utf8_path, rested
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
@@ -24,20 +23,6 @@ from ocrd.daemon.logs import configure_logging
 from ocrd.daemon.outbox import finish_document
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    cfg = make_config(tmp_path)
-    cfg.inboxes[0].path.mkdir(parents=True)
-    return cfg
-
-
-@pytest.fixture
-def ledger(config: Config):
-    led = Ledger(config.db_url)
-    yield led
-    led.close()
 
 
 def names(folder: Path) -> list[bytes]:
