@@ -278,7 +278,11 @@ def bench_daemons(pg: Pg, root: Path, args: argparse.Namespace) -> dict:
                 _kill_workers(pg, db, d.name)
         for ledger in ledgers.values():
             ledger.close()
-    logs = {d.name: _log_summary(d.log) for d in (a, b)}
+    return _summary(runs, {d.name: _log_summary(d.log) for d in (a, b)}, hosts, args)
+
+
+def _summary(runs: dict[str, list[dict]], logs: dict, hosts: list[dict], args: argparse.Namespace) -> dict:
+    """The daemons' part of the results: every run, the best of each kind and their ratios."""
     for name, summary in logs.items():
         for line in summary["errors_first"]:
             print(f"daemon {name} logged: {line}")

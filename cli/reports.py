@@ -70,14 +70,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
 
     ppm = rate.get("pages_per_min")
     waiting = counts["pages"][PageState.QUEUED] + counts["pages"][PageState.RUNNING]
-    keys = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
-            "peak_memory_bytes", "pages_done", "batch", "pages_in_flight", "host", "device_name",
-            "tokens_per_s")
-    dead = {h["name"] for h in hosts if h["state"] == "dead"}
-    workers = [{k: w.get(k) for k in keys} for w in workers]
-    for w in workers:   # a dead host's workers died with it (their leases expire, others go on)
-        if w["host"] in dead and w["state"] not in ENDED_WORKER_STATES:
-            w["state"] = "dead"
+    workers = _workers_view(workers, hosts)
     running = pid is not None
     # with the daemon down, its last model status and a rate-based ETA would be stale news
     model = model if running else None
@@ -111,6 +104,22 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
                     + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name),
         "state_dir": str(config.state_dir),
     }, model
+
+
+WORKER_KEYS = ("id", "pid", "backend", "state", "heartbeat_age_s", "current_page", "active_memory_bytes",
+               "peak_memory_bytes", "pages_done", "batch", "pages_in_flight", "host", "device_name",
+               "tokens_per_s")
+
+
+def _workers_view(workers: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's workers; a dead host's workers died with it (their leases run out and other
+    hosts redo their pages), whatever their last word was."""
+    dead = {h["name"] for h in hosts if h["state"] == "dead"}
+    out = [{k: w.get(k) for k in WORKER_KEYS} for w in workers]
+    for w in out:
+        if w["host"] in dead and w["state"] not in ENDED_WORKER_STATES:
+            w["state"] = "dead"
+    return out
 
 
 def _running_jobs(config: Config, rows: list[dict[str, Any]], ppm: float | None, *,
