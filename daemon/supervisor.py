@@ -197,7 +197,8 @@ class Supervisor:
             log.exception("hooks_check_failed")
         self.hooks.stop()
         try:
-            self.delivery.stopped()
+            if self.delivery is not None:
+                self.delivery.stopped()
         except Exception:  # an unreachable ledger: other hosts see this one go dead instead
             log.exception("host_stop_failed")
         self.ledger.close()
