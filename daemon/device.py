@@ -246,7 +246,8 @@ def plan_pool(device: DeviceInfo, *, model_bytes: int, mode: str, count: int | N
     chosen, reason = _count(count, fits, cap, cap_why, head)
     page_bytes = int(measured_page_bytes * MEASURED_HEADROOM) if measured_page_bytes else \
         MODES.get(mode, MODES["gundam"]).page_bytes
-    limit, start, batch_reason = _batch(device, batch, budget_bytes // chosen - footprint, page_bytes,
+    # `[workers] count = 0` (a host that only ingests and delivers): the batch is sized as for one
+    limit, start, batch_reason = _batch(device, batch, budget_bytes // max(chosen, 1) - footprint, page_bytes,
                                         measured=bool(measured_page_bytes))
     recycle = int((footprint + (limit - 1) * page_bytes) * RECYCLE_FACTOR)
     return PoolPlan(chosen, footprint, budget_bytes, cap, reason,

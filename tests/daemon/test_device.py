@@ -131,6 +131,12 @@ def test_explicit_count_never_below_one():
     assert p.count == 1 and "lowered to 1" in p.reason
 
 
+def test_explicit_count_zero_plans_no_worker():
+    # a host that only ingests and delivers (issue 12): no worker, and no division by zero
+    p = plan_pool(cpu_box(16, 64), model_bytes=4 * GB, mode="gundam", count=0)
+    assert p.count == 0 and "0 as configured" in p.reason
+
+
 def test_budget_as_fraction_and_bytes():
     d = cpu_box(64, 100)
     assert plan_pool(d, model_bytes=4 * GB, mode="base", budget=0.5).budget_bytes == 50 * GB
