@@ -17,15 +17,17 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InternalError, OperationalError
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 RETRY_FOR_S = 120.0                  # on top of busy_timeout: only a wedged writer gets this far
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-# serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout)
-_PG_RETRY = frozenset({"40001", "40P01", "55P03"})
+# serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout),
+# idle_in_transaction_session_timeout (the server ended a session that slept mid-transaction: it
+# was rolled back whole, and runs again on a new connection)
+_PG_RETRY = frozenset({"40001", "40P01", "55P03", "25P03"})
 
 
 def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
@@ -34,8 +36,11 @@ def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")   # not SQLAlchemy's psycopg2 default
     if parsed.get_backend_name() != "sqlite":
-        # lock_timeout plays busy_timeout's part: a wait past it is retried like SQLITE_BUSY
-        options = f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
+        # lock_timeout plays busy_timeout's part: a wait past it is retried like SQLITE_BUSY.
+        # A session idle inside a transaction that long is a frozen process (a laptop asleep
+        # mid-write): the server ends it, so its row locks don't hold up every other host.
+        options = (f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
+                   f" -c idle_in_transaction_session_timeout={int(busy_timeout_ms)}")
         return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
                              connect_args={"options": options.strip()})
     if parsed.database in (None, "", ":memory:"):
@@ -73,7 +78,7 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
-def is_busy(exc: OperationalError) -> bool:
+def is_busy(exc: OperationalError | InternalError) -> bool:
     """A transient lock conflict: retry the whole transaction."""
     if getattr(exc.orig, "sqlstate", None) in _PG_RETRY:
         return True
@@ -102,7 +107,7 @@ def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool
                                            postgresql_readonly=True)
                 with conn.begin():
                     return fn(conn)
-        except OperationalError as exc:
+        except (OperationalError, InternalError) as exc:   # 25P03 is an InternalError
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
