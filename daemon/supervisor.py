@@ -45,6 +45,9 @@ from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEven
 
 log = structlog.get_logger()
 
+# A test seam (several-hosts e2e tests): OCRD_TEST_LEASE_S=8 gives pages 8 s leases, renewed by
+# heartbeats every lease/4, so a lost worker's pages come back in seconds, not a minute.
+_TEST_LEASE_S = float(os.environ.get("OCRD_TEST_LEASE_S") or 0)
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
 EXIT_LEDGER_UNREADABLE = 78        # EX_CONFIG: the systemd unit's RestartPreventExitStatus
 
@@ -75,8 +78,8 @@ class Settings:
     engine_factory: str | None = None   # None: the config's [model] engine, chosen for the device
     rescan_s: float = 60.0           # the watcher's full rescan of every inbox
     empty_grace_s: float = 60.0      # an empty file waits this long before it fails
-    lease_s: float = 60.0
-    heartbeat_s: float = 5.0
+    lease_s: float = _TEST_LEASE_S or 60.0
+    heartbeat_s: float = _TEST_LEASE_S / 4 if _TEST_LEASE_S else 5.0
     backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base
 
 

@@ -17,6 +17,21 @@ from configs import config_dict, to_toml
 from helpers import wait_for
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
+sys.path.append(str(Path(__file__).resolve().parent.parent / "ledger"))   # ledger_pgserver
+
+
+def pg_query(dsn: str, sql: str, *params: object) -> list[tuple]:
+    """One statement on a PostgreSQL ledger (`?` placeholders, as sqlite3 takes them); [] while
+    its schema is not there yet."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params) if params \
+                else conn.execute(sql)
+        except psycopg.errors.UndefinedTable:
+            return []
+        return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
 
 
 class Daemon:
@@ -25,26 +40,36 @@ class Daemon:
     def __init__(self, root: Path, model: str | Path, *, workers: int = 1, page_timeout_s: int = 120,
                  max_attempts: int = 3, max_tokens: int = 12, inbox_keys: dict[str, Any] | None = None,
                  state_dir: Path | None = None, tables: dict[str, Any] | None = None,
-                 engine: str = "mlx-vlm") -> None:
+                 engine: str = "mlx-vlm", has_inbox: bool = True, env: dict[str, str] | None = None,
+                 pg_dsn: str | None = None) -> None:
+        """`has_inbox` False: a worker-only host (no [[inbox]], no inbox folder made); `env`: extra
+        environment of `ocrd run` (test seams); `pg_dsn`: the PostgreSQL ledger that `query`
+        reads (its URL goes in tables={"ledger": {...}})."""
         self.root = root
         self.inbox, self.outbox = root / "inbox", root / "outbox"
         self.archive, self.failed = root / "archive", root / "failed"
         self.state = state_dir or root / "state"
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        self.config = root / "ocrd.toml"
-        self.config.write_text(to_toml(config_dict(
+        root.mkdir(parents=True, exist_ok=True)
+        if has_inbox:
+            self.inbox.mkdir(exist_ok=True)
+        self.env, self.pg_dsn = env or {}, pg_dsn
+        raw = config_dict(
             root, state_dir=self.state,
             # engine "mlx-vlm": the tiny model, even where `auto` would pick RapidOCR (a CPU-only host)
             model={"path": model, "mode": "tiny", "max_tokens": max_tokens, "page_timeout_s": page_timeout_s,
                    "engine": engine},
             workers={"count": workers, "max_attempts": max_attempts},
             pdf={"dpi": 72},
-            inbox={"stable_for_s": 0.3, **(inbox_keys or {})}, **(tables or {}))))
+            inbox={"stable_for_s": 0.3, **(inbox_keys or {})}, **(tables or {}))
+        if not has_inbox:
+            del raw["inbox"]
+        self.config = root / "ocrd.toml"
+        self.config.write_text(to_toml(raw))
         self.proc: subprocess.Popen | None = None
         self.log = root / "daemon.out"
 
     def start(self) -> subprocess.Popen:
-        env = {**os.environ, "OCRD_CONFIG": str(self.config)}
+        env = {**os.environ, **self.env, "OCRD_CONFIG": str(self.config)}
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([OCRD, "run"], stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
@@ -65,6 +90,8 @@ class Daemon:
         return json.loads(result.stdout)
 
     def query(self, sql: str, *params: object) -> list[tuple]:
+        if self.pg_dsn is not None:
+            return pg_query(self.pg_dsn, sql, *params)
         db = self.state / "ledger.db"
         if not db.exists():
             return []
@@ -109,6 +136,38 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the session's shared-ledger tests (tests/ledger's)."""
+    from ledger_pgserver import find_bin_dir, start_server, stop_server
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
+    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'ocrd[postgres]')")
+    server = start_server(bin_dir)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def pg_ledger(pg_server: Any) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database for one test: (its ledger URL, its psycopg DSN). Ask for it
+    before make_daemon, so that the daemons are gone before it is dropped."""
+    import uuid
+
+    import psycopg
+
+    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.url(name), pg_server.dsn(name)
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")   # a killed host's sessions may linger
 
 
 @pytest.fixture

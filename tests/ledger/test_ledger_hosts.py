@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import process_state, wait_for
 from ledger_testkit import T0, Db, add
 
 from ocrd.ledger import clock as clock_module
@@ -129,12 +129,7 @@ print("awake, renewed", led._write(renew), flush=True)
 """
 
 
-def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-
-
 @pytest.mark.postgresql_only
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_host_asleep_inside_a_write_does_not_wedge_the_others(ledger: Ledger, db_url: str) -> None:
     """Its row locks would hold every other host's lease rescue (and any write to those pages)
     until it wakes, hours later maybe: the server ends a session idle inside a transaction for
@@ -146,7 +141,7 @@ def test_a_host_asleep_inside_a_write_does_not_wedge_the_others(ledger: Ledger, 
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().split() == ["renewed", "1"]
-        wait_for(lambda: _stopped(child.pid), 10, 0.01, "the sleeper to stop")
+        wait_for(lambda: process_state(child.pid) == "T", 10, 0.01, "the sleeper to stop")
         rescued: list[int] = []
         rescue = threading.Thread(target=lambda: rescued.append(
             ledger.rescue_expired(now=ledger.clock() + 120 * S)), daemon=True)
