@@ -19,6 +19,8 @@ from typing import Any
 import samples
 from helpers import process_state, wait_for
 
+from ocrd.ledger.clock import to_text
+
 LEASE_S = "8"
 A, B = "host-a", "host-b"
 
@@ -95,6 +97,12 @@ def _done_by(d: Any, host: str) -> set[tuple[int, int]]:
     """Pages whose stored result came from a worker of `host` (worker ids start with it)."""
     return set(d.query("SELECT job_id, page_no FROM events WHERE kind = 'page_done' AND detail LIKE ?",
                        f"%worker {host}-%"))
+
+
+def _claimed_by(d: Any, host: str, since: datetime) -> set[tuple[int, int]]:
+    """Pages a worker of `host` claimed after `since` (the ledger's time)."""
+    return set(d.query("SELECT job_id, page_no FROM events WHERE kind = 'page_running' AND detail LIKE ? "
+                       "AND at > ?", f"%worker {host}-%", to_text(since)))
 
 
 def _held_by(d: Any, worker_id: str) -> set[tuple[int, int]]:
@@ -252,19 +260,22 @@ def test_a_sleeping_host_s_late_results_are_refused(pg_ledger, make_daemon) -> N
     docs = _drop(a, 15, pdf_pages=3)
     wait_for(lambda: _done_by(a, B), 120, 0.05, "host-b to store a page")
     held = _sleep_between_transactions(a, b_pid, b_worker)
+    asleep = _server_now(a)
     try:
-        # past its lease, A's worker takes those pages
-        wait_for(lambda: _alive(a, b) or held & _held_by(a, a_worker), 60, 0.05,
+        # past their leases, A's worker takes those pages (a page B claimed ahead later may
+        # still be B's when it wakes: B stores that one, rightly)
+        wait_for(lambda: _alive(a, b) or _claimed_by(a, A, asleep) & held, 60, 0.05,
                  "host-a to take host-b's pages")
+        taken = _claimed_by(a, A, asleep) & held
     finally:
         os.kill(b_pid, signal.SIGCONT)
     # awake, B's worker finishes decoding what it held and tries to store it: refused
-    wait_for(lambda: {(e["job_id"], e["page"]) for e in _log_events(b, "page_done")} & held, 60, 0.1,
+    wait_for(lambda: {(e["job_id"], e["page"]) for e in _log_events(b, "page_done")} & taken, 60, 0.1,
              "host-b's late results")
     _settled(a, len(docs), b)
     _assert_delivered_once(a, docs)
-    assert held <= _done_by(a, A) and not held & _done_by(a, B)
+    assert taken <= _done_by(a, A) and not taken & _done_by(a, B)
     kept = {(j, p): (owner, tokens) for j, p, owner, tokens in a.query(
         "SELECT job_id, page_no, lease_owner, generation_tokens FROM pages")}
-    assert {kept[k] for k in held} == {(a_worker, 300)}
+    assert {kept[k] for k in taken} == {(a_worker, 300)}
     assert b.stop() == 0 and a.stop() == 0
