@@ -7,7 +7,7 @@
 
 About 4 minutes on a 2-core machine with the defaults.
 
-A throwaway PostgreSQL server (tests/ledger/ledger_pgserver.py), then:
+A throwaway PostgreSQL server (tests/pgserver.py), then:
 
 1. pages/s, drop -> last outbox file, with the tiny random-weight DeepSeek-OCR (tests/tinymodel.py,
    engine "mlx-vlm", mode "tiny"), every run on `--docs` fresh single-page PNGs (distinct text, so
@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import shutil
 import signal
 import statistics
@@ -53,9 +51,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "ledger")]
+sys.path[:0] = [str(ROOT / "tests")]
 
 from PIL import Image, ImageDraw  # noqa: E402
+from procs import run_together  # noqa: E402  (bench/procs.py)
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
 RESULTS = ROOT / "bench" / "results" / "hosts.json"
@@ -67,7 +66,7 @@ class Pg:
     """The throwaway server and a few admin statements."""
 
     def __init__(self) -> None:
-        from ledger_pgserver import find_bin_dir, start_server
+        from pgserver import find_bin_dir, start_server
 
         bin_dir = find_bin_dir()
         if bin_dir is None:
@@ -88,7 +87,7 @@ class Pg:
             return cur.fetchall() if cur.description else []
 
     def stop(self) -> None:
-        from ledger_pgserver import stop_server
+        from pgserver import stop_server
 
         stop_server(self.server)
 
@@ -371,31 +370,8 @@ def fill_queue(url: str, pages: int) -> None:
 
 
 def run_claims(url: str, procs: int, seconds: float) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
-    children = [ctx.Process(target=_claimer, args=(url, f"h{i}", f"h{i}-w", seconds, ready, start, done))
-                for i in range(procs)]
-    for c in children:
-        c.start()
-    try:
-        for _ in children:
-            ready.get(timeout=120)
-        start.set()
-        reports = []
-        while len(reports) < procs:
-            try:
-                reports.append(done.get(timeout=1))
-            except queue.Empty:
-                dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"a claimer died (exit codes {dead})") from None
-        for c in children:
-            c.join(60)
-    finally:
-        for c in children:
-            if c.is_alive():
-                c.kill()
-                c.join()
+    _, reports = run_together(_claimer, [(url, f"h{i}", f"h{i}-w", seconds) for i in range(procs)],
+                              "claimer")
     claims = sum(r[1] for r in reports)
     wall = max(r[2] for r in reports)
     return {"processes": procs, "claims": claims, "seconds": round(wall, 3),
@@ -528,7 +504,7 @@ def main() -> int:
                              "cpus": os.cpu_count(), "device": describe(detect_device()),
                              "postgresql": pg.version,
                              "postgresql_settings": "unix socket; fsync, full_page_writes, "
-                                                    "synchronous_commit off (tests/ledger/ledger_pgserver.py)"}
+                                                    "synchronous_commit off (tests/pgserver.py)"}
         result["note"] = ("Every daemon, worker, claimer and the PostgreSQL server share this machine's "
                           f"{os.cpu_count()} cores: two/one is the mechanism's cost or gain here (blob "
                           "fetch, remote delivery), not what a second machine would add.")

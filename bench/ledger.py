@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import random
 import sqlite3
 import statistics
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from ocrd.ledger import Ledger, WorkerState
 from ocrd.ledger.clock import to_text
+from procs import run_together   # bench/procs.py (this script's folder is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
 
@@ -58,32 +57,7 @@ def run_throughput(procs: int, batch: int, pages: int, workdir: Path) -> float:
         for j in range(pages // per_job):
             ledger.add_job(inbox="/in", source_path=f"/in/{j}.pdf", spool_path=f"/spool/{j}.pdf",
                            sha256=f"sha{j}", size_bytes=1, pages_total=per_job)
-    ctx = multiprocessing.get_context("spawn")
-    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
-    children = [ctx.Process(target=_worker, args=(url, f"w{i}", batch, ready, start, done))
-                for i in range(procs)]
-    for c in children:
-        c.start()
-    try:
-        for _ in children:
-            ready.get(timeout=120)
-        t0 = time.monotonic()
-        start.set()
-        reports = []
-        while len(reports) < procs:
-            try:
-                reports.append(done.get(timeout=1))
-            except queue.Empty:
-                dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"a bench worker died (exit codes {dead})") from None
-        for c in children:
-            c.join(60)
-    finally:
-        for c in children:
-            if c.is_alive():
-                c.kill()
-                c.join()
+    t0, reports = run_together(_worker, [(url, f"w{i}", batch) for i in range(procs)], "bench worker")
     assert sum(n for _, n, _ in reports) == pages, reports
     return pages / (max(t for _, _, t in reports) - t0)
 

@@ -17,7 +17,6 @@ from configs import config_dict, to_toml
 from helpers import wait_for
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
-sys.path.append(str(Path(__file__).resolve().parent.parent / "ledger"))   # ledger_pgserver
 
 
 def pg_query(dsn: str, sql: str, *params: object) -> list[tuple]:
@@ -136,22 +135,6 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """A throwaway PostgreSQL server for the session's shared-ledger tests (tests/ledger's)."""
-    from ledger_pgserver import find_bin_dir, start_server, stop_server
-
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
-    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'ocrd[postgres]')")
-    server = start_server(bin_dir)
-    try:
-        yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.fixture

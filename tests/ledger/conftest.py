@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ledger_pgserver import PgServer, find_bin_dir, start_server, stop_server
+from pgserver import PgServer
 from ledger_testkit import Db
 
 from ocrd.ledger.store import Ledger
@@ -32,21 +32,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = [b for b in BACKENDS if not any(metafunc.definition.get_closest_marker(f"{other}_only")
                                             for other in BACKENDS if other != b)]
     metafunc.parametrize("backend", names, indirect=True)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL server for this session (~1 s to start), stopped and deleted at the end."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH, in "
-                    "/usr/lib/postgresql/*/bin or $OCRD_TEST_PG_BIN")
-    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'ocrd[postgres]')")
-    server = start_server(bin_dir)
-    try:
-        yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.fixture

@@ -1,0 +1,43 @@
+"""Start N bench processes together and collect what each reports (bench/ledger.py, bench/hosts.py).
+
+Each child runs `target(*args, ready, start, done)`: it sets itself up, puts anything on `ready`,
+waits for `start`, works, and puts its report on `done`. A child that dies is an error at once,
+not a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+from typing import Any, Callable
+
+
+def run_together(target: Callable[..., None], args: list[tuple], what: str = "bench process") -> tuple[float, list[Any]]:
+    """(time.monotonic() at the start signal, the children's reports)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
+    children = [ctx.Process(target=target, args=(*a, ready, start, done)) for a in args]
+    for c in children:
+        c.start()
+    try:
+        for _ in children:
+            ready.get(timeout=120)
+        t0 = time.monotonic()
+        start.set()
+        reports: list[Any] = []
+        while len(reports) < len(children):
+            try:
+                reports.append(done.get(timeout=1))
+            except queue.Empty:
+                dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a {what} died (exit codes {dead})") from None
+        for c in children:
+            c.join(60)
+        return t0, reports
+    finally:
+        for c in children:
+            if c.is_alive():
+                c.kill()
+                c.join()
