@@ -294,7 +294,10 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
               fmt.when(r.get("updated_at")),
               fmt.tail(relative_source(config, r["inbox"], r["source_path"]).as_posix(), 40),
               fmt.one_line(r.get("error"), 60) or "") for r in rows]
-    click.echo(fmt.table(("ID", "STATE", "PAGES", "UPDATED", "SOURCE", "ERROR"), table, right=(0, 2)))
+    headers = ("ID", "STATE", "PAGES", "UPDATED", "SOURCE", "ERROR")
+    if len({r.get("host") for r in rows} - {None}) > 1:   # several hosts: who delivers each
+        headers, table = (*headers, "HOST"), [(*t, r.get("host") or "-") for t, r in zip(table, rows)]
+    click.echo(fmt.table(headers, table, right=(0, 2)))
 
 
 @main.command()

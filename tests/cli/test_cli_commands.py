@@ -445,6 +445,8 @@ def test_status_lists_every_host_of_a_shared_ledger(config_file: Path, seeded):
                       device_name="NVIDIA H200")
         gpu.register_worker("gpu-777-1", host="gpu-box", pid=778, backend="cuda",
                             device_name="NVIDIA H200", state="busy")
+        gpu.add_job(inbox="/srv/gpu-inbox", source_path="/srv/gpu-inbox/z.png", spool_path="/spool/z.png",
+                    sha256="z" * 64, size_bytes=1, pages_total=1)
         with gpu._engine.begin() as conn:   # last seen 5 minutes ago: the box died
             conn.exec_driver_sql("UPDATE hosts SET seen_at = ? WHERE name = 'gpu-box'",
                                  ((started - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))
@@ -458,8 +460,10 @@ def test_status_lists_every_host_of_a_shared_ledger(config_file: Path, seeded):
     assert s["host"] == config.host_name and set(hosts) == {config.host_name, "gpu-box"}
     assert hosts[config.host_name]["state"] == "running" and hosts["gpu-box"]["state"] == "dead"
     assert hosts[config.host_name]["delivering"] == 2            # a.pdf running, c.png queued
-    assert hosts["gpu-box"]["workers"] == 1 and hosts["gpu-box"]["delivering"] == 0
+    assert hosts["gpu-box"]["workers"] == 1 and hosts["gpu-box"]["delivering"] == 1   # z.png
     assert [w["state"] for w in s["workers"] if w["host"] == "gpu-box"] == ["dead"]
     assert any(w.startswith("host gpu-box: not seen for") for w in s["warnings"])
     assert "DELIVERING" in text and "gpu-box" in text
     assert any(line.split()[:2] == ["HOST", "WORKER"] for line in text.splitlines())   # a HOST column
+    listed = invoke(config_file, "jobs").output.splitlines()
+    assert listed[0].split()[-1] == "HOST" and listed[1].split()[-1] == "gpu-box"   # z.png, newest
