@@ -362,10 +362,14 @@ class Worker:
             page.job_id, page.page_no, self.ctx.worker_id, text=result.text,
             prompt_tokens=result.prompt_tokens, generation_tokens=result.generation_tokens,
             seconds=result.seconds, finish_reason=result.finish_reason)
-        self.pages_done += 1
-        self.log.info("page_done", job_id=page.job_id, page=page.page_no, seconds=round(result.seconds, 3),
-                      tokens=result.generation_tokens, finish_reason=result.finish_reason,
-                      peak_memory_bytes=peak, in_flight=in_flight)
+        if complete is None:   # its lease ran out (this host slept): another worker has the page
+            self.log.warning("page_result_refused", job_id=page.job_id, page=page.page_no,
+                             reason="lease lost: the page went to another worker")
+        else:
+            self.pages_done += 1
+            self.log.info("page_done", job_id=page.job_id, page=page.page_no, seconds=round(result.seconds, 3),
+                          tokens=result.generation_tokens, finish_reason=result.finish_reason,
+                          peak_memory_bytes=peak, in_flight=in_flight)
         self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak,
                           page=f"{page.job_id}:{page.page_no}"))
         if complete:

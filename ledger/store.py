@@ -391,11 +391,11 @@ class Ledger(WorkerBook, Reports, HostBook):
 
     def complete_page(self, job_id: int, page_no: int, worker_id: str, *, text: str,
                       prompt_tokens: int = 0, generation_tokens: int = 0, seconds: float = 0.0,
-                      finish_reason: str = "stop", now: datetime | None = None) -> bool:
+                      finish_reason: str = "stop", now: datetime | None = None) -> bool | None:
         """running -> done (only if this worker still holds the lease); pages_done += 1;
         workers.pages_done += 1. Returns True when this completion made every page of the job
-        done (the caller then assembles the outbox). False if the lease was lost or the job is
-        not yet complete -- use `job_complete` to tell apart if needed."""
+        done (the caller then assembles the outbox), False when other pages are still open, and
+        None when it was refused: the lease was lost (the page is another worker's or done)."""
         now = self.clock(now)
         stamp = to_text(now)
 
@@ -409,7 +409,7 @@ class Ledger(WorkerBook, Reports, HostBook):
                             finish_reason=finish_reason, finished_at=stamp,
                             lease_expires_at=None, error=None))
             if not moved:
-                return False
+                return None
             done, total = conn.execute(
                 update(jobs).where(jobs.c.id == job_id)
                 .values(pages_done=jobs.c.pages_done + 1, updated_at=stamp)

@@ -270,8 +270,8 @@ def test_a_sleeping_host_s_late_results_are_refused(pg_ledger, make_daemon) -> N
     finally:
         os.kill(b_pid, signal.SIGCONT)
     # awake, B's worker finishes decoding what it held and tries to store it: refused
-    wait_for(lambda: {(e["job_id"], e["page"]) for e in _log_events(b, "page_done")} & taken, 60, 0.1,
-             "host-b's late results")
+    wait_for(lambda: {(e["job_id"], e["page"]) for e in _log_events(b, "page_result_refused")} & taken,
+             60, 0.1, "host-b's late results refused")
     _settled(a, len(docs), b)
     _assert_delivered_once(a, docs)
     assert taken <= _done_by(a, A) and not taken & _done_by(a, B)

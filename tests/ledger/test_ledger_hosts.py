@@ -98,7 +98,7 @@ def test_a_stale_worker_s_late_completion_is_refused(ledger: Ledger, db: Db) -> 
     assert ledger.rescue_expired(now=T0 + 61 * S) == 1
     assert [(p.job_id, p.page_no) for p in ledger.claim_pages("awake", n=1, lease_s=60, now=T0 + 62 * S)] == [(job_id, 1)]
 
-    assert ledger.complete_page(job_id, 1, "sleeper", text="late", now=T0 + 63 * S) is False
+    assert ledger.complete_page(job_id, 1, "sleeper", text="late", now=T0 + 63 * S) is None
     assert ledger.renew_leases("sleeper", lease_s=60, now=T0 + 63 * S) == 0
     outcome = ledger.fail_page(job_id, 1, "sleeper", "late failure", now=T0 + 63 * S)
     assert (outcome.state, outcome.job_failed) == (PageState.RUNNING, False)
@@ -107,7 +107,7 @@ def test_a_stale_worker_s_late_completion_is_refused(ledger: Ledger, db: Db) -> 
     assert db.raw("SELECT text FROM pages WHERE job_id = ?", (job_id,)) == [(None,)]
 
     assert ledger.complete_page(job_id, 1, "awake", text="fresh", now=T0 + 64 * S) is True
-    assert ledger.complete_page(job_id, 1, "sleeper", text="later still", now=T0 + 65 * S) is False
+    assert ledger.complete_page(job_id, 1, "sleeper", text="later still", now=T0 + 65 * S) is None
     assert ledger.page_texts(job_id) == ["fresh"]
     assert ledger.job(job_id).pages_done == 1
     assert db.raw("SELECT COUNT(*) FROM events WHERE kind = 'page_done'") == [(1,)]

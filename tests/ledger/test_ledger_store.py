@@ -150,7 +150,7 @@ def test_lease_expiry_through_the_now_seam(ledger: Ledger) -> None:
     assert _pages(ledger, job_id)[0] == (1, "queued", 1)
     assert ledger.pages_of_worker("w") == []
     # the old holder comes back too late: its result is refused
-    assert ledger.complete_page(job_id, 1, "w", text="late", now=T0 + 112 * S) is False
+    assert ledger.complete_page(job_id, 1, "w", text="late", now=T0 + 112 * S) is None
     # two more lost leases reach max_attempts: the page and its job fail
     for k in (2, 3):
         claimed = ledger.claim_pages(f"w{k}", n=1, lease_s=60, now=T0 + k * 1000 * S)
@@ -176,12 +176,12 @@ def test_complete_page_reports_the_last_page_and_finish_job(ledger: Ledger) -> N
     ledger.register_worker("w", host="h", pid=1, backend="cpu", device_name="cpu")
     got = ledger.claim_pages("w", n=3, now=T0)
     assert ledger.finish_job(job_id, "/out/a.md") is False             # pages not done yet
-    assert ledger.complete_page(job_id, 1, "other", text="x") is False  # not its lease
+    assert ledger.complete_page(job_id, 1, "other", text="x") is None  # not its lease
     results = [ledger.complete_page(p.job_id, p.page_no, "w", text=f"t{p.page_no}",
                                     prompt_tokens=5, generation_tokens=7, seconds=1.5, now=T0)
                for p in reversed(got)]
     assert results == [False, False, True]
-    assert ledger.complete_page(job_id, 1, "w", text="again") is False  # done is final
+    assert ledger.complete_page(job_id, 1, "w", text="again") is None  # done is final
     assert ledger.job_complete(job_id) and ledger.page_texts(job_id) == ["t1", "t2", "t3"]
     assert ledger.job(job_id).pages_done == 3
     assert ledger.completed_jobs_not_done() == [job_id]
@@ -241,7 +241,7 @@ def test_max_attempts_fails_page_and_job(ledger: Ledger) -> None:
     job = ledger.job(job_id)
     assert (job.state, job.error) == ("failed", "page 1: bad page")
     assert [s for _, s, _ in _pages(ledger, job_id)] == ["failed", "failed", "failed"]
-    assert ledger.complete_page(job_id, 2, "w", text="too late") is False
+    assert ledger.complete_page(job_id, 2, "w", text="too late") is None
     assert ledger.claim_pages("w", n=5, now=now + 3600 * S) == []
 
 
