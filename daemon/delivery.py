@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,7 @@ import structlog
 from ocrd.ledger import JobState, Ledger
 
 from .config import Config
+from .files import PRIVATE, atomic_write_text
 from .outbox import OutputDelayed, fail_document, finish_document
 
 log = structlog.get_logger("ocrd.delivery")
@@ -38,13 +40,22 @@ def fetched_dir(config: Config) -> Path:
     return config.state_dir / "fetched"
 
 
+def instance_id(config: Config) -> str:
+    """This machine's daemon, told apart from another host's that took the same name: a random
+    id kept in the state dir (made once)."""
+    path = config.state_dir / "host-id"
+    if not path.exists():
+        atomic_write_text(path, uuid.uuid4().hex + "\n", mode=PRIVATE)
+    return path.read_text().strip()
+
+
 class Delivery:
     def __init__(self, config: Config, ledger: Ledger, *, workers: int, backend: str = "",
                  device_name: str = "") -> None:
         self.config = config
         self.ledger = ledger
         self._host = dict(pid=os.getpid(), started_at=ledger.clock(), workers=workers,
-                          backend=backend, device_name=device_name)
+                          backend=backend, device_name=device_name, instance=instance_id(config))
         self._waits: dict[int, tuple[int, float]] = {}   # job -> (tries, next try) full outbox
         self._next = self._next_beat = self._next_sweep = 0.0
 

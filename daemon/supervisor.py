@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
+from ocrd.ledger.hosts import HostNameTaken
 from ocrd.ledger.migrations import SchemaTooNew
 
 from .config import Config, ConfigError, load_config
@@ -38,7 +39,7 @@ from .hooks import HookRunner
 from .ingest_service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import configure_logging
-from .delivery import Delivery
+from .delivery import Delivery, instance_id
 from .outbox import fail_document
 from .pool import Exit, WorkerPool
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
@@ -124,6 +125,7 @@ class Supervisor:
                           note="the ledger was missing: a new one is started and the spool's files "
                                "are queued again under their original names")
         self.ledger = open_ledger(self.config, backoff_base_s=self.settings.backoff_base_s)
+        self.ledger.take_host_name(instance_id(self.config))   # before writing this host's rows
         # detected in a child process: probing in this one would hold a GPU context all its life
         device = self.device = self.device or probe_device()
         engine = self.engine = self._choose_engine(device)
@@ -432,8 +434,9 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
     try:
         try:
             supervisor.start()
-        except LedgerUnreadable as exc:   # corrupt, or from a newer ocrd: a restart won't help
-            log.error("ledger_unreadable", error=str(exc), note="nothing is ingested until it is fixed")
+        except (LedgerUnreadable, HostNameTaken) as exc:   # a restart won't help either
+            log.error("ledger_unreadable" if isinstance(exc, LedgerUnreadable) else "host_name_taken",
+                      error=str(exc), note="nothing is ingested until it is fixed")
             print(f"ocrd: {exc}", file=sys.stderr)
             return EXIT_LEDGER_UNREADABLE
         notified = False

@@ -32,6 +32,10 @@ SHARED_MAX_BYTES = 1 << 30             # a bigger document fails at ingest on a 
 HOST_DEAD_AFTER = timedelta(seconds=60)
 
 
+class HostNameTaken(RuntimeError):
+    """A live daemon of another machine already uses this host name in the shared ledger."""
+
+
 class HostBook:
     _read: Callable[[Callable[[Connection], Any]], Any]
     _write: Callable[[Callable[[Connection], Any]], Any]
@@ -97,12 +101,27 @@ class HostBook:
         return self._read(lambda conn: list(conn.execute(query).scalars()))
 
     # -- hosts ----------------------------------------------------------------------------------
+    def take_host_name(self, instance: str) -> None:
+        """At start, on a shared ledger: refuse a host name that a live daemon of another machine
+        (another `instance`: its state dir's id) uses. Two hosts both called `raspberrypi` would
+        release each other's pages and deliver each other's documents into the wrong folders."""
+        if self._sqlite:
+            return
+        row = self._read(lambda conn: conn.execute(select(hosts).where(hosts.c.name == self.host)).first())
+        if row is None or row.state != "running" or row.instance in (None, instance):
+            return
+        age = (self.clock() - from_text(row.seen_at)).total_seconds()
+        if age < HOST_DEAD_AFTER.total_seconds():
+            raise HostNameTaken(f"another machine's daemon runs as host {self.host!r} in this ledger "
+                                f"(pid {row.pid}, seen {age:.0f} s ago): give each host its own "
+                                "[ledger] host")
+
     def host_seen(self, *, pid: int, started_at: datetime, inboxes: int, workers: int,
-                  backend: str = "", device_name: str = "") -> None:
+                  backend: str = "", device_name: str = "", instance: str = "") -> None:
         """This daemon is alive (the supervisor calls it every few seconds)."""
         values = dict(name=self.host, pid=pid, state="running", started_at=to_text(started_at),
                       seen_at=to_text(self.clock()), inboxes=inboxes, workers=workers,
-                      backend=backend, device_name=device_name)
+                      backend=backend, device_name=device_name, instance=instance or None)
         self._write(lambda conn: upsert(conn, hosts, "name", values))
 
     def host_stopped(self) -> None:

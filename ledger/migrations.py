@@ -131,7 +131,7 @@ def _add_hosts(conn: Connection) -> None:
           Column("state", Text, nullable=False), Column("started_at", Text, nullable=False),
           Column("seen_at", Text, nullable=False), Column("inboxes", Integer, nullable=False),
           Column("workers", Integer, nullable=False), Column("backend", Text),
-          Column("device_name", Text))
+          Column("device_name", Text), Column("instance", Text))
     v3.tables["blobs"].create(conn)
     v3.tables["hosts"].create(conn)
 

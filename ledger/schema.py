@@ -155,6 +155,7 @@ hosts = Table(                                 # v3
     Column("workers", Integer, nullable=False),  # planned pool size (0: ingest and deliver only)
     Column("backend", Text),
     Column("device_name", Text),
+    Column("instance", Text),                  # the machine's state dir (its host-id file)
 )
 
 # The claim walks this index in ORDER BY order and filters run_after from it without touching rows;

@@ -152,9 +152,13 @@ def test_an_ingest_only_host_and_a_worker_only_host_share_one_queue(pg_ledger, m
         assert s["daemon"]["running"] and s["daemon"]["pid"] == d.proc.pid
         assert s["jobs"]["done"] == len(docs)
         assert {w["host"] for w in s["workers"]} == {B}
-        if "hosts" in s:   # `ocrd status` lists the hosts (being added alongside this test)
-            assert sorted(h["name"] for h in s["hosts"]) == [A, B]
+        assert sorted(h["name"] for h in s["hosts"]) == [A, B]
 
+    # a second machine that takes A's name while A runs is refused at start: exit 78, one line
+    twin = _host(pg_ledger, make_daemon, A, workers=0, inbox=False)
+    twin.start()
+    assert twin.proc.wait(timeout=120) == 78
+    assert "runs as host 'host-a'" in twin.log.read_text()
     assert b.stop() == 0 and a.stop() == 0
     assert a.query("SELECT name, state FROM hosts ORDER BY name") == [(A, "stopped"), (B, "stopped")]
 

@@ -269,3 +269,22 @@ def test_meta_keys_are_each_host_s_own_on_postgresql(ledger: Ledger, other: Ledg
     # `ocrd pause` holds the whole queue, whichever host asked
     assert ledger.set_paused(True)
     assert other.paused_since() is not None
+
+
+def test_a_host_name_another_machine_s_live_daemon_uses_is_refused(db_url: str, db: Db) -> None:
+    """Two machines both called `raspberrypi` would release each other's pages and deliver each
+    other's documents into the wrong folders: the second is refused at start while the first is
+    alive. The same machine restarting (same state dir id), or a dead name, is fine."""
+    with Ledger(db_url, host="raspberrypi") as first, Ledger(db_url, host="raspberrypi") as second:
+        first.host_seen(pid=11, started_at=first.clock(), inboxes=1, workers=1, instance="machine-1")
+        second.take_host_name("machine-1")               # the same machine, restarted
+        if db.dialect == "sqlite":                       # one host by definition: nothing to check
+            second.take_host_name("machine-2")
+            return
+        with pytest.raises(hosts_module.HostNameTaken, match="runs as host 'raspberrypi'"):
+            second.take_host_name("machine-2")
+        first.host_stopped()
+        second.take_host_name("machine-2")               # stopped: the name is free
+        first.host_seen(pid=11, started_at=first.clock(), inboxes=1, workers=1, instance="machine-1")
+        db.raw("UPDATE hosts SET seen_at = '2000-01-01T00:00:00.000000Z'")   # unseen: dead
+        second.take_host_name("machine-2")
