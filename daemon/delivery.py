@@ -29,7 +29,8 @@ from .outbox import OutputDelayed, fail_document, finish_document
 
 log = structlog.get_logger("ocrd.delivery")
 
-DELIVER_EVERY_S = 1.0
+DELIVER_EVERY_S = 1.0              # shared ledger: other hosts' workers finish this host's pages
+LOCAL_EVERY_S = 5.0                # SQLite: only a dead finisher or a full outbox leaves work here
 HOST_BEAT_S = 5.0                  # hosts.seen_at; a host unseen for 60 s is dead (hosts.py)
 SWEEP_FETCHED_S = 60.0
 OUTPUT_RETRY_S, OUTPUT_RETRY_MAX_S = 5.0, 300.0   # a full outbox is tried again after 5 s, doubling
@@ -50,12 +51,13 @@ def instance_id(config: Config) -> str:
 
 
 class Delivery:
-    def __init__(self, config: Config, ledger: Ledger, *, workers: int, backend: str = "",
-                 device_name: str = "") -> None:
+    def __init__(self, config: Config, ledger: Ledger, *, workers: int, instance: str,
+                 backend: str = "", device_name: str = "") -> None:
         self.config = config
         self.ledger = ledger
         self._host = dict(pid=os.getpid(), started_at=ledger.clock(), workers=workers,
-                          backend=backend, device_name=device_name, instance=instance_id(config))
+                          backend=backend, device_name=device_name, instance=instance)
+        self._every_s = DELIVER_EVERY_S if ledger.shares_files else LOCAL_EVERY_S
         self._waits: dict[int, tuple[int, float]] = {}   # job -> (tries, next try) full outbox
         self._next = self._next_beat = self._next_sweep = 0.0
 
@@ -63,7 +65,7 @@ class Delivery:
         now = time.monotonic() if now is None else now
         if now < self._next and not force:
             return
-        self._next = now + DELIVER_EVERY_S
+        self._next = now + self._every_s
         if now >= self._next_beat:
             self._next_beat = now + HOST_BEAT_S
             self.ledger.host_seen(inboxes=len(self.config.inboxes), **self._host)
@@ -71,8 +73,8 @@ class Delivery:
             self._finish(job_id, now)
         if self.ledger.shares_files:
             for job_id in self.ledger.failed_in_spool(str(self.config.spool_dir)):
-                job = self.ledger.job(job_id)
-                fail_document(self.config, self.ledger, job_id, job.error if job else "failed")
+                # the job's own error goes into failed/<name>.error.txt; this only stands in for none
+                fail_document(self.config, self.ledger, job_id, "failed on another host")
             if now >= self._next_sweep:
                 self._next_sweep = now + SWEEP_FETCHED_S
                 self._sweep_fetched()

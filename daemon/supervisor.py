@@ -125,7 +125,8 @@ class Supervisor:
                           note="the ledger was missing: a new one is started and the spool's files "
                                "are queued again under their original names")
         self.ledger = open_ledger(self.config, backoff_base_s=self.settings.backoff_base_s)
-        self.ledger.take_host_name(instance_id(self.config))   # before writing this host's rows
+        instance = instance_id(self.config)
+        self.ledger.take_host_name(instance)   # before writing this host's rows
         # detected in a child process: probing in this one would hold a GPU context all its life
         device = self.device = self.device or probe_device()
         engine = self.engine = self._choose_engine(device)
@@ -145,8 +146,8 @@ class Supervisor:
             workers=plan.count, batch=plan.batch, reason=plan.reason,
             batch_reason=plan.batch_reason, engine=engine.name, engine_reason=engine.reason))
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
-        self.delivery = Delivery(self.config, self.ledger, workers=plan.count, backend=device.backend,
-                                 device_name=device.name)
+        self.delivery = Delivery(self.config, self.ledger, workers=plan.count, instance=instance,
+                                 backend=device.backend, device_name=device.name)
         if not plan.count:   # [workers] count = 0: this host ingests and delivers; others decode
             self.ready.set()
         self._recover_previous_run()

@@ -108,10 +108,10 @@ class HostBook:
         if self._sqlite:
             return
         row = self._read(lambda conn: conn.execute(select(hosts).where(hosts.c.name == self.host)).first())
-        if row is None or row.state != "running" or row.instance in (None, instance):
+        if row is None or row.instance in (None, instance):
             return
-        age = (self.clock() - from_text(row.seen_at)).total_seconds()
-        if age < HOST_DEAD_AFTER.total_seconds():
+        state, age = _liveness(row, self.clock())
+        if state == "running":
             raise HostNameTaken(f"another machine's daemon runs as host {self.host!r} in this ledger "
                                 f"(pid {row.pid}, seen {age:.0f} s ago): give each host its own "
                                 "[ledger] host")
@@ -141,9 +141,7 @@ class HostBook:
             delivering = dict(conn.execute(open_jobs).all())
             out = []
             for h in conn.execute(select(hosts).order_by(hosts.c.name)):
-                age = (now - from_text(h.seen_at)).total_seconds()
-                state = "dead" if h.state == "running" and age > HOST_DEAD_AFTER.total_seconds() \
-                    else h.state
+                state, age = _liveness(h, now)
                 out.append(dict(name=h.name, pid=h.pid, state=state, seen_age_s=round(age, 1),
                                 started_at=h.started_at, inboxes=h.inboxes, workers=h.workers,
                                 backend=h.backend, device_name=h.device_name,
@@ -151,3 +149,11 @@ class HostBook:
             return out
 
         return self._read(tx)
+
+
+def _liveness(host: Any, now: datetime) -> tuple[str, float]:
+    """A `hosts` row's state as others see it, and seconds since it was seen: a running host
+    unseen for HOST_DEAD_AFTER is dead."""
+    age = (now - from_text(host.seen_at)).total_seconds()
+    dead = host.state == "running" and age > HOST_DEAD_AFTER.total_seconds()
+    return ("dead" if dead else host.state), age
