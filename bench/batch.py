@@ -221,6 +221,7 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         con = sqlite3.connect(ledger)
         tokens = con.execute("SELECT SUM(generation_tokens) FROM pages").fetchone()[0] or 0
         limits = sorted({b for (b,) in con.execute("SELECT DISTINCT batch FROM heartbeats") if b})
+        in_flight = _mean_in_flight(con)
         con.close()
         peak = _peak_heartbeat(ledger)
     finally:
@@ -228,7 +229,18 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         proc.wait(120)
         log.close()
     return _row("whole daemon (drop -> outbox)", batch, len(pngs), seconds, tokens,
-                peak_memory_bytes=peak, limits=limits)
+                peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight)
+
+
+def _mean_in_flight(con: sqlite3.Connection) -> float:
+    """Pages decoding at once, on average from the first page's start to the last page's end
+    (a page decoded from its store time less its decode seconds): how full the batch was kept."""
+    spans = [(datetime.fromisoformat(f).timestamp() - s, datetime.fromisoformat(f).timestamp())
+             for f, s in con.execute("SELECT finished_at, seconds FROM pages WHERE state = 'done'")]
+    if not spans:
+        return 0.0
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    return round(sum(end - start for start, end in spans) / wall, 1) if wall > 0 else 0.0
 
 
 def _meta(ledger: Path, key: str) -> str | None:

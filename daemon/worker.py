@@ -5,9 +5,11 @@ writes its `WorkerContext` to stdin. It answers with `Message`s on CONTROL_FD (p
 JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
 `main()` drives a `Worker` through start / tick / stop, the way huey drives its consumer processes.
 
-A page's way through: claimed with a lease and rendered on the io thread, waiting in `ready`,
-admitted to the decode session when a slot is free, decoded with its batch-mates, and stored on
-the io thread as soon as it ends (the worker that stores a document's last page finishes it).
+A page's way through: claimed with a lease (up to CLAIM_MAX at a time, one claim at a time) and
+rendered by the io threads, several pages at once; waiting in `ready`, in claim order; admitted to
+the decode session when a slot is free; decoded with its batch-mates; stored by an io thread as soon
+as it ends (the worker that stores a document's last page finishes it). Nothing but decoding runs
+on the main thread, so a wave of pages ending together is stored while the next wave renders.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -40,11 +42,13 @@ from .outbox import OutputDelayed, fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context
 from .render import render_page
 
-Rendered = list[tuple[ClaimedPage, Image.Image]]
+Rendering = Future[Image.Image | None]    # None: the page could not be rendered (failed already)
 IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1 s
 READY_AHEAD = 4            # rendered pages kept waiting for a free slot (more only hold leases)
-CLAIM_CHUNK = 4            # pages claimed and rendered at a time: the first join the batch while
-                           # the next render (rendering 64 before admitting any cost ~3 s a drop)
+CLAIM_MAX = 16             # pages claimed at once when that many slots are free; each renders on
+                           # its own, so the first joins the batch while the others still render
+IO_THREADS = max(2, min(6, (os.cpu_count() or 2) // 2))   # claims, renders (PDF pages one at a
+                           # time: pdfium is not thread-safe) and stores
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
 PAUSE_CHECK_S = 1.0        # `ocrd pause` is read from the ledger at most this often
@@ -77,8 +81,8 @@ class Worker:
         self.in_flight = 0
         self.exit_reason: str | None = None
         self._held: dict[tuple[int, int], ClaimedPage] = {}   # in the session
-        self._ready: deque[tuple[ClaimedPage, Image.Image]] = deque()
-        self._claim: Future[Rendered] | None = None
+        self._ready: deque[tuple[ClaimedPage, Rendering]] = deque()
+        self._claim: Future[list[tuple[ClaimedPage, Rendering]]] | None = None
         self._generated = 0            # tokens generated, for tokens/s
         self._most_in_flight = 0       # since the last page ended (memory per page in flight)
         self._last_beat: tuple[float, int] | None = None
@@ -87,6 +91,7 @@ class Worker:
         self._idle_s = IDLE_WAIT_S[0]
         self._claim_after = 0.0        # an empty queue is not asked again before this
         self._io: ThreadPoolExecutor | None = None
+        self._fetching = threading.Lock()
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
         self._wake = threading.Event()     # a beat now (the batch emptied: say idle at once), or the end
@@ -98,7 +103,7 @@ class Worker:
     def start(self) -> bool:
         """Register and load the model; False when it can't be loaded (pages stay queued)."""
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s,
-                             host=self.config.host_name)
+                             host=self.config.host_name, pool_size=IO_THREADS)
         device = detect_device()
         self.backend = device.backend
         self.ledger.register_worker(self.ctx.worker_id, host=self.ledger.host, pid=os.getpid(),
@@ -125,7 +130,7 @@ class Worker:
         self.ledger.set_worker_state(self.ctx.worker_id, WorkerState.IDLE)
         self.send(Message(WorkerEvent.LOADED, seconds=seconds,
                           weights_bytes=memory_stats()["active_memory_bytes"]))
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="io")
+        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io")
         self._beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         self._beat.start()
         return True
@@ -138,6 +143,8 @@ class Worker:
         if not len(self.session) and not self._ready and self._claim is None and not self._winding():
             self._claim_ahead()            # nothing in hand: claim now and wait for it
         self._collect_claim(wait=not len(self.session) and not self._ready)
+        if not len(self.session) and self._ready:
+            wait([self._ready[0][1]])      # nothing decoding: wait for the next page's render
         if self._winding():
             if not len(self.session) or time.monotonic() - self._winding_since > WARM_FINISH_S:
                 return False
@@ -190,7 +197,7 @@ class Worker:
         want = (self.tuner.limit - len(self.session) + min(self.tuner.limit, READY_AHEAD)
                 - len(self._ready))
         if min(want, budget) > 0:
-            self._claim = self._io.submit(self._claim_and_render, min(want, budget, CLAIM_CHUNK))
+            self._claim = self._io.submit(self._claim_and_render, min(want, budget, CLAIM_MAX))
 
     def _is_paused(self, now: float | None = None) -> bool:
         """`ocrd pause` holds new claims (pages in hand finish); read from the ledger's meta at
@@ -218,19 +225,21 @@ class Worker:
                 self._claim_after = time.monotonic() + self._idle_s
                 self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
 
-    def _claim_and_render(self, n: int) -> Rendered:
-        """Claim up to n pages and render them. A page that can't be rendered fails here."""
+    def _claim_and_render(self, n: int) -> list[tuple[ClaimedPage, Rendering]]:
+        """Claim up to n pages and start rendering each on an io thread of its own."""
         pages = self.ledger.claim_pages(self.ctx.worker_id, n=n, lease_s=self.ctx.lease_s)
         self.claimed += len(pages)
-        rendered = []
-        for page in pages:
-            try:
-                rendered.append((page, render_page(self._source(page), page.page_no, self.config.pdf.dpi)))
-            except OcrdError as exc:
-                self._fail(page, exc)
-            except Exception as exc:  # a renderer bug is this page's problem, not the worker's
-                self._fail(page, InputError(f"cannot render page: {first_line(exc, with_type=True)}"))
-        return rendered
+        return [(page, self._io.submit(self._render, page)) for page in pages]
+
+    def _render(self, page: ClaimedPage) -> Image.Image | None:
+        """The page's image; None when it can't be rendered (the page is failed here)."""
+        try:
+            return render_page(self._source(page), page.page_no, self.config.pdf.dpi)
+        except OcrdError as exc:
+            self._fail(page, exc)
+        except Exception as exc:  # a renderer bug is this page's problem, not the worker's
+            self._fail(page, InputError(f"cannot render page: {first_line(exc, with_type=True)}"))
+        return None
 
     def _source(self, page: ClaimedPage) -> Path:
         """The page's document: the spool file of a job of this host, else (a PostgreSQL ledger
@@ -239,17 +248,21 @@ class Worker:
             return Path(page.spool_path)
         folder = fetched_dir(self.config)
         copy = folder / files.fit_name(f"{page.job_id}-{Path(page.spool_path).name}", 120)
-        if not copy.exists():
-            folder.mkdir(mode=0o700, exist_ok=True)
-            if not self.ledger.fetch_document(page.job_id, copy):
-                raise InputError(f"the document is not in the ledger (host {page.host} holds it)")
+        with self._fetching:           # pages of one document render side by side: fetch it once
+            if not copy.exists():
+                folder.mkdir(mode=0o700, exist_ok=True)
+                if not self.ledger.fetch_document(page.job_id, copy):
+                    raise InputError(f"the document is not in the ledger (host {page.host} holds it)")
         return copy
 
     def _admit(self) -> None:
         """Ready pages join the session while it has free slots, each with its inbox's prompt
         and mode."""
-        while self._ready and len(self.session) < self.tuner.limit:
-            page, image = self._ready.popleft()
+        while self._ready and self._ready[0][1].done() and len(self.session) < self.tuner.limit:
+            page, rendering = self._ready.popleft()
+            image = rendering.result()
+            if image is None:
+                continue
             prompt, mode = self._prompt_and_mode(page)
             key = (page.job_id, page.page_no)
             self._held[key] = page
