@@ -14,8 +14,8 @@ MODEL=${MODEL:-/tmp/model}
 bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
 for step in "$@"; do
   case "$step" in
-    small) bench "$MODEL" --mode small --pages 64 --batches auto --skip-bare --label gpu-small-64
-           bench "$MODEL" --mode small --pages 256 --batches 64,auto --skip-worker --label gpu-small-256 ;;
+    small) bench "$MODEL" --mode small --pages 256 --batches 64,auto --skip-worker --label gpu-small-256
+           bench "$MODEL" --mode small --pages 64 --batches 64,auto --skip-worker --label gpu-small-64 ;;
     modes) bench "$MODEL" --mode base --pages 64 --batches 64,auto --skip-worker --label gpu-base-64
            bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
     q8)    [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1
