@@ -6,10 +6,10 @@ JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, 
 `main()` drives a `Worker` through start / tick / stop, the way huey drives its consumer processes.
 
 A page's way through: claimed with a lease (up to CLAIM_MAX at a time, one claim at a time) and
-rendered by the io threads, several pages at once; waiting in `ready`, in claim order; admitted to
-the decode session when a slot is free; decoded with its batch-mates; stored by an io thread as soon
-as it ends (the worker that stores a document's last page finishes it). Nothing but decoding runs
-on the main thread, so a wave of pages ending together is stored while the next wave renders.
+rendered on the io threads, two pages at once; waiting in `ready`, in claim order; admitted to the
+decode session when a slot is free; decoded with its batch-mates; stored on the store thread as
+soon as it ends (the worker that stores a document's last page finishes it). Nothing but decoding
+runs on the main thread, and stores never wait behind renders (nor renders behind stores).
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1
 READY_AHEAD = 4            # rendered pages kept waiting for a free slot (more only hold leases)
 CLAIM_MAX = 16             # pages claimed at once when that many slots are free; each renders on
                            # its own, so the first joins the batch while the others still render
-IO_THREADS = max(2, min(6, (os.cpu_count() or 2) // 2))   # claims, renders (PDF pages one at a
-                           # time: pdfium is not thread-safe) and stores
+RENDER_THREADS = 2         # claims and renders (PDF pages one at a time: pdfium is not thread-safe);
+                           # two keep ahead of admission (~50 ms a page each), more only contend
+                           # with the decode loop for the GIL. Stores have a thread of their own.
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
 PAUSE_CHECK_S = 1.0        # `ocrd pause` is read from the ledger at most this often
@@ -90,7 +91,8 @@ class Worker:
         self._winding_since: float | None = None
         self._idle_s = IDLE_WAIT_S[0]
         self._claim_after = 0.0        # an empty queue is not asked again before this
-        self._io: ThreadPoolExecutor | None = None
+        self._io: ThreadPoolExecutor | None = None       # claims and renders
+        self._stores: ThreadPoolExecutor | None = None
         self._fetching = threading.Lock()
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
@@ -103,7 +105,7 @@ class Worker:
     def start(self) -> bool:
         """Register and load the model; False when it can't be loaded (pages stay queued)."""
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s,
-                             host=self.config.host_name, pool_size=IO_THREADS)
+                             host=self.config.host_name, pool_size=RENDER_THREADS + 1)
         device = detect_device()
         self.backend = device.backend
         self.ledger.register_worker(self.ctx.worker_id, host=self.ledger.host, pid=os.getpid(),
@@ -130,7 +132,8 @@ class Worker:
         self.ledger.set_worker_state(self.ctx.worker_id, WorkerState.IDLE)
         self.send(Message(WorkerEvent.LOADED, seconds=seconds,
                           weights_bytes=memory_stats()["active_memory_bytes"]))
-        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="io")
+        self._io = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="io")
+        self._stores = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         self._beat.start()
         return True
@@ -169,8 +172,9 @@ class Worker:
             self._collect_claim(wait=True)
         if self.session is not None:
             self.session.close()
-        if self._io is not None:
-            self._io.shutdown(wait=True)
+        for pool in (self._io, self._stores):
+            if pool is not None:
+                pool.shutdown(wait=True)
         self._done.set()
         self._wake.set()
         if self._beat is not None:
@@ -328,7 +332,7 @@ class Worker:
         peak, most = take_peak_memory(), self._most_in_flight
         self.peak_bytes = max(self.peak_bytes, peak)
         self._most_in_flight = len(self.session)
-        self._io.submit(self._store_logged, page, finished.result, peak, max(most, 1))
+        self._stores.submit(self._store_logged, page, finished.result, peak, max(most, 1))
 
     def _check_memory(self) -> None:
         limit = self.ctx.recycle_memory_bytes
