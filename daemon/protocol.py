@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import IO
+from typing import IO, Callable
 
 from ocrd.ledger import BACKOFF_BASE_S
 
@@ -84,3 +85,19 @@ class Message:
             return cls(**{**data, "event": WorkerEvent(data["event"])})
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a worker message: {line[:200]!r}") from exc
+
+
+def sender(channel: IO[str]) -> Callable[[Message], None]:
+    """The worker's side of the message pipe: each message goes out whole, from any thread (the
+    decode loop, the io and store threads); a supervisor gone mid-write is noticed by the worker's
+    heartbeats, not here."""
+    lock = threading.Lock()
+
+    def send(message: Message) -> None:
+        with lock:
+            try:
+                channel.write(message.encode())
+            except (OSError, ValueError):
+                pass
+
+    return send

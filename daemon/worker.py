@@ -39,7 +39,7 @@ from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import configure_worker_logging
 from .outbox import OutputDelayed, fail_document, finish_document
-from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context
+from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context, sender
 from .render import render_page
 
 Rendering = Future[Image.Image | None]    # None: the page could not be rendered (failed already)
@@ -139,8 +139,8 @@ class Worker:
         return True
 
     def tick(self) -> bool:
-        """Claim (ahead, on the io thread), admit pages to free slots, decode one step and hand
-        the pages that ended to the io thread. False: time to exit."""
+        """Claim (ahead, on the io threads), admit pages to free slots, decode one step and hand
+        the pages that ended to the store thread. False: time to exit."""
         if self.reload.is_set():
             self._reload_config()
         if not len(self.session) and not self._ready and self._claim is None and not self._winding():
@@ -190,7 +190,7 @@ class Worker:
         finally:
             self.ledger.close()
 
-    # -- claim and render (io thread) -> ready -> admitted -----------------------------------------
+    # -- claim and render (io threads) -> ready -> admitted -----------------------------------------
     def _claim_ahead(self) -> None:
         """Keep the session full and READY_AHEAD pages rendered behind it."""
         if self._is_paused():
@@ -230,7 +230,7 @@ class Worker:
                 self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
 
     def _claim_and_render(self, n: int) -> list[tuple[ClaimedPage, Rendering]]:
-        """Claim up to n pages and start rendering each on an io thread of its own."""
+        """Claim up to n pages and start rendering each (RENDER_THREADS at a time)."""
         pages = self.ledger.claim_pages(self.ctx.worker_id, n=n, lease_s=self.ctx.lease_s)
         self.claimed += len(pages)
         return [(page, self._io.submit(self._render, page)) for page in pages]
@@ -369,7 +369,7 @@ class Worker:
     def _store_logged(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
         try:
             self._store(page, result, peak, in_flight)
-        except Exception as exc:  # on the io thread nothing else would see it; the lease, once
+        except Exception as exc:  # on the store thread nothing else would see it; the lease, once
             # lost, brings the page back (or the supervisor finishes a complete document)
             self.log.error("store_failed", job_id=page.job_id, page=page.page_no,
                            error=first_line(exc, with_type=True))
@@ -465,22 +465,6 @@ def _die_with_parent() -> None:
             pass
 
 
-def _sender(fd: int) -> Callable[[Message], None]:
-    """Messages go out whole from two threads (inference, io); a supervisor gone mid-write is
-    noticed by the heartbeats, not here."""
-    channel = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
-    lock = threading.Lock()
-
-    def send(message: Message) -> None:
-        with lock:
-            try:
-                channel.write(message.encode())
-            except (OSError, ValueError):
-                pass
-
-    return send
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     _worker_id, control_fd, log_fd = argv[1:4]
@@ -492,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     sys.path.extend(p for p in ctx.sys_path if p not in sys.path)
     configure_worker_logging(os.fdopen(int(log_fd), "w", buffering=1, encoding="utf-8"))
-    worker = Worker(ctx, send=_sender(int(control_fd)), stop=stop, reload=reload)
+    worker = Worker(ctx, send=sender(os.fdopen(int(control_fd), "w", buffering=1, encoding="utf-8")), stop=stop, reload=reload)
     try:
         if not worker.start():
             return EXIT_MODEL_UNAVAILABLE
