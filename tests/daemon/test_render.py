@@ -272,3 +272,51 @@ def test_header_only_png_is_corrupt(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
     with pytest.raises(InputError, match="^corrupt image: "):
         page_count(path)
+
+
+def test_a_png_is_checked_by_its_chunks_and_decoded_only_when_they_are_broken(tmp_path):
+    """Ingest takes a PNG whose chunks are whole without decoding it; one that is not whole is
+    decoded to decide: its pixels all there (only the end marker lost) -> taken, else refused."""
+    good = save(tmp_path, "good.png", Image.effect_noise((300, 300), 50).convert("RGB")).read_bytes()
+    no_end = tmp_path / "no-end.png"
+    no_end.write_bytes(good[:-12])                 # IEND cut off: the image itself is complete
+    assert page_count(no_end) == 1
+    assert render_page(no_end, 1).size == (300, 300)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF                # a byte of the image data changed
+    bad = tmp_path / "flipped.png"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match="^corrupt image: "):
+        page_count(bad)
+
+
+def test_pdf_pages_rendered_from_several_threads_go_through_pdfium_one_at_a_time(tmp_path, monkeypatch):
+    """A worker renders pages on two threads; pdfium is not thread-safe (not even across
+    documents), so render.py lets one thread at a time in. Counted inside pdfium's page render,
+    its window widened so that two threads in it at once would be seen; each page still equals
+    its render alone."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = make_pdf(tmp_path / "twelve.pdf", [(200 + 40 * k, 300) for k in range(12)])
+    alone = [render_page(path, n, 72).tobytes() for n in range(1, 13)]
+    inside, most, lock = [0], [0], threading.Lock()
+    real_render = pdfium.PdfPage.render
+
+    def counted_render(page, **kw):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.005)
+            return real_render(page, **kw)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(pdfium.PdfPage, "render", counted_render)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda n: render_page(path, n, 72).tobytes(), list(range(1, 13)) * 3))
+    assert most[0] == 1
+    assert together == alone * 3

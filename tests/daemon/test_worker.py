@@ -206,3 +206,27 @@ def test_an_idle_worker_backs_off_instead_of_asking_the_ledger_in_a_loop(harness
     assert time.monotonic() - started >= 0.7
     job = h.add("late.png")                    # work that arrives is still taken within a second
     wait_for(lambda: worker.tick() and h.job_state(job) == "done", 5, 0.01, "the late page done")
+
+
+def test_a_batch_fills_from_one_claim_of_many_pages_admitted_in_claim_order(harness) -> None:
+    """With 16 slots free the worker claims 16 pages at once (a 12-page PDF and 4 images), renders
+    them two at a time, admits them in the order claimed, stores each page once and writes the
+    PDF's markdown once."""
+    h = harness()
+    pdf = h.add("twelve.pdf", pages=12)
+    images = [h.add(f"p{k}.png") for k in range(4)]
+    worker = h.worker(batch_size=16)
+    assert worker.start() and worker.tick()
+    wait_for(lambda: len(h.pages(worker)) + sum(p[2] == "done" for p in h.pages()) == 16, 10, 0.02,
+             "one claim of 16 pages")
+    deadline = time.monotonic() + 60
+    while not all(h.job_state(j) == "done" for j in [pdf, *images]):
+        assert time.monotonic() < deadline, h.pages()
+        worker.tick()
+    admitted = [m.page for m in h.sent if m.event == WorkerEvent.ADMITTED]
+    assert admitted == [f"{pdf}:{n}" for n in range(1, 13)] + [f"{j}:1" for j in images]
+    assert all(p[2:4] == ("done", 1) for p in h.pages())
+    outbox = h.config.inboxes[0].outbox
+    assert sorted(f.name for f in outbox.iterdir()) == ["p0.md", "p1.md", "p2.md", "p3.md", "twelve.md"]
+    text = (outbox / "twelve.md").read_text()
+    assert text.count("<!-- page ") == 12 and "<!-- page 12 of 12 -->" in text
