@@ -34,7 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
-from batch import _row, _show, daemon_batch, make_pages  # noqa: E402
+from batch import _commit, _row, _show, daemon_batch, make_pages  # noqa: E402
 from ocrd.daemon.engine import Finished, PageResult  # noqa: E402
 
 PACE = {"step_s": 0.027, "prefill_s": 0.020}   # set from the command line; workers read the env
@@ -148,7 +148,7 @@ def main() -> int:
     out.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "pace": PACE, "pages": args.pages, "tokens": args.tokens, "page_size": args.page_size,
-        "runs": rows, "daemon / bare": ratio}, indent=2) + "\n")
+        "runs": rows, "daemon / bare": ratio, "commit": _commit()}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
