@@ -235,8 +235,9 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
 def _mean_in_flight(con: sqlite3.Connection) -> float:
     """Pages decoding at once, on average from the first page's start to the last page's end
     (a page decoded from its store time less its decode seconds): how full the batch was kept."""
-    spans = [(datetime.fromisoformat(f).timestamp() - s, datetime.fromisoformat(f).timestamp())
-             for f, s in con.execute("SELECT finished_at, seconds FROM pages WHERE state = 'done'")]
+    ends = [(datetime.fromisoformat(f).timestamp(), s)
+            for f, s in con.execute("SELECT finished_at, seconds FROM pages WHERE state = 'done'")]
+    spans = [(end - seconds, end) for end, seconds in ends]
     if not spans:
         return 0.0
     wall = max(end for _, end in spans) - min(start for start, _ in spans)

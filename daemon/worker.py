@@ -475,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())  # re-read the config between pages
     _die_with_parent()
     sys.path.extend(p for p in ctx.sys_path if p not in sys.path)
-    configure_worker_logging(os.fdopen(int(log_fd), "w", buffering=1, encoding="utf-8"))
-    worker = Worker(ctx, send=sender(os.fdopen(int(control_fd), "w", buffering=1, encoding="utf-8")), stop=stop, reload=reload)
+    log, control = (os.fdopen(int(fd), "w", buffering=1, encoding="utf-8") for fd in (log_fd, control_fd))
+    configure_worker_logging(log)
+    worker = Worker(ctx, send=sender(control), stop=stop, reload=reload)
     try:
         if not worker.start():
             return EXIT_MODEL_UNAVAILABLE
