@@ -32,9 +32,9 @@ from . import files
 from .config import Config, InboxConfig
 from .errors import InputError, first_line
 from .inbox import is_ignored, is_permission_error, permission_fix, refusal_reason
-from .intents import Intent, Stage, drop_intent, write_intent
+from .intents import Intent, Stage, drop_intent, intent_path, write_intent
 from .outbox import Place, job_relative_path, place_original, plan_destination
-from .reconcile import reconcile_spool
+from .reconcile import reconcile_spool, resume_intent
 from .render import page_count, sniff_type
 
 log = structlog.get_logger()
@@ -54,6 +54,16 @@ class Deferred(Exception):
     def __init__(self, reason: str, grace_s: float) -> None:
         super().__init__(reason)
         self.grace_s = grace_s
+
+
+class Unsettled(Exception):
+    """The file reached the spool but could not be recorded (the ledger's server went away, its
+    disk filled): its intent stays in the journal, and `Ingestor.resume(spool_name)` finishes it.
+    Trying the inbox path again would find nothing: the file is no longer there."""
+
+    def __init__(self, spool_name: str, cause: Exception) -> None:
+        super().__init__(f"{spool_name}: {first_line(cause, with_type=True)}")
+        self.spool_name = spool_name
 
 
 class _Skip(Exception):
@@ -229,7 +239,18 @@ class Ingestor:
                 target.unlink(missing_ok=True)
             drop_intent(self.intents, intent)
             raise self._unreadable(inbox, path, exc) from None
-        return self.settle(intent)
+        try:
+            return self.settle(intent)
+        except Exception as exc:
+            raise Unsettled(intent.spool_name, exc) from exc
+
+    def resume(self, spool_name: str) -> None:
+        """Finish an Unsettled file from its intent (as the start-up reconcile would); raises
+        what still stands in the way. Nothing to do once its intent is gone."""
+        path = intent_path(self.intents, spool_name)
+        with self.locked():
+            if path.exists():
+                resume_intent(self, path)
 
     def _stat_takeable(self, inbox: InboxConfig, path: Path, *, copy: bool) -> os.stat_result:
         """The file's stat; raises _Skip when it vanished, may not be taken or cannot be read.

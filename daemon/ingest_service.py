@@ -2,7 +2,10 @@
 
 A file that does not parse yet while young is held for its writer (ingest.Deferred); a failure
 that is not the file's own (a full or read-only state dir) leaves the file in its inbox and tries
-again with backoff, recorded under the ledger meta key INGEST_PROBLEM for `ocrd status`.
+again with backoff, recorded under the ledger meta key INGEST_PROBLEM for `ocrd status`. A file
+that reached the spool but could not be recorded (ingest.Unsettled: the ledger's server went
+away) is finished from its intent, with the same backoff; until it is, new files wait in their
+inboxes, where they are safest.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import structlog
@@ -18,7 +22,7 @@ from ocrd.ledger import Ledger
 
 from .config import Config
 from .errors import first_line
-from .ingest import Deferred, Ingestor
+from .ingest import Deferred, Ingestor, Unsettled
 from .watcher import Watcher
 
 log = structlog.get_logger()
@@ -41,6 +45,7 @@ class IngestService:
         self._new_config: Config | None = None
         self._thread: threading.Thread | None = None
         self._troubled: dict[Path, int] = {}   # files whose ingest failed, and how often
+        self._unsettled: dict[str, tuple[int, float]] = {}   # spool name -> (tries, next try at)
 
     def start(self) -> None:
         self._stop.clear()
@@ -76,14 +81,21 @@ class IngestService:
             watcher.start()
             while not self._stop.is_set():
                 self._apply_reload(ingestor, watcher)
+                self._settle_unsettled(ingestor, ledger)
                 for inbox, path in watcher.tick():
                     if self._stop.is_set():
                         break  # the rest stay in the inbox; the next start finds them
+                    if self._unsettled:   # the ledger can't take them yet: they wait where they are
+                        watcher.hold(path, INGEST_RETRY_S)
+                        continue
                     try:
                         ingestor.ingest(inbox, path)
                         self._recovered(ledger, path)
                     except Deferred as deferred:
                         watcher.hold(path, deferred.grace_s)
+                    except Unsettled as exc:
+                        self._unsettled[exc.spool_name] = (0, 0.0)
+                        self._retry_later(ledger, watcher, path, exc.__cause__ or exc, hold=False)
                     except Exception as exc:   # e.g. the state dir is full: the file waits in its inbox
                         self._retry_later(ledger, watcher, path, exc)
                 self._stop.wait(self.tick_s)
@@ -93,12 +105,33 @@ class IngestService:
             watcher.stop()
             ledger.close()
 
-    def _retry_later(self, ledger: Ledger, watcher: Watcher, path: Path, exc: Exception) -> None:
+    def _settle_unsettled(self, ingestor: Ingestor, ledger: Ledger) -> None:
+        """Finish, from their intents, the files that reached the spool unrecorded."""
+        now = time.monotonic()
+        for name, (tries, at) in list(self._unsettled.items()):
+            if now < at:
+                continue
+            try:
+                ingestor.resume(name)
+            except Exception as exc:
+                delay = min(INGEST_RETRY_S * 2 ** tries, INGEST_RETRY_MAX_S)
+                self._unsettled[name] = (tries + 1, now + delay)
+                log.warning("ingest_unsettled_will_retry", spool_name=name, retry_in_s=delay,
+                            error=first_line(exc, with_type=True))
+                return      # the ledger is still away: the others wait too
+            del self._unsettled[name]
+            log.info("ingest_settled", spool_name=name, tries=tries + 1)
+            if not self._unsettled:
+                self._recovered(ledger, None)
+
+    def _retry_later(self, ledger: Ledger, watcher: Watcher, path: Path, exc: BaseException,
+                     *, hold: bool = True) -> None:
         """A failure that is not the file's (a full or read-only state dir): the file stays in its
         inbox and is tried again with backoff, without anyone touching it; `ocrd status` says so."""
         tries = self._troubled[path] = self._troubled.get(path, 0) + 1
         delay = min(INGEST_RETRY_S * 2 ** (tries - 1), INGEST_RETRY_MAX_S)
-        watcher.hold(path, delay)
+        if hold:
+            watcher.hold(path, delay)
         error = first_line(exc, with_type=True)
         log.error("ingest_failed_will_retry", path=str(path), error=error, retry_in_s=delay, tries=tries,
                   exc_info=tries == 1)
@@ -106,8 +139,13 @@ class IngestService:
             ledger.set_meta(INGEST_PROBLEM, json.dumps({"path": str(path), "error": error,
                                                         "retry_in_s": delay, "files": len(self._troubled)}))
 
-    def _recovered(self, ledger: Ledger, path: Path) -> None:
-        if self._troubled.pop(path, None) is not None and not self._troubled:
+    def _recovered(self, ledger: Ledger, path: Path | None) -> None:
+        """`path` went in (None: every unsettled file did, which clears the files they came as)."""
+        if path is None:
+            was, self._troubled = bool(self._troubled), {}
+        else:
+            was = self._troubled.pop(path, None) is not None
+        if was and not self._troubled:
             log.info("ingest_recovered", path=str(path))
             with contextlib.suppress(Exception):
                 ledger.set_meta(INGEST_PROBLEM, None)

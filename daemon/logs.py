@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -86,3 +87,30 @@ def configure_worker_logging(channel: IO[str]) -> None:
         logger_factory=structlog.PrintLoggerFactory(channel),
         cache_logger_on_first_use=False,
     )
+
+
+class Outage:
+    """A ledger server that went away: said once when it starts (and every `every_s` while it
+    lasts), once when it ends; a 40 s outage makes three lines, not a traceback every tick."""
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger, *, every_s: float = 60.0) -> None:
+        self.log, self.every_s = log, every_s
+        self.since: float | None = None
+        self._said = float("-inf")
+
+    def down(self, exc: BaseException, **fields: object) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self._said >= self.every_s:
+            self._said = now
+            self.log.warning("ledger_unreachable", error=str(exc), for_s=round(now - self.since, 1),
+                             **fields)
+
+    def up(self) -> bool:
+        """True when this ends an outage."""
+        if self.since is None:
+            return False
+        self.log.info("ledger_reachable", after_s=round(time.monotonic() - self.since, 1))
+        self.since, self._said = None, float("-inf")
+        return True

@@ -76,6 +76,11 @@ def _resume_intents(ing: Settler, counts: dict[str, int]) -> None:
             log.exception("reconcile_intent_failed", intent=intent)
 
 
+def resume_intent(ing: Settler, path: Path) -> str:
+    """Finish or undo what one intent began; its outcome (a COUNTS key)."""
+    return _resume(ing, load_intent(path))
+
+
 def _resume(ing: Settler, intent: Intent) -> str:
     spool, dest = ing.spool / intent.spool_name, intent.dest_path
     if spool.exists() and dest is not None and dest.exists() \

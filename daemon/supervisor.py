@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ocrd.ledger import BACKOFF_BASE_S, DaemonInfo, Ledger, ModelState, ModelStatus, WorkerState
+from ocrd.ledger import (BACKOFF_BASE_S, DaemonInfo, Ledger, LedgerUnreachable, ModelState, ModelStatus,
+                         WorkerState)
 from ocrd.ledger.hosts import HostNameTaken
 from ocrd.ledger.migrations import SchemaTooNew
 
@@ -38,7 +39,7 @@ from .files import make_private_dir
 from .hooks import HookRunner
 from .ingest_service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
-from .logs import configure_logging
+from .logs import Outage, configure_logging
 from .delivery import Delivery, instance_id
 from .outbox import fail_document
 from .pool import Exit, WorkerPool
@@ -179,6 +180,12 @@ class Supervisor:
         if self._model_fetched.is_set():
             self._take_downloaded_model()
         self._spawn(now)
+
+    def after_outage(self, now: float | None = None) -> None:
+        """The ledger's server is back: leases ran on while no worker could renew them, so
+        rescue none before every worker has had two heartbeats to renew its own."""
+        now = time.monotonic() if now is None else now
+        self._next_rescue = now + 2 * self.settings.heartbeat_s + 1.0
 
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
         """Warm stop: every worker finishes the page in hand and exits; at the deadline, or when
@@ -440,10 +447,15 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
                       error=str(exc), note="nothing is ingested until it is fixed")
             print(f"ocrd: {exc}", file=sys.stderr)
             return EXIT_LEDGER_UNREADABLE
-        notified = False
+        notified, outage = False, Outage(log)
         while not stops:
             try:
                 supervisor.tick()
+                if outage.up():
+                    supervisor.after_outage()
+            except LedgerUnreachable as exc:   # a server restarting: said once, not every tick
+                outage.down(exc)
+                supervisor.after_outage()
             except Exception:  # log and go on: the daemon outlives any one bad tick
                 log.exception("tick_failed")
             if not notified and supervisor.ready.is_set():

@@ -27,7 +27,7 @@ from typing import Callable
 import structlog
 from PIL import Image
 
-from ocrd.ledger import ClaimedPage, Ledger, WorkerState
+from ocrd.ledger import ClaimedPage, Ledger, LedgerUnreachable, WorkerState
 
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
@@ -37,7 +37,7 @@ from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_
                      take_peak_memory)
 from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
-from .logs import configure_worker_logging
+from .logs import Outage, configure_worker_logging
 from .outbox import OutputDelayed, fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context, sender
 from .render import render_page
@@ -53,6 +53,7 @@ RENDER_THREADS = 2         # claims and renders (PDF pages one at a time: pdfium
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
 PAUSE_CHECK_S = 1.0        # `ocrd pause` is read from the ledger at most this often
+LEDGER_RETRY_S = 2.0       # an unreachable ledger is asked again this often (claims, stores)
 
 
 class Worker:
@@ -94,6 +95,9 @@ class Worker:
         self._io: ThreadPoolExecutor | None = None       # claims and renders
         self._stores: ThreadPoolExecutor | None = None
         self._fetching = threading.Lock()
+        self._leased: set[tuple[int, int]] = set()   # claimed and not yet stored or failed: the
+        self._leased_lock = threading.Lock()          # only pages whose leases heartbeats renew
+        self.outage = Outage(self.log)
         self._beat: threading.Thread | None = None
         self._done = threading.Event()     # set by stop(): heartbeats end
         self._wake = threading.Event()     # a beat now (the batch emptied: say idle at once), or the end
@@ -221,7 +225,13 @@ class Worker:
     def _collect_claim(self, *, wait: bool) -> None:
         if self._claim is not None and (wait or self._claim.done()):
             claim, self._claim = self._claim, None
-            got = claim.result()
+            try:
+                got = claim.result()
+            except LedgerUnreachable as exc:   # a server restarting: not the pages' fault, nor ours
+                self.outage.down(exc)
+                self._claim_after = time.monotonic() + LEDGER_RETRY_S
+                return
+            self.outage.up()
             self._ready.extend(got)
             if got:
                 self._idle_s, self._claim_after = IDLE_WAIT_S[0], 0.0
@@ -232,6 +242,8 @@ class Worker:
     def _claim_and_render(self, n: int) -> list[tuple[ClaimedPage, Rendering]]:
         """Claim up to n pages and start rendering each (RENDER_THREADS at a time)."""
         pages = self.ledger.claim_pages(self.ctx.worker_id, n=n, lease_s=self.ctx.lease_s)
+        with self._leased_lock:
+            self._leased.update((p.job_id, p.page_no) for p in pages)
         self.claimed += len(pages)
         return [(page, self._io.submit(self._render, page)) for page in pages]
 
@@ -241,6 +253,9 @@ class Worker:
             return render_page(self._source(page), page.page_no, self.config.pdf.dpi)
         except OcrdError as exc:
             self._fail(page, exc)
+        except LedgerUnreachable as exc:   # another host's document not fetched: its lease runs out
+            self.outage.down(exc, job_id=page.job_id, page=page.page_no)
+            self._let_go(page)
         except Exception as exc:  # a renderer bug is this page's problem, not the worker's
             self._fail(page, InputError(f"cannot render page: {first_line(exc, with_type=True)}"))
         return None
@@ -332,7 +347,7 @@ class Worker:
         peak, most = take_peak_memory(), self._most_in_flight
         self.peak_bytes = max(self.peak_bytes, peak)
         self._most_in_flight = len(self.session)
-        self._stores.submit(self._store_logged, page, finished.result, peak, max(most, 1))
+        self._hand_over(page, self._store, finished.result, peak, max(most, 1))
 
     def _check_memory(self) -> None:
         limit = self.ctx.recycle_memory_bytes
@@ -366,13 +381,38 @@ class Worker:
                             page_budget_s=self.config.model.page_timeout_s)
 
     # -- store and fail -------------------------------------------------------------------------
-    def _store_logged(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
-        try:
-            self._store(page, result, peak, in_flight)
-        except Exception as exc:  # on the store thread nothing else would see it; the lease, once
-            # lost, brings the page back (or the supervisor finishes a complete document)
-            self.log.error("store_failed", job_id=page.job_id, page=page.page_no,
-                           error=first_line(exc, with_type=True))
+    def _hand_over(self, page: ClaimedPage, record: Callable[..., None], *args: object) -> None:
+        """A page's end (its result, or its failure) is written on the store thread, never on the
+        decode thread, and tried again while the ledger is unreachable."""
+        self._stores.submit(self._record, page, record, *args)
+
+    def _record(self, page: ClaimedPage, record: Callable[..., None], *args: object) -> None:
+        """Write a page's end; a server that went away is waited for (its result is worth it;
+        once the server is back a lost lease refuses it), while stopping for one lease at most.
+        A page whose end can't be written is let go: no heartbeat renews it, its lease runs out
+        and it comes back (or the supervisor finishes a document whose pages all got stored)."""
+        started = time.monotonic()
+        while True:
+            try:
+                record(page, *args)
+                self.outage.up()
+                break
+            except LedgerUnreachable as exc:
+                self.outage.down(exc, job_id=page.job_id, page=page.page_no)
+                if not self.stopping.is_set() or time.monotonic() - started < self.ctx.lease_s:
+                    time.sleep(LEDGER_RETRY_S)
+                    continue
+                self.log.error("store_failed", job_id=page.job_id, page=page.page_no, error=str(exc))
+                break
+            except Exception as exc:  # on the store thread nothing else would see it
+                self.log.error("store_failed", job_id=page.job_id, page=page.page_no,
+                               error=first_line(exc, with_type=True))
+                break
+        self._let_go(page)
+
+    def _let_go(self, page: ClaimedPage) -> None:
+        with self._leased_lock:
+            self._leased.discard((page.job_id, page.page_no))
 
     def _store(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
         complete = self.ledger.complete_page(
@@ -396,6 +436,9 @@ class Worker:
                 self.log.warning("output_waits", job_id=page.job_id, error=str(exc))
 
     def _fail(self, page: ClaimedPage, exc: OcrdError) -> None:
+        self._hand_over(page, self._record_failure, exc)
+
+    def _record_failure(self, page: ClaimedPage, exc: OcrdError) -> None:
         outcome = self.ledger.fail_page(page.job_id, page.page_no, self.ctx.worker_id, str(exc),
                                         retryable=exc.retryable, max_attempts=self.config.workers.max_attempts)
         self.log.warning("page_failed", job_id=page.job_id, page=page.page_no, reason=str(exc),
@@ -439,12 +482,16 @@ class Worker:
         self._last_beat = (now, generated)
         state = (WorkerState.BUSY if self.in_flight
                  else WorkerState.STOPPING if self.stopping.is_set() else WorkerState.IDLE)
+        with self._leased_lock:
+            held = list(self._leased)
         try:
             self.ledger.record_heartbeat(
                 self.ctx.worker_id, backend=self.backend, pages_done=self.pages_done,
                 tokens_per_s=self.tokens_per_s, current_page=self.current_page, state=state,
                 lease_s=self.ctx.lease_s, batch=self.tuner.limit, pages_in_flight=self.in_flight,
-                **stats)
+                held=held, **stats)
+        except LedgerUnreachable as exc:   # leases the server keeps: renewed once it is back
+            self.outage.down(exc)
         except Exception as exc:  # a missed beat must not kill the worker; the next one retries
             self.log.warning("heartbeat_failed", error=str(exc))
         extra = {"warning": CPU_WARNING} if self.backend == "cpu" else {}

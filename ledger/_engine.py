@@ -23,11 +23,21 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 RETRY_FOR_S = 120.0                  # on top of busy_timeout: only a wedged writer gets this far
+RECONNECT_FOR_S = 10.0               # a lost server connection is retried this long (a killed
+                                     # backend, a restart), then LedgerUnreachable: callers back off
+CONNECT_TIMEOUT_S = 10               # a frozen server must not hang `ocrd status`
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout),
 # idle_in_transaction_session_timeout (the server ended a session that slept mid-transaction: it
 # was rolled back whole, and runs again on a new connection)
 _PG_RETRY = frozenset({"40001", "40P01", "55P03", "25P03"})
+# admin_shutdown (pg_terminate_backend, a fast stop), crash_shutdown, cannot_connect_now (starting)
+_PG_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+class LedgerUnreachable(Exception):
+    """The database server can't be reached (down, restarting, the connection lost) for longer
+    than RECONNECT_FOR_S. Not the data's fault: whoever gets it waits and tries again."""
 
 
 def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
@@ -42,7 +52,8 @@ def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
         options = (f"{parsed.query.get('options', '')} -c lock_timeout={int(busy_timeout_ms)}"
                    f" -c idle_in_transaction_session_timeout={int(busy_timeout_ms)}")
         return create_engine(parsed, pool_size=pool_size, max_overflow=2, pool_pre_ping=True,
-                             connect_args={"options": options.strip()})
+                             connect_args={"options": options.strip(),
+                                           "connect_timeout": CONNECT_TIMEOUT_S})
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("the ledger needs a SQLite file, not an in-memory database")
     _private_file(Path(parsed.database).expanduser())
@@ -89,12 +100,27 @@ def is_busy(exc: OperationalError | InternalError) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
+def is_disconnect(exc: OperationalError | InternalError) -> bool:
+    """PostgreSQL's connection is gone or can't be made (server down, restarting, the backend
+    killed): the transaction was rolled back, or never began. SQLite has no connection to lose."""
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", "")
+    if type(exc.orig).__module__.split(".")[0] != "psycopg":
+        return False
+    # no SQLSTATE: libpq's own (connection refused, server closed the connection, timeout)
+    return state is None or state.startswith("08") or state in _PG_GONE
+
+
 def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool = False) -> T:
     """Run `fn` in one short transaction: committed if it returns, rolled back if it raises.
     A lock conflict past busy_timeout is retried (whole transaction) with jittered backoff, so a
-    "database is locked" only reaches the caller after RETRY_FOR_S more seconds.
+    "database is locked" only reaches the caller after RETRY_FOR_S more seconds. A lost server
+    connection is retried the same way for RECONNECT_FOR_S, then raised as LedgerUnreachable.
+    (Every transaction here is safe to run again: state changes are conditional, inserts keyed.)
     A callable, not a context manager: only a callable can be run again whole."""
     deadline = time.monotonic() + RETRY_FOR_S
+    reconnect_by = time.monotonic() + RECONNECT_FOR_S
     sqlite = engine.dialect.name == "sqlite"
     for attempt in itertools.count():
         try:
@@ -108,7 +134,11 @@ def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool
                 with conn.begin():
                     return fn(conn)
         except (OperationalError, InternalError) as exc:   # 25P03 is an InternalError
-            if not is_busy(exc) or time.monotonic() >= deadline:
+            if is_disconnect(exc):
+                if time.monotonic() >= reconnect_by:
+                    reason = (str(exc.orig).strip().splitlines() or ["connection lost"])[0]
+                    raise LedgerUnreachable(f"the ledger's server is unreachable: {reason}") from exc
+            elif not is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
     raise AssertionError("unreachable")

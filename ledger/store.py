@@ -22,9 +22,9 @@ from __future__ import annotations
 import random
 import socket
 from datetime import datetime, timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Collection, TypeVar
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, tuple_, update
 
 from . import migrations as _migrations
 from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction
@@ -378,16 +378,25 @@ class Ledger(WorkerBook, Reports, HostBook):
 
         return self._write(tx)
 
-    def renew_leases(self, worker_id: str, lease_s: float = 60.0, now: datetime | None = None) -> int:
-        """Push out the lease of every page this worker holds; returns how many."""
+    def renew_leases(self, worker_id: str, lease_s: float = 60.0, now: datetime | None = None,
+                     held: Collection[tuple[int, int]] | None = None) -> int:
+        """Push out the lease of every page this worker holds (only those in `held`, (job_id,
+        page_no) pairs, when given); returns how many."""
         now = self.clock(now)
-        return self._write(lambda conn: self._renew(conn, worker_id, lease_s, now))
+        return self._write(lambda conn: self._renew(conn, worker_id, lease_s, now, held))
 
     @staticmethod
-    def _renew(conn: Connection, worker_id: str, lease_s: float, now: datetime) -> int:
-        return conn.execute(
-            update(pages).where(pages.c.state == PageState.RUNNING, pages.c.lease_owner == worker_id)
-            .values(lease_expires_at=to_text(now + timedelta(seconds=lease_s)))).rowcount
+    def _renew(conn: Connection, worker_id: str, lease_s: float, now: datetime,
+               held: Collection[tuple[int, int]] | None = None) -> int:
+        """A worker renews only the pages it still has in hand: a page whose result it could not
+        store (the server went away) must run out its lease and come back, not stay running."""
+        where = [pages.c.state == PageState.RUNNING, pages.c.lease_owner == worker_id]
+        if held is not None:
+            if not held:
+                return 0
+            where.append(tuple_(pages.c.job_id, pages.c.page_no).in_(list(held)))
+        return conn.execute(update(pages).where(*where)
+                            .values(lease_expires_at=to_text(now + timedelta(seconds=lease_s)))).rowcount
 
     def complete_page(self, job_id: int, page_no: int, worker_id: str, *, text: str,
                       prompt_tokens: int = 0, generation_tokens: int = 0, seconds: float = 0.0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -30,7 +30,7 @@ class WorkerBook:
     _sqlite: bool
     host: str
     _write: Callable[[Callable[[Connection], Any]], Any]
-    _renew: Callable[[Connection, str, float, datetime], int]
+    _renew: Callable[..., int]
 
     def register_worker(self, worker_id: str, *, host: str, pid: int, backend: str,
                         device_name: str, state: WorkerState = WorkerState.STARTING,
@@ -69,10 +69,11 @@ class WorkerBook:
                          pages_done: int, tokens_per_s: float, current_page: str | None,
                          state: WorkerState | None = None, lease_s: float = 60.0,
                          batch: int = 1, pages_in_flight: int = 0,
+                         held: Collection[tuple[int, int]] | None = None,
                          now: datetime | None = None) -> None:
         """One transaction: insert a heartbeats row, update the workers row (last_heartbeat_at,
         current_page, pages_done, batch, pages_in_flight, state if given), renew this worker's
-        leases, and delete heartbeats older than HEARTBEAT_RETENTION.
+        leases (only of the pages in `held`, when given), and delete heartbeats older than HEARTBEAT_RETENTION.
 
         `tokens_per_s` is the worker's aggregate: generated tokens per second over all the pages
         in its batch. `batch` is its in-flight limit now; `pages_in_flight` the pages in its batch
@@ -94,7 +95,7 @@ class WorkerBook:
             if state is not None:
                 values["state"] = WorkerState(state)
             # pages before workers, the order complete_page locks them in (PostgreSQL deadlocks)
-            self._renew(conn, worker_id, lease_s, now)
+            self._renew(conn, worker_id, lease_s, now, held)
             conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
             conn.execute(delete(heartbeats).where(heartbeats.c.at < to_text(now - HEARTBEAT_RETENTION)))
 

@@ -83,13 +83,18 @@ class PgServer:
         settings = {**SETTINGS, "unix_socket_directories": f"'{self.socket_dir}'", "port": str(PORT)}
         with open(data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(data),
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its existing data (after `stop`): what a restart does."""
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.root / "data"),
                   "-l", str(self.root / "server.log"))
 
-    def stop(self) -> None:
-        """Stop at once (nothing to keep) and wait for the postmaster to exit."""
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop (at once by default: nothing to keep; "fast" as a clean shutdown does) and wait
+        for the postmaster to exit."""
         if (self.root / "data" / "postmaster.pid").exists():
-            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "immediate",
+            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", mode,
                       "-D", str(self.root / "data"))
 
 

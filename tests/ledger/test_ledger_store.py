@@ -140,6 +140,21 @@ def test_claim_order_fields_and_job_follows(ledger: Ledger) -> None:
     assert ledger.claim_pages("w", n=0) == []
 
 
+def test_a_heartbeat_renews_only_the_pages_its_worker_still_holds(ledger: Ledger) -> None:
+    """A page whose result could not be stored (the server went away) is no longer held: its
+    lease runs out and it comes back, instead of staying running, renewed, forever."""
+    job_id = add(ledger, "a", 3)
+    ledger.claim_pages("w", n=3, lease_s=60, now=T0)
+    held = [(job_id, 1), (job_id, 3)]
+    ledger.record_heartbeat("w", backend="cpu", active_memory_bytes=0, peak_memory_bytes=0,
+                            cache_memory_bytes=0, memory_limit_bytes=0, pages_done=0, tokens_per_s=0,
+                            current_page=None, lease_s=60, held=held, now=T0 + 50 * S)
+    assert ledger.rescue_expired(now=T0 + 61 * S) == 1
+    assert [p[:2] for p in _pages(ledger, job_id)] == [(1, "running"), (2, "queued"), (3, "running")]
+    assert ledger.renew_leases("w", lease_s=60, held=[], now=T0 + 62 * S) == 0
+    assert ledger.renew_leases("w", lease_s=60, now=T0 + 62 * S) == 2   # no list: all it owns
+
+
 def test_lease_expiry_through_the_now_seam(ledger: Ledger) -> None:
     job_id = add(ledger, "a", 2)
     ledger.claim_pages("w", n=1, lease_s=60, now=T0)
