@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ingest_runner import make_config, png_bytes  # noqa: E402
-from ocrd.daemon.ingest_service import IngestService  # noqa: E402
+from ocrd.daemon.intake.service import IngestService  # noqa: E402
 from ocrd.ledger.store import Ledger  # noqa: E402
 
 

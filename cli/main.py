@@ -22,7 +22,7 @@ from . import _format as fmt
 
 if TYPE_CHECKING:
     from ocrd.daemon.config import Config
-    from ocrd.daemon.ingest import Retried
+    from ocrd.daemon.intake.ingest import Retried
     from ocrd.ledger import Ledger
 
 WATCH_INTERVAL_S = 2.0
@@ -205,7 +205,7 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool, force:
                 click.echo("no failed jobs")
                 return
             _fail(ctx, f"no ledger yet at {config.ledger_path}: no job {job_ids[0]}")
-        from ocrd.daemon.ingest import Ingestor, RetryOutcome
+        from ocrd.daemon.intake.ingest import Ingestor, RetryOutcome
         results = Ingestor(config, ledger).retry(None if all_failed else list(dict.fromkeys(job_ids)),
                                                  force=force)
     if all_failed and not results:
@@ -223,7 +223,7 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool, force:
 
 def _retry_words(r: Retried) -> str:
     """What `ocrd retry` says about one job."""
-    from ocrd.daemon.ingest import RetryOutcome as Outcome
+    from ocrd.daemon.intake.ingest import RetryOutcome as Outcome
     return {
         Outcome.REQUEUED: "requeued (failed pages only)",
         Outcome.REOPENED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'})",
@@ -252,7 +252,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], force: bool) -> None:
     supported files. With --force, a duplicate is processed anyway.
     """
     config = _load(ctx)
-    from ocrd.daemon.ingest import Ingestor
+    from ocrd.daemon.intake.ingest import Ingestor
     failed = 0
     with _ledger(config, create=True) as ledger:
         submitted = Ingestor(config, ledger).submit([p.absolute() for p in paths], force=force)
@@ -289,7 +289,7 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
     if not rows:
         click.echo("no jobs" + (f" in state {state}" if state else ""))
         return
-    from ocrd.daemon.outbox import relative_source
+    from ocrd.daemon.output.outbox import relative_source
     table = [(r["id"], r["state"], f"{r.get('pages_done') or 0}/{r.get('pages_total') or 0}",
               fmt.when(r.get("updated_at")),
               fmt.tail(relative_source(config, r["inbox"], r["source_path"]).as_posix(), 40),
@@ -342,7 +342,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool, as_text: bool) -> None:
 def _print_text(ctx: click.Context, ledger: Ledger, job: dict[str, Any]) -> None:
     """`show --text`: the markdown the outbox file was written with, from the page texts in the
     ledger (so it works after the file was moved or deleted), as UTF-8 bytes."""
-    from ocrd.daemon.outbox import assemble
+    from ocrd.daemon.output.outbox import assemble
     if job["state"] != JobState.DONE:
         _fail(ctx, f"job {job['id']} is {job['state']}"
               f" ({job.get('pages_done') or 0}/{job.get('pages_total') or 0} pages): no text yet"

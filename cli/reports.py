@@ -20,10 +20,10 @@ from ocrd.daemon.device import (
     recommended_label,
 )
 from ocrd.daemon.engine import model_size_bytes
-from ocrd.daemon.ingest_service import INGEST_PROBLEM
+from ocrd.daemon.intake.service import INGEST_PROBLEM
 from ocrd.daemon.engines import LINE_ENGINES, choose_engine
 from ocrd.daemon.lockfile import running_pid
-from ocrd.daemon.outbox import relative_source
+from ocrd.daemon.output.outbox import relative_source
 from ocrd.ledger import DaemonInfo, Ledger
 from ocrd.ledger.states import ENDED_WORKER_STATES, JobState, ModelState, ModelStatus, PageState
 

@@ -57,6 +57,15 @@ class PdfConfig:
     dpi: int = 144
 
 
+FORMATS = ("md", "pdf", "json", "txt")   # what a finished document can be written as
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """[output]: the files each document becomes in its outbox (output/writers.py)."""
+    formats: tuple[str, ...] = ("md",)
+
+
 @dataclass(frozen=True)
 class HooksConfig:
     """Commands run after a job ends (argv, no shell); see daemon/hooks.py."""
@@ -93,6 +102,7 @@ class InboxConfig:
     on_duplicate: OnDuplicate = OnDuplicate.SKIP
     prompt: str | None = None
     mode: str | None = None
+    formats: tuple[str, ...] | None = None   # None: [output] formats
 
     @property
     def key(self) -> str:
@@ -108,6 +118,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     inboxes: tuple[InboxConfig, ...] = ()
@@ -157,6 +168,9 @@ class Config:
     def mode_for(self, inbox: InboxConfig | None) -> str:
         return (inbox and inbox.mode) or self.model.mode
 
+    def formats_for(self, inbox: InboxConfig | None) -> tuple[str, ...]:
+        return (inbox and inbox.formats) or self.output.formats
+
 
 def default_state_dir() -> Path:
     if sys.platform == "darwin":
@@ -191,6 +205,9 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     model = r.table("model")
     workers = r.table("workers")
     pdf = r.table("pdf")
+    output = r.table("output")
+    output_cfg = OutputConfig(formats=output.formats("formats", OutputConfig.formats))
+    output.done()
     hooks_cfg, metrics_cfg = _parse_hooks(r.table("hooks")), _parse_metrics(r.table("metrics"))
     inbox_list = raw.get("inbox", [])
     if not isinstance(inbox_list, list) or not all(isinstance(t, dict) for t in inbox_list):
@@ -235,6 +252,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         model=model_cfg,
         workers=workers_cfg,
         pdf=pdf_cfg,
+        output=output_cfg,
         hooks=hooks_cfg,
         metrics=metrics_cfg,
         inboxes=inboxes,
@@ -282,6 +300,7 @@ def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:
         on_duplicate=OnDuplicate(t.choice("on_duplicate", InboxConfig.on_duplicate, tuple(OnDuplicate))),
         prompt=t.str("prompt", InboxConfig.prompt, nonempty=True),
         mode=t.choice("mode", InboxConfig.mode, tuple(MODES)),
+        formats=t.formats("formats", InboxConfig.formats),
     )
     t.done()
     return inbox
@@ -434,6 +453,14 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, "must be a list of strings", value)
         return value
+
+    def formats(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        value = self.get(key, default)
+        if value is default:
+            return default
+        if not isinstance(value, list) or not value or any(v not in FORMATS for v in value):
+            raise self.fail(key, f"must be a non-empty list of {', '.join(map(repr, FORMATS))}", value)
+        return tuple(dict.fromkeys(value))
 
     def done(self, extra: set[str] = frozenset()) -> None:
         unknown = sorted(set(self.raw) - self.seen - set(extra))

@@ -37,11 +37,11 @@ from .engines import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, nam
 from .errors import OcrdError, PageTimeout, WorkerDied, first_line
 from .files import make_private_dir
 from .hooks import HookRunner
-from .ingest_service import IngestService
+from .intake.service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import Outage, configure_logging
-from .delivery import Delivery, instance_id
-from .outbox import fail_document
+from .output.delivery import Delivery, instance_id
+from .output.outbox import fail_document
 from .pool import Exit, WorkerPool
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
 

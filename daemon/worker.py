@@ -32,13 +32,13 @@ from ocrd.ledger import ClaimedPage, Ledger, LedgerUnreachable, WorkerState
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
-from .delivery import fetched_dir
+from .output.delivery import fetched_dir
 from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
                      take_peak_memory)
 from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import Outage, configure_worker_logging
-from .outbox import OutputDelayed, fail_document, finish_document
+from .output.outbox import OutputDelayed, fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context, sender
 from .render import render_page
 

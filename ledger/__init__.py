@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imports on first use
-    from .records import AddResult, ClaimedPage, DaemonInfo, Job, PageOutcome  # noqa: F401
+    from .records import AddResult, ClaimedPage, DaemonInfo, DonePage, Job, PageOutcome  # noqa: F401
     from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus,  # noqa: F401
                          OnDuplicate, PageState, TransitionError, WorkerState)
     from .store import BACKOFF_BASE_S, Ledger  # noqa: F401
@@ -20,7 +20,7 @@ if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imp
 _HOME = {
     "LedgerUnreachable": "_engine",
     **dict.fromkeys(("BACKOFF_BASE_S", "Ledger"), "store"),
-    **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "Job", "PageOutcome"), "records"),
+    **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "DonePage", "Job", "PageOutcome"), "records"),
     **dict.fromkeys(("ENDED_WORKER_STATES", "JobState", "ModelState", "ModelStatus", "OnDuplicate",
                      "PageState", "TransitionError", "WorkerState"), "states"),
 }

@@ -136,10 +136,19 @@ def _add_hosts(conn: Connection) -> None:
     v3.tables["hosts"].create(conn)
 
 
+def _add_page_layout(conn: Connection) -> None:
+    """v4, searchable PDFs: each page's text blocks with their boxes (JSON), the size in pixels
+    of the image its boxes refer to, and the engine that read it. Older pages have none."""
+    for ddl in ("ALTER TABLE pages ADD COLUMN blocks TEXT", "ALTER TABLE pages ADD COLUMN width INTEGER",
+                "ALTER TABLE pages ADD COLUMN height INTEGER", "ALTER TABLE pages ADD COLUMN engine TEXT"):
+        conn.execute(text(ddl))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, pages, workers, heartbeats, events, meta and their indexes", _create_v1),
     Migration(2, "workers and heartbeats: batch, pages_in_flight", _add_batch_columns),
     Migration(3, "several hosts: jobs.host/mode/prompt, blobs, hosts", _add_hosts),
+    Migration(4, "pages: blocks, width, height, engine", _add_page_layout),
 )
 
 

@@ -47,6 +47,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class DonePage:
+    """A done page as the finisher reads it: its text, and its blocks where the engine gave boxes
+    (`blocks` is JSON text, None for pages read before v4 or without boxes)."""
+    page_no: int
+    text: str
+    blocks: str | None = None
+    width: int | None = None     # the image the boxes refer to, in pixels
+    height: int | None = None
+    engine: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    generation_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class ClaimedPage:
     job_id: int
     page_no: int                 # 1-based

@@ -75,6 +75,10 @@ pages = Table(
     Column("seconds", Float),
     Column("finish_reason", Text),
     Column("error", FsText),
+    Column("blocks", Text),                    # JSON: [{text, kind, label, box, box_fraction}]
+    Column("width", Integer),                  # the image the boxes refer to, in pixels
+    Column("height", Integer),
+    Column("engine", Text),                    # what read the page (mlx-vlm, rapidocr, vision)
     UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
     _in("state", PageState),
 )

@@ -30,7 +30,7 @@ from . import migrations as _migrations
 from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction
 from .clock import LedgerClock, from_text, to_text, utc_now
 from .hosts import HostBook
-from .records import AddResult, ClaimedPage, Job, PageOutcome
+from .records import AddResult, ClaimedPage, DonePage, Job, PageOutcome
 from .reports import Reports
 from .schema import jobs, pages, workers
 from .states import JobState, OnDuplicate, PageState, TransitionError
@@ -251,11 +251,18 @@ class Ledger(WorkerBook, Reports, HostBook):
 
     def page_texts(self, job_id: int) -> list[str]:
         """Texts of a job's pages in page order (all pages must be done: ValueError if not)."""
-        query = select(pages.c.state, pages.c.text).where(pages.c.job_id == job_id).order_by(pages.c.page_no)
+        return [p.text for p in self.done_pages(job_id)]
+
+    def done_pages(self, job_id: int) -> list[DonePage]:
+        """A job's pages in page order, as its outputs are made of them (all must be done:
+        ValueError if not)."""
+        cols = [pages.c[name] for name in DonePage.__dataclass_fields__]
+        query = select(pages.c.state, *cols).where(pages.c.job_id == job_id).order_by(pages.c.page_no)
         rows = self._read(lambda c: c.execute(query).all())
         if not rows or any(r.state != PageState.DONE for r in rows):
             raise ValueError(f"job {job_id} has pages that are not done")
-        return [r.text or "" for r in rows]
+        return [DonePage(**{k: v for k, v in r._mapping.items() if k != "state"} | {"text": r.text or ""})
+                for r in rows]
 
     def retry_jobs(self, job_ids: list[int] | None = None, now: datetime | None = None) -> list[int]:
         """failed -> queued for these jobs (None: every failed job); only their failed pages go back
@@ -400,9 +407,11 @@ class Ledger(WorkerBook, Reports, HostBook):
 
     def complete_page(self, job_id: int, page_no: int, worker_id: str, *, text: str,
                       prompt_tokens: int = 0, generation_tokens: int = 0, seconds: float = 0.0,
-                      finish_reason: str = "stop", now: datetime | None = None) -> bool | None:
-        """running -> done (only if this worker still holds the lease); pages_done += 1;
-        workers.pages_done += 1. Returns True when this completion made every page of the job
+                      finish_reason: str = "stop", blocks: str | None = None,
+                      width: int | None = None, height: int | None = None, engine: str | None = None,
+                      now: datetime | None = None) -> bool | None:
+        """running -> done (only if this worker still holds the lease), with its text and its
+        blocks (JSON) where the engine gave boxes; pages_done += 1; workers.pages_done += 1. Returns True when this completion made every page of the job
         done (the caller then assembles the outbox), False when other pages are still open, and
         None when it was refused: the lease was lost (the page is another worker's or done)."""
         now = self.clock(now)
@@ -416,7 +425,8 @@ class Ledger(WorkerBook, Reports, HostBook):
                 values=dict(text=text, prompt_tokens=prompt_tokens,
                             generation_tokens=generation_tokens, seconds=seconds,
                             finish_reason=finish_reason, finished_at=stamp,
-                            lease_expires_at=None, error=None))
+                            lease_expires_at=None, error=None, blocks=blocks, width=width,
+                            height=height, engine=engine))
             if not moved:
                 return None
             done, total = conn.execute(

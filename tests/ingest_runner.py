@@ -46,7 +46,7 @@ def config_toml(root: Path, stable_for_s: float = 0.3) -> str:
 
 def main(argv: list[str]) -> int:
     from ocrd.daemon.config import load_config
-    from ocrd.daemon.ingest_service import IngestService
+    from ocrd.daemon.intake.service import IngestService
 
     config = load_config(argv[1])
     rescan_s = float(argv[2]) if len(argv) > 2 else 60.0

@@ -19,7 +19,7 @@ from cli_support import OCRD, invoke, write_config
 from helpers import wait_for
 from ocrd.daemon.config import ConfigError, HooksConfig, MetricsConfig, load_config
 from ocrd.daemon.lockfile import DaemonLock
-from ocrd.daemon.outbox import finish_document
+from ocrd.daemon.output.outbox import finish_document
 from ocrd.ledger import JobState
 from ocrd.ledger.store import Ledger
 

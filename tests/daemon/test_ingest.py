@@ -17,9 +17,9 @@ from samples import rested
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
-from ocrd.daemon.ingest import STALL_GRACE_S, Deferred, Ingestor, Retried, RetryOutcome
-from ocrd.daemon.ingest_service import IngestService
-from ocrd.daemon.outbox import job_relative_path
+from ocrd.daemon.intake.ingest import STALL_GRACE_S, Deferred, Ingestor, Retried, RetryOutcome
+from ocrd.daemon.intake.service import IngestService
+from ocrd.daemon.output.outbox import job_relative_path
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 

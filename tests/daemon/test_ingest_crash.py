@@ -13,7 +13,7 @@ from pathlib import Path
 from helpers import wait_for
 from ingest_runner import config_toml, png_bytes
 from ocrd.daemon.config import Config, load_config
-from ocrd.daemon.ingest import Ingestor
+from ocrd.daemon.intake.ingest import Ingestor
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 

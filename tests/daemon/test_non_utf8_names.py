@@ -17,10 +17,10 @@ from samples import non_utf8_path, rested
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
 from ocrd.daemon.hooks import run_hook
-from ocrd.daemon.ingest import Ingestor, RetryOutcome
-from ocrd.daemon.intents import Intent, load_intent, write_intent
+from ocrd.daemon.intake.ingest import Ingestor, RetryOutcome
+from ocrd.daemon.intake.intents import Intent, load_intent, write_intent
 from ocrd.daemon.logs import configure_logging
-from ocrd.daemon.outbox import finish_document
+from ocrd.daemon.output.outbox import finish_document
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger
 

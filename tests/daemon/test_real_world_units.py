@@ -13,7 +13,7 @@ import samples
 from ingest_runner import make_config, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.errors import InputError
-from ocrd.daemon.ingest import Ingestor
+from ocrd.daemon.intake.ingest import Ingestor
 from ocrd.daemon.render import MAX_SIDE, page_count, render_page
 from ocrd.ledger.states import JobState
 from ocrd.ledger.store import Ledger

@@ -179,7 +179,7 @@ def test_worker_recycled_after_its_page_budget(running) -> None:
 
 
 def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> None:
-    from ocrd.daemon.ingest import Ingestor
+    from ocrd.daemon.intake.ingest import Ingestor
     from ocrd.ledger.store import Ledger
 
     r = running("engines:FakeEngine")

@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 
 from helpers import wait_for
 from ocrd.daemon.config import InboxConfig
-from ocrd.daemon.inbox import is_ignored, refusal_reason
-from ocrd.daemon.watcher import Watcher
+from ocrd.daemon.intake.rules import is_ignored, refusal_reason
+from ocrd.daemon.intake.watcher import Watcher
 
 
 def make_inbox(root: Path, name: str = "inbox", **kw) -> InboxConfig:
@@ -209,7 +209,7 @@ _EPERM_CHILD = """
 import json, os, sys, pathlib
 from structlog.testing import capture_logs
 from ocrd.daemon.config import InboxConfig
-from ocrd.daemon.watcher import Watcher
+from ocrd.daemon.intake.watcher import Watcher
 os.setgid(65534); os.setuid(65534)  # after the imports: the interpreter's files may be root-only
 root = pathlib.Path(sys.argv[1])
 box = InboxConfig(path=root / "inbox", outbox=root / "o", archive=None, failed=root / "f", stable_for_s=0)

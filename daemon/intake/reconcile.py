@@ -21,10 +21,10 @@ import structlog
 
 from ocrd.ledger import JobState, Ledger
 
-from . import files
-from .config import Config, InboxConfig
+from .. import files
+from ..config import Config, InboxConfig
 from .intents import Intent, Stage, drop_intent, intent_path, load_intent, write_intent
-from .outbox import Place, job_relative_path, place_original, plan_destination
+from ..output.outbox import Place, job_relative_path, place_original, plan_destination
 
 log = structlog.get_logger()
 

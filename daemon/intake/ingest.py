@@ -28,14 +28,14 @@ import structlog
 from ocrd.ledger import AddResult, Job, JobState, Ledger, OnDuplicate
 from ocrd.ledger.hosts import SHARED_MAX_BYTES
 
-from . import files
-from .config import Config, InboxConfig
-from .errors import InputError, first_line
-from .inbox import is_ignored, is_permission_error, permission_fix, refusal_reason
+from .. import files
+from ..config import Config, InboxConfig
+from ..errors import InputError, first_line
+from .rules import is_ignored, is_permission_error, permission_fix, refusal_reason
 from .intents import Intent, Stage, drop_intent, intent_path, write_intent
-from .outbox import Place, job_relative_path, place_original, plan_destination
+from ..output.outbox import Place, job_relative_path, place_original, plan_destination
 from .reconcile import reconcile_spool, resume_intent
-from .render import page_count, sniff_type
+from ..render import page_count, sniff_type
 
 log = structlog.get_logger()
 

@@ -11,7 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
-from .config import InboxConfig
+from ..config import InboxConfig
 
 # Partial downloads, editor lock files and sync placeholders: never ours to touch.
 _IGNORED_NAMES = ("~$*", "*.part", "*.crdownload", "*.download", "*.tmp", "*.icloud")

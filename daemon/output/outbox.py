@@ -24,8 +24,8 @@ import structlog
 from ocrd.ledger import Job, JobState, Ledger
 from ocrd.ledger.clock import from_text, utc_now
 
-from .config import Config, InboxConfig
-from .files import atomic_write_text, flocked, move_file, unique_path, write_error_file
+from ..config import Config, InboxConfig
+from ..files import atomic_write_text, flocked, move_file, unique_path, write_error_file
 
 log = structlog.get_logger()
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .files import PRIVATE, atomic_write_text
+from ..files import PRIVATE, atomic_write_text
 
 
 class Stage(StrEnum):

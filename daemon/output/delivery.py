@@ -23,8 +23,8 @@ import structlog
 
 from ocrd.ledger import JobState, Ledger
 
-from .config import Config
-from .files import PRIVATE, atomic_write_text
+from ..config import Config
+from ..files import PRIVATE, atomic_write_text
 from .outbox import OutputDelayed, fail_document, finish_document
 
 log = structlog.get_logger("ocrd.delivery")

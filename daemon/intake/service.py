@@ -20,8 +20,8 @@ import structlog
 
 from ocrd.ledger import Ledger
 
-from .config import Config
-from .errors import first_line
+from ..config import Config
+from ..errors import first_line
 from .ingest import Deferred, Ingestor, Unsettled
 from .watcher import Watcher
 

@@ -33,8 +33,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .config import InboxConfig
-from .inbox import is_ignored, is_permission_error, permission_fix, refusal_reason
+from ..config import InboxConfig
+from .rules import is_ignored, is_permission_error, permission_fix, refusal_reason
 
 log = structlog.get_logger()
 

@@ -1,0 +1,1 @@
+"""Intake: inbox folders -> spool -> jobs (watcher, ingest and its crash journal, start-up reconcile)."""

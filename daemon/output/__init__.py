@@ -1,0 +1,1 @@
+"""Outputs of a finished document: markdown, searchable PDF, JSON and plain text."""
