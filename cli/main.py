@@ -342,7 +342,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool, as_text: bool) -> None:
 def _print_text(ctx: click.Context, ledger: Ledger, job: dict[str, Any]) -> None:
     """`show --text`: the markdown the outbox file was written with, from the page texts in the
     ledger (so it works after the file was moved or deleted), as UTF-8 bytes."""
-    from ocrd.daemon.output.outbox import assemble
+    from ocrd.daemon.output.writers import render_text
     if job["state"] != JobState.DONE:
         _fail(ctx, f"job {job['id']} is {job['state']}"
               f" ({job.get('pages_done') or 0}/{job.get('pages_total') or 0} pages): no text yet"
@@ -350,7 +350,7 @@ def _print_text(ctx: click.Context, ledger: Ledger, job: dict[str, Any]) -> None
               f"job {job['id']} is {job['state']}: it has no text")
     out = sys.stdout.buffer
     try:
-        out.write(assemble(ledger.page_texts(job["id"])).encode("utf-8"))
+        out.write(render_text(ledger.done_pages(job["id"]), "md").encode("utf-8"))
         out.flush()
     except BrokenPipeError:   # `ocrd show 12 --text | head`: quiet, as `cat` is
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

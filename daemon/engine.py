@@ -46,6 +46,8 @@ class PageResult:
     seconds: float
     finish_reason: str  # "stop" | "length" | "repetition"
     peak_memory_bytes: int = 0
+    blocks: list = field(default_factory=list)   # output.blocks.Block: a line engine's lines;
+                                                 # DeepSeek-OCR's come from its text (grounding)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,15 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1024 * 1024)
 
 
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only when the block completes (temp + fsync + rename),
+    with the umask's mode: for outputs a library writes itself (the searchable PDF)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp") as f:
+        yield f
+
+
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write via temp file + fsync + rename: readers see the old file or the whole new one. The
     file follows the umask (outbox files are the user's) unless `mode` is given (PRIVATE). A file

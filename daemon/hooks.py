@@ -17,7 +17,7 @@ import queue
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -43,6 +43,7 @@ def hook_env(ending: dict[str, Any]) -> dict[str, str]:
             "OCRD_STATE": "done" if ending["kind"] == "job_done" else "failed",
             "OCRD_SOURCE": ending.get("source_path") or "",
             "OCRD_OUTPUT": ending.get("output_path") or "",
+            "OCRD_OUTPUTS": "\n".join(ending.get("outputs") or []),
             "OCRD_ERROR": ending.get("error") or ""}
 
 
@@ -52,6 +53,8 @@ class HookRunner:
 
     def __init__(self, config: HooksConfig) -> None:
         self.config = config
+        # every output file of a done job (one per format): the supervisor knows its inbox's formats
+        self.outputs_of: Callable[[str, str], list[str]] = lambda _inbox, out: [out]
         self.ledger: Ledger | None = None
         self._cursor = 0
         self._next_poll = 0.0
@@ -85,6 +88,8 @@ class HookRunner:
             return
         for ending in self.ledger.job_endings(self._cursor):
             self._cursor = ending["event_id"]
+            out = ending.get("output_path")
+            ending["outputs"] = self.outputs_of(ending["inbox"], out) if out and ending["kind"] == "job_done" else []
             self._queue.put(ending)
 
     def reload(self, config: HooksConfig) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .engine import PageResult
+from .output.blocks import Block
 from .errors import EngineError, first_line
 
 if TYPE_CHECKING:
@@ -262,7 +263,9 @@ class LineEngine:
             boxes = self.find_boxes(image)
         except Exception as exc:
             raise EngineError(f"{self.name} failed: {first_line(exc, with_type=True)}") from exc
-        return finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
+        result = finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
+        result.blocks = [Block(b.text, b.x0, b.y0, b.x1, b.y1, kind="line") for b in boxes]
+        return result
 
 
 def finish_page(text: str, max_tokens: int, seconds: float) -> PageResult:

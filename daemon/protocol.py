@@ -62,6 +62,8 @@ class WorkerEvent(StrEnum):
     ADMITTED = "admitted"          # `page` ("job:page") entered the engine: a crash now is its fault
     PAGE_STORED = "page_stored"    # a page's result is in the ledger: the worker's peak memory
                                    # with `pages` pages in flight
+    DOCUMENT_ENDED = "document_ended"  # job `job`'s last page was stored, or a page failed it:
+                                   # the supervisor's delivery writes its outputs or moves it to failed/
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Message:
     weights_bytes: int = 0         # LOADED: memory held once the model is loaded
     peak_memory_bytes: int = 0     # PAGE_STORED
     page: str = ""                 # ADMITTED, PAGE_STORED: "job_id:page_no"
+    job: int = 0                   # DOCUMENT_ENDED
 
     def encode(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v or k == "event"}) + "\n"

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -41,7 +42,7 @@ from .intake.service import IngestService
 from .lockfile import AlreadyRunning, DaemonLock
 from .logs import Outage, configure_logging
 from .output.delivery import Delivery, instance_id
-from .output.outbox import fail_document
+from .output.writers import output_path, stem_of
 from .pool import Exit, WorkerPool
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
 
@@ -113,6 +114,7 @@ class Supervisor:
         self._serial = 0
         self._next_rescue = 0.0
         self.hooks = HookRunner(config.hooks)
+        self.hooks.outputs_of = self._outputs_of
         self.metrics = None              # a MetricsServer while [metrics] listen is set
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class Supervisor:
         if not plan.count:   # [workers] count = 0: this host ingests and delivers; others decode
             self.ready.set()
         self._recover_previous_run()
+        self.delivery.start()
         self.hooks.start(self.ledger)
         from .metrics import MetricsServer   # prometheus_client: only the daemon needs it
         self.metrics = MetricsServer(self.config.metrics, self.ledger)
@@ -175,7 +178,6 @@ class Supervisor:
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
             self._save_footprint()
-        self.delivery.tick(now)
         self.hooks.tick(now)
         if self._model_fetched.is_set():
             self._take_downloaded_model()
@@ -201,6 +203,8 @@ class Supervisor:
             self.ledger.set_worker_state(ended.worker_id, WorkerState.STOPPED)
         for worker_id, message in self.pool.drain_events():
             self._on_message(worker_id, message)
+        if self.delivery is not None:
+            self.delivery.stop()           # after the workers: the documents they just ended
         self._save_footprint()
         if self.metrics is not None:
             self.metrics.stop()
@@ -256,6 +260,8 @@ class Supervisor:
             self._admitted.get(worker_id, set()).discard(message.page)
             if message.peak_memory_bytes:
                 self._measure(message.peak_memory_bytes, max(message.pages, 1))
+        elif message.event == WorkerEvent.DOCUMENT_ENDED:
+            self.delivery.wake(message.job)
 
     def _measure(self, peak: int, pages: int) -> None:
         """Real pages say what a worker needs. Its peak while up to `pages` were in flight is the
@@ -307,10 +313,16 @@ class Supervisor:
             log.warning("page_failed", job_id=job_id, page=page_no, reason=str(exc),
                         kind=exc.kind, outcome=str(outcome.state))
             if outcome.job_failed:
-                fail_document(self.config, self.ledger, job_id, str(exc))
+                self.delivery.wake(job_id)
         released = self.ledger.release_pages(worker_id)
         if released:
             log.info("pages_released", worker_id=worker_id, pages=released, note="claimed ahead, not started")
+
+    def _outputs_of(self, inbox_key: str, output: str) -> list[str]:
+        """A done job's files, one per format of its inbox (hooks' OCRD_OUTPUTS)."""
+        formats = self.config.formats_for(self.config.home_inbox(inbox_key))
+        stem = stem_of(Path(output))
+        return [str(output_path(stem, fmt)) for fmt in formats]
 
     # -- the tick's other parts -----------------------------------------------------------------
     def _recover_previous_run(self) -> None:

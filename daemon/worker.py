@@ -14,6 +14,7 @@ runs on the main thread, and stores never wait behind renders (nor renders behin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -32,13 +33,14 @@ from ocrd.ledger import ClaimedPage, Ledger, LedgerUnreachable, WorkerState
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
+from .engines import name_of
+from .output.blocks import parse_grounding, to_dicts
 from .output.delivery import fetched_dir
 from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
                      take_peak_memory)
 from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import Outage, configure_worker_logging
-from .output.outbox import OutputDelayed, fail_document, finish_document
 from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context, sender
 from .render import render_page
 
@@ -83,6 +85,7 @@ class Worker:
         self.in_flight = 0
         self.exit_reason: str | None = None
         self._held: dict[tuple[int, int], ClaimedPage] = {}   # in the session
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}   # the images they were given
         self._ready: deque[tuple[ClaimedPage, Rendering]] = deque()
         self._claim: Future[list[tuple[ClaimedPage, Rendering]]] | None = None
         self._generated = 0            # tokens generated, for tokens/s
@@ -285,6 +288,7 @@ class Worker:
             prompt, mode = self._prompt_and_mode(page)
             key = (page.job_id, page.page_no)
             self._held[key] = page
+            self._sizes[key] = image.size
             # before the engine sees it: a crash while preparing it is this page's too
             self.send(Message(WorkerEvent.ADMITTED, page=f"{page.job_id}:{page.page_no}"))
             refused = self.session.add(key, image, prompt=prompt, mode=mode,
@@ -339,6 +343,7 @@ class Worker:
 
     def _finish(self, finished: Finished) -> None:
         page = self._held.pop(finished.key)
+        size = self._sizes.pop(finished.key)
         if finished.error is not None:
             self._fail(page, finished.error)
             return
@@ -347,7 +352,7 @@ class Worker:
         peak, most = take_peak_memory(), self._most_in_flight
         self.peak_bytes = max(self.peak_bytes, peak)
         self._most_in_flight = len(self.session)
-        self._hand_over(page, self._store, finished.result, peak, max(most, 1))
+        self._hand_over(page, self._store, finished.result, size, peak, max(most, 1))
 
     def _check_memory(self) -> None:
         limit = self.ctx.recycle_memory_bytes
@@ -414,11 +419,17 @@ class Worker:
         with self._leased_lock:
             self._leased.discard((page.job_id, page.page_no))
 
-    def _store(self, page: ClaimedPage, result: PageResult, peak: int, in_flight: int) -> None:
+    def _store(self, page: ClaimedPage, result: PageResult, size: tuple[int, int], peak: int,
+               in_flight: int) -> None:
+        """The page's text and its blocks (a line engine's lines, or DeepSeek-OCR's grounding
+        boxes) with the size of the image they refer to; the supervisor finishes the document."""
+        blocks = result.blocks or parse_grounding(result.text, *size)[0]
         complete = self.ledger.complete_page(
             page.job_id, page.page_no, self.ctx.worker_id, text=result.text,
             prompt_tokens=result.prompt_tokens, generation_tokens=result.generation_tokens,
-            seconds=result.seconds, finish_reason=result.finish_reason)
+            seconds=result.seconds, finish_reason=result.finish_reason,
+            blocks=json.dumps(to_dicts(blocks, *size), ensure_ascii=False) if blocks else None,
+            width=size[0], height=size[1], engine=name_of(self.ctx.engine_factory))
         if complete is None:   # its lease ran out (this host slept): another worker has the page
             self.log.warning("page_result_refused", job_id=page.job_id, page=page.page_no,
                              reason="lease lost: the page went to another worker")
@@ -430,10 +441,7 @@ class Worker:
         self.send(Message(WorkerEvent.PAGE_STORED, pages=in_flight, peak_memory_bytes=peak,
                           page=f"{page.job_id}:{page.page_no}"))
         if complete:
-            try:
-                finish_document(self.config, self.ledger, page.job_id)
-            except OutputDelayed as exc:   # the supervisor writes it once the disk has room
-                self.log.warning("output_waits", job_id=page.job_id, error=str(exc))
+            self.send(Message(WorkerEvent.DOCUMENT_ENDED, job=page.job_id))
 
     def _fail(self, page: ClaimedPage, exc: OcrdError) -> None:
         self._hand_over(page, self._record_failure, exc)
@@ -444,7 +452,7 @@ class Worker:
         self.log.warning("page_failed", job_id=page.job_id, page=page.page_no, reason=str(exc),
                          kind=exc.kind, outcome=str(outcome.state))
         if outcome.job_failed:
-            fail_document(self.config, self.ledger, page.job_id, str(exc), exc.details)
+            self.send(Message(WorkerEvent.DOCUMENT_ENDED, job=page.job_id))
 
     def _reload_config(self) -> None:
         """SIGHUP (forwarded by the supervisor, which has validated the file already)."""

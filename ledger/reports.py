@@ -179,7 +179,7 @@ def job_endings(conn: Connection, after: int, limit: int = 100, mine: Any = true
     state, source_path, output_path and error now (hooks: daemon/hooks.py). `mine`: the jobs of
     this host (hosts.py), whose hooks it runs."""
     query = (select(events.c.id.label("event_id"), events.c.kind, events.c.job_id, jobs.c.state,
-                    jobs.c.source_path, jobs.c.output_path, jobs.c.error)
+                    jobs.c.source_path, jobs.c.output_path, jobs.c.error, jobs.c.inbox)
              .join(jobs, jobs.c.id == events.c.job_id)
              .where(events.c.id > after, events.c.kind.in_(ENDING_EVENTS), events.c.page_no.is_(None),
                     mine)

@@ -1,9 +1,9 @@
-"""Finishing a document: the outbox file, the original's move to archive/ or failed/, the job state.
+"""Finishing a document: its outbox files, the original's move to archive/ or failed/, the job state.
 
-Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the supervisor can run
-`finish_document` again for a job whose finisher died part-way:
-  reserve output path in the ledger -> write outbox file atomically -> move original to archive
-  -> record its new place -> job running -> done.
+Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the delivery can run
+`finish_document` again for a job whose finishing was cut short:
+  reserve the output stem in the ledger -> write each format atomically (writers.py) -> move the
+  original to archive -> record its new place -> job running -> done.
 A crash before the last step leaves a running job with every page done; the supervisor notices
 such jobs (at start and every few seconds) and finishes them.
 
@@ -15,7 +15,6 @@ ingest, reconcile and retry all go through it.
 from __future__ import annotations
 
 import errno
-import re
 from enum import StrEnum
 from pathlib import Path
 
@@ -25,12 +24,10 @@ from ocrd.ledger import Job, JobState, Ledger
 from ocrd.ledger.clock import from_text, utc_now
 
 from ..config import Config, InboxConfig
-from ..files import atomic_write_text, flocked, move_file, unique_path, write_error_file
+from ..files import flocked, move_file, unique_path, write_error_file
+from .writers import Document, FormatFailed, free_stem, output_path, stem_of, write_outputs
 
 log = structlog.get_logger()
-
-_DET = re.compile(r"<\|det\|>.*?<\|/det\|>", re.S)
-_REF = re.compile(r"<\|/?ref\|>")
 
 
 # A disk that is full or was remounted read-only clears by itself (or by a person who won't
@@ -99,18 +96,6 @@ def place_original(ledger: Ledger, original: Path, dest: Path | None, *, job_id:
     return dest
 
 
-def clean_markdown(text: str) -> str:
-    """Drop DeepSeek-OCR's grounding boxes (`<|det|>[[x,y,..]]<|/det|>`), keep the referenced text."""
-    return _REF.sub("", _DET.sub("", text)).strip()
-
-
-def assemble(texts: list[str]) -> str:
-    """One markdown document; every page starts with a marker so pages stay findable."""
-    total = len(texts)
-    parts = [f"<!-- page {n} of {total} -->\n\n{clean_markdown(t)}\n" for n, t in enumerate(texts, 1)]
-    return "\n".join(parts)
-
-
 def _in_spool(config: Config, job: Job) -> Path | None:
     """The job's original when it still lies in the spool."""
     original = Path(job.spool_path) if job.spool_path else None
@@ -120,10 +105,10 @@ def _in_spool(config: Config, job: Job) -> Path | None:
 
 
 def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
-    """Write the outbox file of a job whose pages are all done, archive the original, mark it done.
-    Runs under a lock shared by every finisher, so a worker and the supervisor (finishing for a
-    worker that died) never interleave, and two documents never pick the same output name."""
-    # Two workers finishing `a.pdf` and `a.png` at once must not both pick `a.md`.
+    """Write the outbox files of a job whose pages are all done (one per format of its inbox),
+    archive the original, mark it done; the first format's path, None when there was nothing to
+    do. Runs under the finishers' lock, so two documents never pick the same output name."""
+    # `a.pdf` and `a.png` finishing at once must not both pick `a.md`.
     with flocked(config.state_dir / "outbox.lock"):
         job = ledger.job(job_id)
         if job is None or job.state not in (JobState.RUNNING, JobState.QUEUED) \
@@ -134,30 +119,44 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
             log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job.inbox)
             return None
         rel = job_relative_path(config, job)
-        out = Path(job.output_path) if job.output_path else unique_path(
-            inbox.outbox / rel.with_suffix(".md"))
+        formats = config.formats_for(inbox)
+        stem = stem_of(Path(job.output_path)) if job.output_path else free_stem(
+            inbox.outbox / rel.with_suffix(""), formats)
+        out = output_path(stem, formats[0])
         ledger.set_job_paths(job_id, output_path=str(out))
-        texts = ledger.page_texts(job_id)
-        try:
-            atomic_write_text(out, assemble(texts))
-        except OSError as exc:
-            if exc.errno in TRANSIENT_ERRNOS:   # a full or read-only disk clears: wait, don't fail
-                raise OutputDelayed(f"cannot write output {out} yet: {exc.strerror or exc}") from exc
-            # a file where the outbox folder should be, permissions: the user must act (`ocrd retry`)
-            reason = f"cannot write output {out}: {exc.strerror or exc}"
-            ledger.fail_job(job_id, reason)
-            _move_failed(config, ledger, job_id, reason, "")
-            return None
         original = _in_spool(config, job)
+        pages = ledger.done_pages(job_id)
+        doc = Document(pages, original, mode=job.mode or config.mode_for(inbox))
+        if not _write(config, ledger, job_id, doc, stem, formats):
+            return None
         if original is not None:   # the output is written; if archive/ refuses, it waits in the spool
             place_original(ledger, original, plan_destination(inbox, Place.ARCHIVE, rel),
                            job_id=job_id, event="archive_failed")
         elif job.spool_path and inbox.archive and (inbox.archive / rel).exists():
             ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
         ledger.finish_job(job_id, str(out))
-    log.info("job_done", job_id=job_id, source=job.source_path, output=str(out), pages=len(texts),
-             seconds=_seconds_since(ledger.job_started_at(job_id)))
+    log.info("job_done", job_id=job_id, source=job.source_path, output=str(out), pages=len(pages),
+             formats=list(formats), seconds=_seconds_since(ledger.job_started_at(job_id)))
     return out
+
+
+def _write(config: Config, ledger: Ledger, job_id: int, doc: Document, stem: Path,
+           formats: tuple[str, ...]) -> bool:
+    """Every format written (True); a full disk raises OutputDelayed (tried again later); a format
+    that can't be made, or a folder the user must fix, fails the document (False)."""
+    try:
+        write_outputs(doc, stem, formats)
+        return True
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:   # a full or read-only disk clears: wait, don't fail
+            raise OutputDelayed(f"cannot write output {stem} yet: {exc.strerror or exc}") from exc
+        # a file where the outbox folder should be, permissions: the user must act (`ocrd retry`)
+        reason = f"cannot write output {Path(exc.filename or stem)}: {exc.strerror or exc}"
+    except FormatFailed as exc:
+        reason = str(exc)
+    ledger.fail_job(job_id, reason)
+    _move_failed(config, ledger, job_id, reason, "")
+    return False
 
 
 def _seconds_since(iso: str | None) -> float | None:

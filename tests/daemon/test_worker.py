@@ -19,6 +19,7 @@ import samples
 from configs import make_config
 from helpers import wait_for
 from ocrd.daemon.config import Config
+from ocrd.daemon.output.delivery import Delivery
 from ocrd.daemon.protocol import Message, WorkerContext, WorkerEvent
 from ocrd.daemon.worker import Worker
 from ocrd.ledger import WorkerState
@@ -34,6 +35,9 @@ class Harness:
                                           pdf={"dpi": 72})
         self.config.spool_dir.mkdir(parents=True)
         self.ledger = Ledger(self.config.db_url)
+        # the supervisor's part: the one finisher writes a document a worker says has ended
+        self.delivery = Delivery(self.config, self.ledger, workers=1, instance="test")
+        self.delivery.start()
         self.sent: list[Message] = []
         self.workers: list[Worker] = []
         self.added = 0
@@ -58,9 +62,14 @@ class Harness:
         ctx.setdefault("heartbeat_s", 0.2)
         worker = Worker(WorkerContext(worker_id=f"w{len(self.workers) + 1}", config=self.config,
                                       engine_factory=engine, **ctx),
-                        send=self.sent.append)
+                        send=self.receive)
         self.workers.append(worker)
         return worker
+
+    def receive(self, message: Message) -> None:
+        self.sent.append(message)
+        if message.event == WorkerEvent.DOCUMENT_ENDED:
+            self.delivery.wake(message.job)
 
     def pages(self, worker: Worker | None = None) -> list[tuple]:
         """(job_id, page_no, state, attempts, lease_owner) of every page, or of those a worker holds."""
@@ -78,6 +87,7 @@ class Harness:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
+        self.delivery.stop()
         self.ledger.close()
 
 
@@ -125,7 +135,8 @@ def test_a_tick_infers_one_page_and_claims_the_next_ahead(harness) -> None:
     assert h.job_state(third) == "queued"
     events = [m.event for m in h.sent]
     assert events == [WorkerEvent.LOADED, WorkerEvent.ADMITTED, WorkerEvent.BUSY, WorkerEvent.IDLE,
-                      WorkerEvent.PAGE_STORED]
+                      WorkerEvent.PAGE_STORED, WorkerEvent.DOCUMENT_ENDED]
+    assert h.sent[5].job == first                          # the finisher writes it
     assert h.sent[1].page == f"{first}:1"                  # what a crash now would charge
     assert h.sent[2].pages == 1 and h.sent[4].pages == 1   # stored with one page in flight
 
@@ -153,7 +164,8 @@ def test_recycles_after_its_page_budget(harness) -> None:
         assert ticks < 50, "the worker never reached its page budget"
     assert worker.exit_reason == "page budget" and worker.claimed == 2
     worker.stop()
-    assert [h.job_state(j) for j in jobs] == ["done", "done", "queued"]
+    wait_for(lambda: [h.job_state(j) for j in jobs] == ["done", "done", "queued"], 10, 0.02,
+             "the two pages' documents delivered")
 
 
 def test_stop_releases_the_page_claimed_ahead_without_charging_it(harness) -> None:
@@ -163,7 +175,7 @@ def test_stop_releases_the_page_claimed_ahead_without_charging_it(harness) -> No
     assert worker.start() and worker.tick()
     wait_for(lambda: h.pages(worker) == [(second, 1, "running", 1, "w1")], 10, 0.02, "claimed ahead")
     worker.stop()
-    assert h.job_state(first) == "done"
+    wait_for(lambda: h.job_state(first) == "done", 10, 0.02, "the first document delivered")
     assert [row[:4] for row in h.pages()] == [(first, 1, "done", 1), (second, 1, "queued", 0)]
     assert h.ledger.workers_status()[0]["state"] == "stopped"
 
