@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 
+from ocrd.daemon.config import FORMATS
 from ocrd.daemon.errors import first_line
 from ocrd.ledger.states import JobState
 
@@ -337,6 +338,31 @@ def show(ctx: click.Context, job_id: int, as_json: bool, as_text: bool) -> None:
     if events:
         rows = [(fmt.when(e.get("at")), e.get("kind"), fmt.one_line(e.get("detail"), 80)) for e in events]
         click.echo("\n" + fmt.table(("AT", "EVENT", "DETAIL"), rows))
+
+
+@main.command()
+@click.argument("job_ids", type=int, nargs=-1, required=True, metavar="JOB_ID...")
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="A format to write (repeat for several); default: the job's inbox's formats.")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The folder to write into (made if missing); files are never overwritten.")
+@click.pass_context
+def export(ctx: click.Context, job_ids: tuple[int, ...], formats: tuple[str, ...], to: Path) -> None:
+    """Make a done job's outputs again, from the ledger and its archived original."""
+    from ocrd.daemon.output.export import export_job
+    config = _load(ctx)
+    failed = 0
+    with _ledger(config) as ledger:
+        if ledger is None:
+            _fail(ctx, f"no ledger at {config.ledger_path}: nothing was ever ingested")
+        for job_id in job_ids:
+            done = export_job(config, ledger, job_id, tuple(dict.fromkeys(formats)) or None, to.expanduser())
+            for path in done.paths:
+                click.echo(f"job {job_id}: {path}")
+            if done.error:
+                failed += 1
+                click.echo(f"ocrd: {done.error}", err=True)
+    ctx.exit(1 if failed else 0)
 
 
 def _print_text(ctx: click.Context, ledger: Ledger, job: dict[str, Any]) -> None:

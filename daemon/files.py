@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import errno
 import fcntl
 import os
@@ -149,13 +150,26 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1024 * 1024)
 
 
+def _temp_prefix(path: Path) -> str:
+    # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
+    return "." + fit_name(path.name, NAME_MAX - 16) + "."
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` only when the block completes (temp + fsync + rename),
     with the umask's mode: for outputs a library writes itself (the searchable PDF)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp") as f:
+    with _replacing(path, _temp_prefix(path), ".tmp") as f:
         yield f
+
+
+def remove_stale_temps(path: Path) -> None:
+    """The temp files a kill -9 left while `path` was being written (atomic_write_text's and
+    atomic_writer's): only its writer, about to write it again, may call this."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(glob.escape(_temp_prefix(path)) + "*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
@@ -163,8 +177,7 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
     file follows the umask (outbox files are the user's) unless `mode` is given (PRIVATE). A file
     name in `text` that is not UTF-8 (an error naming it) is written with its own bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp adds 8 characters and the suffix to the prefix: keep the whole under NAME_MAX.
-    with _replacing(path, "." + fit_name(path.name, NAME_MAX - 16) + ".", ".tmp", mode) as f:
+    with _replacing(path, _temp_prefix(path), ".tmp", mode) as f:
         f.write(text.encode("utf-8", "surrogateescape"))
 
 

@@ -69,6 +69,16 @@ def to_markdown(boxes: list[Box]) -> str:
     return "\n\n".join(_render_block(block) for block in _cut(boxes, unit))
 
 
+def reading_order(boxes: list[Box]) -> list[Box]:
+    """The boxes in the order to_markdown reads them (blocks, then lines top to bottom, left to
+    right): the searchable PDF's text layer extracts in the markdown's order."""
+    boxes = [b for b in boxes if b.text.strip()]
+    if not boxes:
+        return []
+    unit = statistics.median(b.height for b in boxes)
+    return [box for block in _cut(boxes, unit) for line in _lines(block) for box in line]
+
+
 def _cut(boxes: list[Box], unit: float) -> list[list[Box]]:
     """The blocks of a region in reading order (recursive XY-cut)."""
     # Columns first: two columns whose paragraph breaks happen to line up must not be read
@@ -264,7 +274,7 @@ class LineEngine:
         except Exception as exc:
             raise EngineError(f"{self.name} failed: {first_line(exc, with_type=True)}") from exc
         result = finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
-        result.blocks = [Block(b.text, b.x0, b.y0, b.x1, b.y1, kind="line") for b in boxes]
+        result.blocks = [Block(b.text, b.x0, b.y0, b.x1, b.y1, kind="line") for b in reading_order(boxes)]
         return result
 
 

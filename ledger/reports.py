@@ -3,6 +3,8 @@ run by the Ledger in one read transaction (see its thin methods of the same name
 
 from __future__ import annotations
 
+import json
+
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -165,6 +167,8 @@ def show_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
     page_cols = [c for c in pages.c if c.name != "text"]
     job["pages"] = [dict(r._mapping) for r in conn.execute(
         select(*page_cols).where(pages.c.job_id == job_id).order_by(pages.c.page_no))]
+    for page in job["pages"]:   # stored as JSON text; a list here (and in `ocrd show --json`)
+        page["blocks"] = json.loads(page["blocks"]) if page["blocks"] else []
     job["events"] = [dict(r._mapping) for r in conn.execute(
         select(events).where(events.c.job_id == job_id).order_by(events.c.id))]
     return job

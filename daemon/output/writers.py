@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ocrd.ledger import DonePage
 
-from ..files import atomic_write_text, atomic_writer, fit_name, NAME_MAX
+from ..files import NAME_MAX, atomic_write_text, atomic_writer, fit_name, remove_stale_temps
 from .blocks import Block, from_dicts, parse_grounding, whole_page
 from .formats import PageRecord, to_json, to_text
 from .pdf import PageLayer, write_searchable_pdf
@@ -65,6 +65,7 @@ def write_outputs(doc: Document, stem: Path, formats: tuple[str, ...]) -> list[P
     written = []
     for fmt in formats:
         path = output_path(stem, fmt)
+        remove_stale_temps(path)          # a kill -9 mid-write of this very file
         if fmt == "pdf":
             _write_pdf(doc, records, path)
         else:

@@ -50,14 +50,18 @@ def test_hooks_and_metrics(make_daemon, tmp_path: Path) -> None:
     done, failed = by_state["done"], by_state["failed"]
     assert done["OCRD_SOURCE"] == str(d.inbox / "sub" / "photo.png")
     assert done["OCRD_OUTPUT"] == str(d.outbox / "sub" / "photo.md") and done["OCRD_ERROR"] == ""
+    assert done["OCRD_OUTPUTS"] == done["OCRD_OUTPUT"]     # one line per format: md only here
     assert Path(done["OCRD_OUTPUT"]).exists()
     assert failed["OCRD_SOURCE"] == str(d.inbox / "broken.pdf") and failed["OCRD_ERROR"]
     assert failed["OCRD_OUTPUT"] == ""
     # the hook exited 7: logged, and its job stays done
     assert d.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == 1
-    log = (d.state / "logs" / "ocrd.log").read_text()
-    hook_lines = [json.loads(line) for line in log.splitlines() if '"hook_failed"' in line]
-    assert len(hook_lines) == 2 and {h["exit_code"] for h in hook_lines} == {7}
+    def hook_lines() -> list[dict]:   # logged once the hook has exited (after it wrote its file)
+        log = (d.state / "logs" / "ocrd.log").read_text()
+        return [json.loads(line) for line in log.splitlines() if '"hook_failed"' in line]
+
+    hook_lines = wait_for(lambda: len(lines := hook_lines()) == 2 and lines, 30, 0.1, "both hooks logged")
+    assert {h["exit_code"] for h in hook_lines} == {7}
     assert all(h["output"] == "hook says hi" for h in hook_lines)
 
     status = d.status()
