@@ -14,13 +14,14 @@ A throwaway PostgreSQL server (tests/pgserver.py), then:
    none is a duplicate):
      one:      daemon A alone (`ocrd run`, [ledger] host = "a", the inbox, 1 worker);
      two:      A plus daemon B (host = "b", no [[inbox]], 1 worker): B's worker fetches the
-               document from `blobs`, and A's supervisor delivers the pages B stored (delivery.py);
+               document from `blobs`, and A's supervisor delivers the pages B stored (output/delivery.py);
      one-x2:   the control: A alone with 2 workers (the same two worker processes, one host).
    Each round runs the three in this order; each keeps its best round (the machine is noisy).
    The two-daemon run also reports how many pages each host's workers did (pages.lease_owner ->
    workers.host) and the delivery lag (the page stored -> its job done) for each host's pages:
-   A's worker writes the outbox itself, a page of B waits for A's delivery tick (every 1 s).
-   Each daemon's log is scanned for error lines and for deliveries of other hosts' pages.
+   A's delivery writes a document at once when its own worker says the last page is stored; a
+   page of B waits for A's delivery round (every 1 s). Each daemon's log is scanned for error
+   lines and the documents it delivered.
    Both daemons share this machine's cores, so two/one measures what the mechanism costs or
    gains here (blob fetch, remote delivery), not what a second machine would add; two/one-x2 is
    the mechanism against the same two workers on one host.
@@ -303,8 +304,8 @@ def _summary(runs: dict[str, list[dict]], logs: dict, hosts: list[dict], args: a
 
 
 def _log_summary(path: Path) -> dict:
-    """Errors a daemon logged (structlog JSON lines), and its supervisor's deliveries of pages
-    that a worker of another host stored (delivery.py's job_delivered)."""
+    """Errors a daemon logged (structlog JSON lines), and the documents its delivery wrote
+    (output/outbox.py's job_done: every document, whichever host's worker stored its pages)."""
     errors, delivered = [], 0
     for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
         try:
@@ -313,10 +314,10 @@ def _log_summary(path: Path) -> dict:
             continue
         if not isinstance(entry, dict):
             continue
-        delivered += entry.get("event") == "job_delivered"
+        delivered += entry.get("event") == "job_done"
         if entry.get("level") in ("error", "critical", "exception"):
             errors.append(line[:500])
-    return {"error_lines": len(errors), "errors_first": errors[:5], "jobs_delivered_for_other_hosts": delivered}
+    return {"error_lines": len(errors), "errors_first": errors[:5], "jobs_delivered": delivered}
 
 
 def _kill_workers(pg: Pg, db: str, host: str) -> None:
