@@ -56,11 +56,11 @@ def test_hooks_and_metrics(make_daemon, tmp_path: Path) -> None:
     assert failed["OCRD_OUTPUT"] == ""
     # the hook exited 7: logged, and its job stays done
     assert d.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == 1
-    def hook_lines() -> list[dict]:   # logged once the hook has exited (after it wrote its file)
+    def logged() -> list[dict]:   # a hook is logged once it has exited (after it wrote its file)
         log = (d.state / "logs" / "ocrd.log").read_text()
         return [json.loads(line) for line in log.splitlines() if '"hook_failed"' in line]
 
-    hook_lines = wait_for(lambda: len(lines := hook_lines()) == 2 and lines, 30, 0.1, "both hooks logged")
+    hook_lines = wait_for(lambda: len(lines := logged()) == 2 and lines, 30, 0.1, "both hooks logged")
     assert {h["exit_code"] for h in hook_lines} == {7}
     assert all(h["output"] == "hook says hi" for h in hook_lines)
 
