@@ -13,7 +13,7 @@ import pytest
 import samples
 from ocrd.daemon.batching import InFlightTuner, SerialSession, open_session
 from ocrd.daemon.config import ModelConfig
-from ocrd.daemon.engine import Finished, MlxSession, MlxVlmEngine
+from ocrd.daemon.engine import Finished, MlxSession, MlxVlmEngine, prefill_group
 from ocrd.daemon.errors import EngineError, PageTimeout
 from engines import CrashingEngine, FakeEngine
 
@@ -102,6 +102,21 @@ def test_batch_1_and_batch_8_both_complete_every_page(engine) -> None:
             session.close()
         assert sorted(done) == sorted(pages)
         assert all(f.result.text and f.result.generation_tokens > 0 for f in done.values())
+
+
+def test_pages_prefilled_together_read_as_each_alone_whatever_their_prompt_lengths(engine) -> None:
+    """Eight waiting pages join in one prefill (prompts of different lengths: three modes); greedy
+    decoding gives each the tokens it gets when it is prefilled alone."""
+    assert (prefill_group(1), prefill_group(2), prefill_group(16), prefill_group(64)) == (1, 1, 2, 8)
+    pages = {f"p{n}": {"max_tokens": 10, "mode": ("tiny", "base", "gundam")[n % 3]} for n in range(8)}
+    texts = {}
+    for capacity in (1, 64):
+        session = engine.open_session(capacity=capacity)
+        try:
+            texts[capacity] = {k: f.result.text for k, f in run(session, pages).items()}
+        finally:
+            session.close()
+    assert texts[64] == texts[1]
 
 
 def test_a_freed_slot_is_refilled_while_others_decode(engine) -> None:
