@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Protocol, Sequence
+
+import structlog
 
 from .config import ModelConfig
 from .errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
 from .modes import MODES
+
+_log = structlog.get_logger()
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -235,8 +239,7 @@ class MlxVlmEngine:
         import mlx_vlm
 
         try:
-            # The DeepSeek processor prints set-up lines; keep a worker's stdout clean.
-            with contextlib.redirect_stdout(sys.stderr):
+            with library_prints():
                 self.model, self.processor = mlx_vlm.load(str(local))
         except Exception as exc:
             reason = first_line(exc, with_type=True)
@@ -279,7 +282,7 @@ class MlxVlmEngine:
         kwargs = _mode_kwargs(mode) if self.model_type == "deepseekocr" else {}
         if "<image>" not in prompt:
             prompt = mlx_vlm.apply_chat_template(self.processor, self.model.config, prompt, num_images=1)
-        with contextlib.redirect_stdout(sys.stderr):
+        with library_prints():
             inputs = prepare_inputs(self.processor, images=[image], prompts=prompt,
                                     image_token_index=getattr(self.model.config, "image_token_index", None),
                                     add_special_tokens=False, **kwargs)
@@ -430,6 +433,20 @@ class MlxSession:
                     f"page timed out after {now - page.started:.0f} s ({self.page_budget_s:g} s for each "
                     f"of the {page.company} pages decoding with it)")))
         return out
+
+
+@contextlib.contextmanager
+def library_prints() -> Iterator[None]:
+    """mlx-vlm prints as it works (DeepSeek-OCR's processor says "directly resize" for every
+    page): its prints become debug events, kept out of the log and of the worker's stdout."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                _log.debug("engine_output", line=line)
 
 
 def _mode_kwargs(mode: str) -> dict[str, Any]:
