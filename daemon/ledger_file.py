@@ -181,8 +181,9 @@ def _set_aside(ledger: Path, now: datetime) -> Path | None:
     aside = ledger.with_name(f"{ledger.name}.replaced-{now.astimezone(UTC).strftime(_STAMP)}")
     os.replace(ledger, aside)
     wal = ledger.with_name(ledger.name + "-wal")
-    if wal.exists():
+    if wal.exists() and wal.stat().st_size:
         os.replace(wal, aside.with_name(aside.name + "-wal"))
+    wal.unlink(missing_ok=True)
     ledger.with_name(ledger.name + "-shm").unlink(missing_ok=True)   # rebuilt from the WAL
     fsync_dir(ledger.parent)
     return aside
