@@ -151,3 +151,40 @@ def test_no_backups_when_backup_every_is_empty(make_daemon) -> None:
     assert d.stop() == 0
     assert not (d.state / "backups").exists()
     assert "ledger_backed_up" not in [e.get("event") for e in events(d)]
+
+
+def test_a_full_state_dir_holds_new_files_and_claims_and_all_resumes_when_there_is_room(
+        small_disk, make_daemon, tmp_path: Path) -> None:
+    disk = small_disk(tmp_path / "d0" / "state", size="16m")    # the ledger, spool and log on it
+    d = make_daemon(state_dir=disk.path, max_tokens=300)
+    d.start()
+    samples.write_pdf(d.inbox / "long.pdf", 24)
+    wait_for(lambda: d.scalar("SELECT COUNT(*) FROM pages WHERE state = 'done'") >= 1, 120, 0.1,
+             "the first page done")
+    disk.fill()
+    samples.write_image(d.inbox / "late.png", "PNG")
+
+    status = wait_for(lambda: (s := d.status())["state_dir_full"] and s, 30, 0.2, "status to say why")
+    [warning] = [w for w in status["warnings"] if "disk is full" in w]
+    assert str(disk.path) in warning and "no page is claimed" in warning and "\n" not in warning
+    human = d.cli("status", check=False)
+    assert sum("disk is full" in line for line in human.stdout.splitlines()) == 1
+    def holding_back() -> set[bool]:   # said by the ingest thread (no worker_id) and by the worker
+        return {"worker_id" in e for e in events(d) if e.get("event") == "state_dir_full"}
+    wait_for(lambda: holding_back() == {True, False}, 30, 0.1, "the ingest thread and the worker to hold back")
+    queued = d.scalar("SELECT COUNT(*) FROM pages WHERE state = 'queued'")
+    assert queued > 0
+    # a heartbeat missed (the ledger can't take it) is time enough for many claims: none came
+    wait_for(lambda: (w := d.status()["workers"]) and w[0]["heartbeat_age_s"] > 7, 60, 0.5,
+             "a heartbeat missed")
+    assert d.scalar("SELECT COUNT(*) FROM pages WHERE state = 'queued'") == queued
+    assert (d.inbox / "late.png").exists() and d.query("SELECT COUNT(*) FROM jobs") == [(1,)]
+
+    disk.free()
+    assert d.wait_settled(2, timeout=300) == {"long.pdf": "done", "late.png": "done"}
+    assert (d.outbox / "long.md").read_text().count("<!-- page ") == 24 and (d.outbox / "late.md").exists()
+    assert d.scalar("SELECT COUNT(*) FROM pages WHERE state <> 'done'") == 0
+    assert d.status()["state_dir_full"] is None
+    kinds = [e.get("event") for e in events(d)]
+    assert "state_dir_has_room" in kinds and "tick_failed" not in kinds and "worker_died" not in kinds
+    assert d.stop() == 0
