@@ -90,7 +90,8 @@ def restore(ctx: click.Context, path: Path) -> None:
 
     The backup is checked first. The current ledger is kept aside as ledger.db.replaced-<time>.
     Documents newer than the backup whose files are still in the spool are queued again, under
-    their own names, when the daemon starts.
+    their own names, when the daemon starts; those the backup has unfinished that ended after
+    it (their originals left the spool) are marked failed.
     """
     from ocrd.daemon.ledger_file import BackupRefused, restore_backup
     from ocrd.daemon.lockfile import AlreadyRunning
@@ -98,7 +99,7 @@ def restore(ctx: click.Context, path: Path) -> None:
     from .main import _fail, _load
     config = _load(ctx)
     try:
-        aside = restore_backup(config, path.absolute())
+        aside, vanished = restore_backup(config, path.absolute())
     except AlreadyRunning as exc:
         _fail(ctx, f"{exc}: {_STOP_FIRST}")
     except BackupRefused as exc:
@@ -108,3 +109,6 @@ def restore(ctx: click.Context, path: Path) -> None:
     kept = f"; the ledger it replaced is kept as {aside}" if aside else ""
     click.echo(f"restored {path} as {config.ledger_path}{kept}. Start ocrd: documents the backup "
                "does not know are queued again from the spool")
+    if vanished:
+        click.echo(f"{len(vanished)} job(s) the backup has unfinished ended after it (their originals "
+                   f"left the spool): marked failed, see `ocrd show`: {', '.join(map(str, vanished))}")

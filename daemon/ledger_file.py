@@ -26,7 +26,7 @@ from typing import Any, Callable
 import structlog
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ocrd.ledger import Ledger, LedgerCorrupt
+from ocrd.ledger import JobState, Ledger, LedgerCorrupt
 from ocrd.ledger.integrity import CheckTimedOut, backup_file, check_file, open_read_only
 from ocrd.ledger.migrations import SchemaTooNew
 
@@ -138,12 +138,16 @@ def prune_backups(folder: Path, keep: int) -> list[Path]:
     return old
 
 
-def restore_backup(config: Config, backup: Path, *, now: datetime | None = None) -> Path | None:
+VANISHED = ("restored from a backup older than this document's end: its original had left the "
+            "spool (its output is in the outbox, its original in archive/ or failed/)")
+
+
+def restore_backup(config: Config, backup: Path, *, now: datetime | None = None) -> tuple[Path | None, list[int]]:
     """Put `backup` back as the ledger: refused while the daemon runs (its lock is held for the
     whole restore, so none starts meanwhile) and when the backup fails integrity_check. The
-    current file (and its -wal) is kept aside as ledger.db.replaced-<stamp>, which is returned
-    (None when there was none). The next start queues again every spool file the backup does
-    not know (reconcile.py: a lost ledger's path)."""
+    current file (and its -wal) is kept aside as ledger.db.replaced-<stamp>. The next start
+    queues again every spool file the backup does not know (reconcile.py: a lost ledger's
+    path). Returns the file kept aside (None: there was none) and the jobs failed as VANISHED."""
     if config.ledger_url:
         raise BackupRefused("the ledger is on PostgreSQL: restore it with pg_restore (README: Backups)")
     _check_backup(backup)
@@ -153,9 +157,21 @@ def restore_backup(config: Config, backup: Path, *, now: datetime | None = None)
     try:
         aside = _set_aside(config.ledger_path, now or datetime.now(UTC))
         backup_file(backup, config.ledger_path)
-        return aside
+        return aside, _fail_vanished(config)
     finally:
         lock.release()
+
+
+def _fail_vanished(config: Config) -> list[int]:
+    """Jobs the backup has queued or running whose original left the spool since (they ended
+    after the backup) fail with VANISHED, instead of being tried again and failing for a file
+    that is not there."""
+    with Ledger(config.db_url, host=config.host_name) as ledger:
+        gone = [job.id for job in ledger.jobs_in_states([JobState.QUEUED, JobState.RUNNING])
+                if job.spool_path and not Path(job.spool_path).exists()]
+        for job_id in gone:
+            ledger.fail_job(job_id, VANISHED)
+    return gone
 
 
 def _check_backup(backup: Path) -> None:

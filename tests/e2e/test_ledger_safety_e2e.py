@@ -93,6 +93,9 @@ def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_
     d.start()
     samples.write_image(d.inbox / "old.png", "PNG", n=1)
     assert d.wait_settled(1) == {"old.png": "done"}
+    d.cli("pause")                                             # documents wait in the spool
+    samples.write_image(d.inbox / "mid.png", "PNG", n=2)       # queued in the backup, done after it
+    wait_for(lambda: d.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'queued'") == 1, 60, 0.1, "mid queued")
     backup = tmp_path / "kept" / "by-hand.db"
     backup.parent.mkdir()
     made = d.cli("ledger", "backup", str(backup))              # the daemon runs meanwhile
@@ -100,9 +103,11 @@ def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_
     assert check_file(backup) == []
     refused = d.cli("ledger", "restore", str(backup), check=False)
     assert refused.returncode == 1 and f"pid {d.proc.pid}" in refused.stderr and "stop it first" in refused.stderr
+    d.cli("resume")
+    assert d.wait_settled(2) == {"old.png": "done", "mid.png": "done"}
 
-    d.cli("pause")                                             # newer documents wait in the spool
-    samples.write_image(d.inbox / "new.png", "PNG", n=2)
+    d.cli("pause")                                             # newer than the backup, still in the spool
+    samples.write_image(d.inbox / "new.png", "PNG", n=3)
     samples.write_pdf(d.inbox / "newer.pdf", 2)
     wait_for(lambda: d.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'queued'") == 2, 60, 0.1,
              "two newer documents queued")
@@ -114,11 +119,17 @@ def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_
     restored = d.cli("ledger", "restore", str(backup))
     [aside] = d.state.glob("ledger.db.replaced-*")
     assert str(aside) in restored.stdout and check_file(aside) != []   # the damaged one, kept
+    assert "1 job(s)" in restored.stdout                              # mid: ended after the backup
     assert d.cli("ledger", "check").stdout == "ok\n"
+    d.cli("resume")                                            # the backup was taken while paused
     d.start()
-    assert d.wait_settled(3) == {"old.png": "done", "new.png": "done", "newer.pdf": "done"}
-    assert sorted(p.name for p in d.outbox.iterdir()) == ["new.md", "newer.md", "old.md"]
+    assert d.wait_settled(4) == {"old.png": "done", "mid.png": "failed", "new.png": "done",
+                                 "newer.pdf": "done"}
+    assert "restored from a backup older than" in d.query("SELECT error FROM jobs WHERE state = 'failed'")[0][0]
+    assert sorted(p.name for p in d.outbox.iterdir()) == ["mid.md", "new.md", "newer.md", "old.md"]
     assert (d.outbox / "newer.md").read_text().count("<!-- page ") == 2
+    assert sorted(p.name for p in d.archive.iterdir()) == ["mid.png", "new.png", "newer.pdf", "old.png"]
+    assert not d.failed.exists() or not list(d.failed.iterdir())
     requeued = [e for e in events(d) if e.get("event") == "spool_file_unknown_to_the_ledger"]
     assert sorted(e["queued_as"] for e in requeued) == ["new.png", "newer.pdf"]
     assert d.stop() == 0
