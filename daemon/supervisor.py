@@ -214,6 +214,9 @@ class Supervisor:
         if self.corrupt is None:
             self.corrupt = exc
             log.error("ledger_corrupt", error=str(exc), note="stopping: nothing more is written to it")
+        for ledger in (self.ledger, self.ingest and self.ingest.ledger):
+            if ledger is not None:
+                ledger.refuse(exc)     # hooks, metrics, ingest: not one more write
         self.wake.set()
 
     def _stop_without_writing(self) -> None:

@@ -205,6 +205,12 @@ class Transactions:
     def _read(self, fn: Callable[[Connection], T]) -> T:
         return self._run(fn, read=True)
 
+    def refuse(self, exc: LedgerCorrupt) -> None:
+        """Refuse every later call from now on: another part of this process (or a worker) met
+        the damage, and nothing more may be written to the file."""
+        if self.corrupt is None:
+            self.corrupt = exc
+
     def _run(self, fn: Callable[[Connection], T], *, read: bool) -> T:
         if self.corrupt is not None:
             raise LedgerCorrupt(self.corrupt.path, self.corrupt.reason)

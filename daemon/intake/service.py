@@ -43,6 +43,7 @@ class IngestService:
         self.config = config
         self.on_corrupt = on_corrupt       # the ledger is damaged: whoever must stop the daemon
         self.room = RoomWatch(config.state_dir)
+        self.ledger: Ledger | None = None    # the thread's own, while it runs
         self.rescan_s, self.empty_grace_s, self.tick_s = rescan_s, empty_grace_s, tick_s
         self.reconciled = threading.Event()   # set once the start-up reconcile ran (tests wait on it)
         self._stop = threading.Event()
@@ -72,7 +73,7 @@ class IngestService:
             self._new_config = config
 
     def _run(self) -> None:
-        ledger = self._open_ledger()
+        ledger = self.ledger = self._open_ledger()
         if ledger is None:
             return
         watcher = Watcher(self.config.inboxes, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)

@@ -87,6 +87,20 @@ def test_damage_met_while_running_stops_the_daemon_at_once_and_it_writes_nothing
     assert (d.inbox / "next.png").exists() or any(p.name.endswith("next.png") for p in d.spool_files())
 
 
+def test_damage_met_by_a_worker_stops_the_daemon_too(make_daemon) -> None:
+    d = make_daemon()
+    d.start()
+    wait_for(lambda: d.query("SELECT state FROM workers") == [("idle",)], 60, 0.1, "the worker idle")
+    damage_table(d.state / "ledger.db", "workers")   # only the worker's heartbeat reads it now
+
+    assert d.proc.wait(60) == 78, d.log.read_text()[-3000:]
+    [line] = said(d)
+    assert f"the ledger {d.state / 'ledger.db'} is damaged" in line
+    [worker_said] = [e for e in events(d) if e.get("event") == "ledger_corrupt" and "worker_id" in e]
+    assert "malformed" in worker_said["error"]
+    assert "worker_died" not in [e.get("event") for e in events(d)]   # not a crash to restart from
+
+
 def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_spool(
         make_daemon, tmp_path: Path) -> None:
     d = make_daemon()
