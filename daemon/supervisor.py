@@ -26,7 +26,6 @@ from ocrd.ledger import (BACKOFF_BASE_S, DaemonInfo, Ledger, LedgerCorrupt, Ledg
                          ModelStatus, WorkerState)
 from ocrd.ledger.hosts import HostNameTaken
 
-from .ledger_file import EXIT_LEDGER_UNREADABLE, BackupService, LedgerUnreadable, open_ledger
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
@@ -36,6 +35,7 @@ from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
 from .hooks import HookRunner
 from .intake.service import IngestService
+from .ledger_file import EXIT_LEDGER_UNREADABLE, BackupService, LedgerUnreadable, open_ledger
 from .lockfile import AlreadyRunning, DaemonLock, pid_alive
 from .logs import Outage, configure_logging
 from .output.delivery import Delivery, instance_id

@@ -1,8 +1,8 @@
 """One worker process: load the engine ONCE, then keep a batch of pages decoding, with heartbeats.
 
-The pool (pool.py) starts it as `python -m ocrd.daemon.worker WORKER_ID CONTROL_FD LOG_FD` (tied to
-the supervisor by lifeline.py) and writes its `WorkerContext` to stdin. It answers with `Message`s on CONTROL_FD (protocol.py), logs
-JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
+The pool (pool.py) starts it as `python -m ocrd.daemon.worker WORKER_ID CONTROL_FD LOG_FD` (tied
+to the supervisor by lifeline.py) and writes its `WorkerContext` to stdin. It answers with
+`Message`s on CONTROL_FD (protocol.py), logs JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
 `main()` drives a `Worker` through start / tick / stop, the way huey drives its consumer processes.
 
 A page's way through: claimed with a lease (up to CLAIM_MAX at a time, one claim at a time) and

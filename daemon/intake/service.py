@@ -1,12 +1,13 @@
 """The ingest thread: reconcile the spool once, then watch the inboxes and ingest what is ready.
 
 A file that does not parse yet while young is held for its writer (ingest.Deferred); while the
-state dir's disk is full (diskspace.py), every file waits in its inbox untouched; a failure
-that is not the file's own (a full or read-only state dir) leaves the file in its inbox and tries
-again with backoff, recorded under the ledger meta key INGEST_PROBLEM for `ocrd status`. A file
-that reached the spool but could not be recorded (ingest.Unsettled: the ledger's server went
-away) is finished from its intent, with the same backoff; until it is, new files wait in their
-inboxes, where they are safest. A ledger found damaged ends the thread (the supervisor stops).
+state dir's disk is full (diskspace.py), every file waits in its inbox untouched; a failure that
+is not the file's own (a read-only state dir, a disk that filled up between two looks) leaves the
+file in its inbox and tries again with backoff, recorded under the ledger meta key INGEST_PROBLEM
+for `ocrd status`. A file that reached the spool but could not be recorded (ingest.Unsettled: the
+ledger's server went away) is finished from its intent, with the same backoff; until it is, new
+files wait in their inboxes, where they are safest. A ledger found damaged ends the thread (the
+supervisor stops the daemon).
 """
 
 from __future__ import annotations
