@@ -63,10 +63,12 @@ def run_throughput(procs: int, batch: int, pages: int, workdir: Path) -> float:
 
 
 # -- the big ledger -------------------------------------------------------------------------------
-def build_big_ledger(path: Path, total_pages: int, now: datetime, per_job: int = 100) -> dict:
+def build_big_ledger(path: Path, total_pages: int, now: datetime, per_job: int = 100,
+                     text: str = "# page\n" + "lorem ipsum " * 8) -> dict:
     """A ledger that looks like months of use: mostly done pages finished over the last 48 h
     (so the pages/min windows hold real rows), some failed, a running front, a queued tail, and
-    24 h of heartbeats from 4 workers. Returns what it made."""
+    24 h of heartbeats from 4 workers. `text` is every done page's text (bench/ledger_check.py
+    gives them a real page's length). Returns what it made."""
     Ledger(f"sqlite:///{path}").close()                    # schema through the real migrations
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
@@ -106,7 +108,7 @@ def build_big_ledger(path: Path, total_pages: int, now: datetime, per_job: int =
                               to_text(now + timedelta(seconds=60)) if pstate == "running" else None,
                               to_text(at) if pstate != "queued" else None,
                               to_text(at) if pstate == "done" else None,
-                              "# page\n" + "lorem ipsum " * 8 if pstate == "done" else None,
+                              text if pstate == "done" else None,
                               "bad page" if pstate == "failed" else None))
         if len(page_rows) >= 200_000 or j == n_jobs:
             conn.execute("BEGIN")

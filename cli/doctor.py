@@ -178,10 +178,10 @@ def check_ledger(config: Config) -> Check:
             ledger.close()
     except Exception as exc:
         return Check("ledger", False, f"cannot open {_safe_url(config)}: {first_line(exc)}",
-                     "check ledger.url / the state dir; restore the database from a backup")
+                     "check ledger.url / the state dir; stop ocrd and `ocrd ledger restore` a backup")
     if result != "ok":
         return Check("ledger", False, f"integrity check: {result}",
-                     "stop the daemon and restore ledger.db from a backup (sqlite3 .recover)")
+                     "stop ocrd and `ocrd ledger restore` a backup (README: When the ledger is damaged)")
     if status is not None and status.state != ModelState.OK:
         return Check("ledger", True, f"integrity ok; the daemon last reported the model {status.describe()}",
                      warn=True)

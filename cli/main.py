@@ -53,20 +53,28 @@ def _fail(ctx: click.Context, message: str, code: int = 1) -> None:
 @contextlib.contextmanager
 def _ledger(config: Config, *, create: bool = False) -> Iterator[Ledger | None]:
     """The ledger, or None when it does not exist yet and `create` is False (read-only commands
-    must not create a state dir as a side effect)."""
+    must not create a state dir as a side effect). Any ledger error, opening it or during the
+    command (a damaged page, a server gone), ends the command with one line and exit 1."""
     if not config.ledger_url and not config.ledger_path.exists():
         if not create:
             yield None
             return
         config.state_dir.mkdir(parents=True, exist_ok=True)
-    from ocrd.ledger import Ledger
+    from ocrd.ledger import Ledger, LedgerCorrupt, LedgerUnreachable
+    from sqlalchemy.exc import DatabaseError
     try:
         ledger = Ledger(config.db_url, host=config.host_name)
-    except Exception as exc:  # corrupt file, unreachable server, newer schema...
+    except LedgerCorrupt as exc:
+        _fail(click.get_current_context(), str(exc))
+    except Exception as exc:  # unreachable server, newer schema...
         _fail(click.get_current_context(),
               f"cannot open the ledger {_where(config)}: {first_line(exc)} (see `ocrd doctor`)")
     try:
         yield ledger
+    except (LedgerCorrupt, LedgerUnreachable) as exc:   # met by the command itself: one line each
+        _fail(click.get_current_context(), str(exc))
+    except DatabaseError as exc:
+        _fail(click.get_current_context(), f"the ledger {_where(config)}: {first_line(exc)}")
     finally:
         ledger.close()
 
@@ -461,6 +469,13 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         checks = [Check("config", False, str(exc), "fix that key in the config file")]
     click.echo(fmt.to_json([c.__dict__ for c in checks]) if as_json else render_checks(checks))
     ctx.exit(0 if all(c.ok for c in checks) else 1)
+
+
+# `ocrd ledger check | backup | restore`, in a module of its own (it imports this one's helpers
+# when a command runs)
+from .ledger_commands import ledger as _ledger_group  # noqa: E402
+
+main.add_command(_ledger_group)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from ocrd.daemon.config import Config
+from ocrd.daemon.diskspace import space_problem
 from ocrd.daemon.device import (
     CPU_WARNING,
     DEFAULT_MODEL_BYTES,
@@ -67,6 +68,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         busy = ledger.running_jobs()
         hosts = ledger.hosts_status()
     device = _device_of(info, pid is not None)
+    full = space_problem(config.state_dir)
 
     ppm = rate.get("pages_per_min")
     waiting = counts["pages"][PageState.QUEUED] + counts["pages"][PageState.RUNNING]
@@ -101,8 +103,10 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "running_jobs": _running_jobs(config, busy, ppm if running else None, live=running),
         "warnings": _status_warnings(device, model, running, waiting, workers,
                                      engine=info.engine if running and info is not None else None)
-                    + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name),
+                    + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name)
+                    + ([full] if full else []),
         "state_dir": str(config.state_dir),
+        "state_dir_full": full,        # why nothing is ingested or claimed, on a full disk
     }, model
 
 

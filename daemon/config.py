@@ -115,6 +115,8 @@ class Config:
     state_dir: Path
     ledger_url: str = ""
     host: str = ""                # [ledger] host: this host's name in a shared ledger ("": hostname)
+    backup_every_s: float = 24 * 3600.0   # [ledger] backup_every ("24h"); 0: no backups (daemon/backups.py)
+    backup_keep: int = 7                  # [ledger] backup_keep: the newest this many are kept
     model: ModelConfig = field(default_factory=ModelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
@@ -141,6 +143,10 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.state_dir / "backups"
 
     @property
     def lock_path(self) -> Path:
@@ -239,6 +245,8 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     host = ledger.str("host", Config.host)
     if host != host.strip() or any(c.isspace() or not c.isprintable() for c in host):
         raise ConfigError(f"ledger.host: must be a name without spaces, not {host!r}")
+    backup_every_s = _duration(ledger, "backup_every", Config.backup_every_s)
+    backup_keep = ledger.int("backup_keep", Config.backup_keep, low=1)
     ledger.done()
 
     inboxes = tuple(_parse_inbox(t, n) for n, t in enumerate(inbox_list))
@@ -249,6 +257,8 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         state_dir=state,
         ledger_url=url,
         host=host,
+        backup_every_s=backup_every_s,
+        backup_keep=backup_keep,
         model=model_cfg,
         workers=workers_cfg,
         pdf=pdf_cfg,
@@ -364,6 +374,23 @@ def _memory_budget(workers: _Reader) -> int | float | None:
         return value
     raise workers.fail("memory_budget", 'must be "auto", a size of at least 1MB such as "12GB", or a '
                        'fraction in (0, 1]', value)
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(table: _Reader, key: str, default_s: float) -> float:
+    """A duration such as "90s", "30m", "24h" or "7d" in seconds; "" or "0" is 0 (off)."""
+    value = table.get(key, None)
+    if value is None:
+        return default_s
+    if (isinstance(value, str) and value.strip() in ("", "0")) or (type(value) is int and value == 0):
+        return 0.0
+    text = value.strip().lower() if isinstance(value, str) else ""
+    with contextlib.suppress(ValueError):
+        if text[-1:] in _SECONDS and 0 < float(text[:-1]) < float("inf"):
+            return float(text[:-1]) * _SECONDS[text[-1]]
+    raise table.fail(key, 'must be a duration such as "24h", "30m", "7d", or "" (off)', value)
 
 
 def _path(value: str) -> Path:

@@ -19,6 +19,7 @@ import structlog
 
 from .engine import model_size_bytes
 from .engines import LINE_ENGINE_BYTES
+from .lifeline import child_argv
 from .modes import MODES
 
 if TYPE_CHECKING:
@@ -138,7 +139,8 @@ def probe_device(python: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) 
 
 
 def _probe_child(python: str, timeout_s: float) -> DeviceInfo:
-    done = subprocess.run([python, "-m", "ocrd.daemon.device"], capture_output=True, text=True,
+    # tied to this process (lifeline.py): a probe outliving a killed daemon holds a GPU context
+    done = subprocess.run(child_argv("ocrd.daemon.device", python=python), capture_output=True, text=True,
                           timeout=timeout_s, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no message"])[-1]

@@ -60,6 +60,19 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def pid_alive(pid: int | None) -> bool:
+    """A process with this pid exists (it may be another user's)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def running_pid(path: Path) -> int | None:
     """The pid of the daemon holding the lock, or None when no daemon runs."""
     try:

@@ -40,8 +40,8 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
     handlers: list[logging.Handler] = []
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        file_handler = logging.handlers.RotatingFileHandler(
-            log_dir / "ocrd.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
+        file_handler = _LogFile(log_dir / "ocrd.log", maxBytes=10 * 1024 * 1024, backupCount=5,
+                                encoding="utf-8")
         os.chmod(log_dir / "ocrd.log", 0o600)   # page text and paths: the daemon's alone
         file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         handlers.append(file_handler)
@@ -69,6 +69,31 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
     )
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The log file in the state dir. When its disk is full, logging's default would print a
+    traceback to stderr for every event; this says so once, in one line (the events still reach
+    stderr through the other handler), and says nothing more until a write has worked again."""
+
+    _failing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)
+        if self._failing and not self._failed:
+            self._failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._failed = True
+        if not self._failing:
+            self._failing = True
+            sys.stderr.write(f"ocrd: cannot write the log file {self.baseFilename} ({exc.strerror or exc}): "
+                             "its events go to stderr only until it can\n")
+
+
 def _formatter(renderer: structlog.types.Processor) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -90,27 +115,31 @@ def configure_worker_logging(channel: IO[str]) -> None:
 
 
 class Outage:
-    """A ledger server that went away: said once when it starts (and every `every_s` while it
-    lasts), once when it ends; a 40 s outage makes three lines, not a traceback every tick."""
+    """A ledger server that went away (or a ledger whose disk is full): said once when it starts
+    (and every `every_s` while it lasts), once when it ends; a 40 s outage makes three lines, not
+    a traceback every tick."""
 
     def __init__(self, log: structlog.typing.FilteringBoundLogger, *, every_s: float = 60.0) -> None:
         self.log, self.every_s = log, every_s
         self.since: float | None = None
+        self.full = False                # this outage is a full disk, not a server away
         self._said = float("-inf")
 
     def down(self, exc: BaseException, **fields: object) -> None:
+        from ocrd.ledger import LedgerFull   # the ledger's disk is full: the same wait, its own words
         now = time.monotonic()
         if self.since is None:
-            self.since = now
+            self.since, self.full = now, isinstance(exc, LedgerFull)
         if now - self._said >= self.every_s:
             self._said = now
-            self.log.warning("ledger_unreachable", error=str(exc), for_s=round(now - self.since, 1),
-                             **fields)
+            self.log.warning("ledger_full" if self.full else "ledger_unreachable", error=str(exc),
+                             for_s=round(now - self.since, 1), **fields)
 
     def up(self) -> bool:
         """True when this ends an outage."""
         if self.since is None:
             return False
-        self.log.info("ledger_reachable", after_s=round(time.monotonic() - self.since, 1))
+        self.log.info("ledger_writable" if self.full else "ledger_reachable",
+                      after_s=round(time.monotonic() - self.since, 1))
         self.since, self._said = None, float("-inf")
         return True

@@ -130,12 +130,15 @@ class MetricsServer:
         log.info("metrics_serving", url=self.url)
         return self.url
 
-    def stop(self) -> None:
+    def stop(self, *, clear_url: bool = True) -> None:
+        """Stop serving; `clear_url` False leaves the ledger alone (a damaged one: no writes)."""
         if self._server is None:
             return
         self._server.shutdown()
         self._server.server_close()
         self._server = None
+        if not clear_url:
+            return
         try:
             self.ledger.set_meta(URL_KEY, None)
         except Exception as exc:  # stopping anyway; status only shows a stale URL

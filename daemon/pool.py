@@ -16,7 +16,6 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import IO, Callable
 
 import structlog
 
+from .lifeline import child_argv
 from .protocol import Message, WorkerContext, WorkerEvent, send_context
 
 log = structlog.get_logger()
@@ -123,7 +123,8 @@ class WorkerPool:
 
     # -- start ----------------------------------------------------------------------------------
     def start_worker(self, ctx: WorkerContext) -> int:
-        """Spawn `python -m ocrd.daemon.worker`; returns its pid."""
+        """Spawn `python -m ocrd.daemon.worker`, tied to this process (lifeline.py); returns its
+        pid. Called on the thread that runs the supervisor, which lives as long as the workers."""
         control_r, control_w = os.pipe()
         log_r, log_w = os.pipe()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -131,7 +132,7 @@ class WorkerPool:
             env["CUDA_VISIBLE_DEVICES"] = str(ctx.gpu)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ocrd.daemon.worker", ctx.worker_id, str(control_w), str(log_w)],
+                child_argv("ocrd.daemon.worker", ctx.worker_id, str(control_w), str(log_w)),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 pass_fds=(control_w, log_w), env=env)
         finally:

@@ -22,6 +22,7 @@ from .config import Config
 from .engine import DEFAULT_ENGINE
 
 EXIT_MODEL_UNAVAILABLE = 3     # the worker's exit status when the model could not be loaded
+EXIT_LEDGER_CORRUPT = 78       # ... when it found the ledger damaged (it wrote nothing more)
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,14 @@ class WorkerEvent(StrEnum):
                                    # with `pages` pages in flight
     DOCUMENT_ENDED = "document_ended"  # job `job`'s last page was stored, or a page failed it:
                                    # the supervisor's delivery writes its outputs or moves it to failed/
+    LEDGER_CORRUPT = "ledger_corrupt"   # the ledger is damaged (reason); the worker exits 78
 
 
 @dataclass(frozen=True)
 class Message:
     event: WorkerEvent
     pages: int = 0                 # BUSY, PAGE_STORED
-    reason: str = ""               # LOAD_FAILED
+    reason: str = ""               # LOAD_FAILED, LEDGER_CORRUPT
     seconds: float = 0.0           # LOADED: load time
     weights_bytes: int = 0         # LOADED: memory held once the model is loaded
     peak_memory_bytes: int = 0     # PAGE_STORED

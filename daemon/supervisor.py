@@ -20,31 +20,30 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import structlog
-from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ocrd.ledger import (BACKOFF_BASE_S, DaemonInfo, Ledger, LedgerUnreachable, ModelState, ModelStatus,
-                         WorkerState)
+from ocrd.ledger import (BACKOFF_BASE_S, DaemonInfo, Ledger, LedgerCorrupt, LedgerUnreachable, ModelState,
+                         ModelStatus, WorkerState)
 from ocrd.ledger.hosts import HostNameTaken
-from ocrd.ledger.migrations import SchemaTooNew
 
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
 from .engine import model_size_bytes
 from .engines import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
-from .errors import OcrdError, PageTimeout, WorkerDied, first_line
+from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
 from .hooks import HookRunner
 from .intake.service import IngestService
-from .lockfile import AlreadyRunning, DaemonLock
+from .ledger_file import EXIT_LEDGER_UNREADABLE, BackupService, LedgerUnreadable, open_ledger
+from .lockfile import AlreadyRunning, DaemonLock, pid_alive
 from .logs import Outage, configure_logging
 from .output.delivery import Delivery, instance_id
 from .output.writers import output_path, stem_of
 from .pool import Exit, WorkerPool
-from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent
+from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext,
+                       WorkerEvent)
 
 log = structlog.get_logger()
 
@@ -52,26 +51,6 @@ log = structlog.get_logger()
 # heartbeats every lease/4, so a lost worker's pages come back in seconds, not a minute.
 _TEST_LEASE_S = float(os.environ.get("OCRD_TEST_LEASE_S") or 0)
 WARM_STOP_S = 25.0                 # launchd's ExitTimeOut is 60 s, systemd's TimeoutStopSec 60 s
-EXIT_LEDGER_UNREADABLE = 78        # EX_CONFIG: the systemd unit's RestartPreventExitStatus
-
-
-class LedgerUnreadable(RuntimeError):
-    """The ledger file is not a database (corrupt) or was written by a newer ocrd: one line."""
-
-
-def open_ledger(config: Config, **kwargs: Any) -> Ledger:
-    """The daemon's ledger, or LedgerUnreadable naming the file and what to do. A server that is
-    down (PostgreSQL) or a lock stays an OperationalError: that one a restart may cure."""
-    try:
-        return Ledger(config.db_url, host=config.host_name, **kwargs)
-    except SchemaTooNew as exc:
-        raise LedgerUnreadable(f"the ledger {config.ledger_path} is from a newer ocrd ({exc}): "
-                               "upgrade ocrd, or move the file aside to start a new ledger") from None
-    except DatabaseError as exc:
-        if isinstance(exc, OperationalError):
-            raise
-        raise LedgerUnreadable(f"the ledger {config.ledger_path} cannot be read ({first_line(exc)}): "
-                               "run `ocrd doctor`; move the file aside to start a new ledger") from None
 
 
 @dataclass(frozen=True)
@@ -116,6 +95,9 @@ class Supervisor:
         self.hooks = HookRunner(config.hooks)
         self.hooks.outputs_of = self._outputs_of
         self.metrics = None              # a MetricsServer while [metrics] listen is set
+        self.backups: BackupService | None = None
+        self.corrupt: LedgerCorrupt | None = None   # the ledger is damaged: stop, writing nothing
+        self.wake = threading.Event()    # run_daemon's loop: a signal, or the ledger found damaged
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,7 +109,9 @@ class Supervisor:
                 log.error("new_ledger_started", ledger=str(self.config.ledger_path), spool_files=len(spooled),
                           note="the ledger was missing: a new one is started and the spool's files "
                                "are queued again under their original names")
-        self.ledger = open_ledger(self.config, backoff_base_s=self.settings.backoff_base_s)
+        self.ledger, checked = open_ledger(self.config, backoff_base_s=self.settings.backoff_base_s,
+                                           on_corrupt=self._on_corrupt)
+        self.backups = BackupService(self.config, self._on_corrupt, check_first=not checked)
         instance = instance_id(self.config)
         self.ledger.take_host_name(instance)   # before writing this host's rows
         # detected in a child process: probing in this one would hold a GPU context all its life
@@ -160,12 +144,15 @@ class Supervisor:
         self.metrics = MetricsServer(self.config.metrics, self.ledger)
         self.metrics.start()
         self.ingest = IngestService(self.config, rescan_s=self.settings.rescan_s,
-                                    empty_grace_s=self.settings.empty_grace_s)
+                                    empty_grace_s=self.settings.empty_grace_s, on_corrupt=self._on_corrupt)
         self.ingest.start()
+        self.backups.start()
 
     def tick(self, now: float | None = None) -> None:
         """One round of supervision; `now` is time.monotonic() (a seam for tests)."""
         now = time.monotonic() if now is None else now
+        if self.corrupt is not None:
+            return
         exits = self.pool.reap()
         for worker_id, message in self.pool.drain_events():
             self._on_message(worker_id, message)
@@ -196,6 +183,11 @@ class Supervisor:
             self.ingest.stop()
         if self.ledger is None:
             return
+        if self.corrupt is not None:
+            self._stop_without_writing()
+            return
+        if self.backups is not None:
+            self.backups.stop()
         for ended in self.pool.stop(deadline_s, cold):
             released = self.ledger.release_pages(ended.worker_id)
             if released:
@@ -220,6 +212,29 @@ class Supervisor:
             log.exception("host_stop_failed")
         self.ledger.close()
 
+    def _on_corrupt(self, exc: LedgerCorrupt) -> None:
+        """The ledger is damaged (found by any thread here, a worker, or the backup thread's
+        check): run_daemon stops at once, and nothing more is written."""
+        if self.corrupt is None:
+            self.corrupt = exc
+            log.error("ledger_corrupt", error=str(exc), note="stopping: nothing more is written to it")
+        for ledger in (self.ledger, self.ingest and self.ingest.ledger):
+            if ledger is not None:
+                ledger.refuse(exc)     # hooks, metrics, ingest: not one more write
+        self.wake.set()
+
+    def _stop_without_writing(self) -> None:
+        """Stop on a damaged ledger: workers are killed at once (a warm stop would store their
+        pages), no page is given back and no worker marked; a restored ledger's next start gets
+        their pages back (_recover_previous_run)."""
+        self.pool.stop(0.0)
+        if self.backups is not None:
+            self.backups.stop()
+        if self.metrics is not None:
+            self.metrics.stop(clear_url=False)
+        self.hooks.stop(wait_s=0.0)
+        self.ledger.close()
+
     def reload(self, config: Config) -> None:
         """SIGHUP: a new inbox list for the watcher, new settings for the workers (they re-read the
         config between pages: a mode or prompt applies to the next page). A new model (path or
@@ -228,6 +243,7 @@ class Supervisor:
         old = self.config.model
         self.config = config
         self.hooks.reload(config.hooks)
+        self.backups.reload(config)
         self.delivery.reload(config, self.plan.count)
         if self.ingest is not None:
             self.ingest.reload(config)
@@ -246,7 +262,11 @@ class Supervisor:
 
     # -- what the workers said and how they ended ------------------------------------------------
     def _on_message(self, worker_id: str, message: Message) -> None:
-        if message.event == WorkerEvent.LOADED:
+        if message.event == WorkerEvent.LEDGER_CORRUPT:
+            self._on_corrupt(LedgerCorrupt(str(self.config.ledger_path), message.reason))
+        elif self.corrupt is not None:
+            return                       # nothing more is written
+        elif message.event == WorkerEvent.LOADED:
             if not self.model_ok:
                 self.model_ok = True
                 self.pool.model_backoff.reset()
@@ -275,6 +295,10 @@ class Supervisor:
             self.peak_seen = max(self.peak_seen, peak)
 
     def _on_exit(self, ended: Exit, now: float) -> None:
+        if ended.code == EXIT_LEDGER_CORRUPT:   # its LEDGER_CORRUPT message said why
+            self._on_corrupt(LedgerCorrupt(str(self.config.ledger_path), "a worker found it damaged"))
+        if self.corrupt is not None:
+            return
         if ended.timed_out:
             limit = self.config.model.page_timeout_s
             self._fail_held_pages(ended.worker_id, PageTimeout(f"page timed out after {limit:g} s"))
@@ -335,7 +359,7 @@ class Supervisor:
                 released = self.ledger.release_pages(worker["id"])
                 if released:
                     log.warning("pages_recovered", worker_id=worker["id"], pages=released,
-                                pid_alive=_pid_alive(worker["pid"]))
+                                pid_alive=pid_alive(worker["pid"]))
         self.ledger.mark_workers_dead(self.host, alive_ids=[])
         self.delivery.tick(force=True)
 
@@ -396,18 +420,6 @@ class Supervisor:
             log.info("worker_started", worker_id=ctx.worker_id, pid=pid)
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) about readiness; a no-op elsewhere."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -424,7 +436,8 @@ def sd_notify(message: str) -> None:
 
 
 def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float = 0.5) -> int:
-    """Run the supervisor in the foreground until SIGTERM/SIGINT; the exit code for `ocrd run`."""
+    """Run the supervisor in the foreground until SIGTERM/SIGINT; the exit code for `ocrd run`:
+    78 (EXIT_LEDGER_UNREADABLE) when the ledger is found damaged, at start or at any later moment."""
     configure_logging(config.log_dir)
     lock = DaemonLock(config.lock_path)
     try:
@@ -432,7 +445,8 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
     except AlreadyRunning as exc:
         print(f"ocrd: {exc}", file=sys.stderr)
         return 1
-    wake, cold, reload = threading.Event(), threading.Event(), threading.Event()
+    supervisor = Supervisor(config, settings)
+    wake, cold, reload = supervisor.wake, threading.Event(), threading.Event()
     stops = []
 
     def on_stop(signum: int, _frame: object) -> None:
@@ -448,43 +462,52 @@ def run_daemon(config: Config, *, settings: Settings = Settings(), tick_s: float
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    supervisor = Supervisor(config, settings)
     log.info("daemon_starting", pid=os.getpid(), config=str(config.source), state_dir=str(config.state_dir),
              log=str(config.log_dir / "ocrd.log"))
     try:
         try:
             supervisor.start()
-        except (LedgerUnreadable, HostNameTaken) as exc:   # a restart won't help either
-            log.error("ledger_unreadable" if isinstance(exc, LedgerUnreadable) else "host_name_taken",
+        except (LedgerUnreadable, HostNameTaken, LedgerCorrupt) as exc:   # a restart won't help either
+            log.error("host_name_taken" if isinstance(exc, HostNameTaken) else "ledger_unreadable",
                       error=str(exc), note="nothing is ingested until it is fixed")
             print(f"ocrd: {exc}", file=sys.stderr)
             return EXIT_LEDGER_UNREADABLE
-        notified, outage = False, Outage(log)
-        while not stops:
-            try:
-                supervisor.tick()
-                if outage.up():
-                    supervisor.after_outage()
-            except LedgerUnreachable as exc:   # a server restarting: said once, not every tick
-                outage.down(exc)
-                supervisor.after_outage()
-            except Exception:  # log and go on: the daemon outlives any one bad tick
-                log.exception("tick_failed")
-            if not notified and supervisor.ready.is_set():
-                _announce_ready(supervisor)
-                notified = True
-            if reload.is_set():
-                reload.clear()
-                _reload(supervisor)
-            wake.wait(tick_s)
-            wake.clear()
-        log.info("daemon_stopping", signal=signal.Signals(stops[0]).name)
+        _supervise(supervisor, stops, reload, tick_s)
         sd_notify("STOPPING=1")
+        if supervisor.corrupt is not None:
+            print(f"ocrd: {supervisor.corrupt}", file=sys.stderr)
+            return EXIT_LEDGER_UNREADABLE
+        log.info("daemon_stopping", signal=signal.Signals(stops[0]).name)
     finally:
         supervisor.stop(cold=cold)
         lock.release()
         log.info("daemon_stopped")
     return 0
+
+
+def _supervise(supervisor: Supervisor, stops: list[int], reload: threading.Event, tick_s: float) -> None:
+    """Tick until a stop signal, or until the ledger is found damaged."""
+    notified, outage = False, Outage(log)
+    while not stops and supervisor.corrupt is None:
+        try:
+            supervisor.tick()
+            if outage.up():
+                supervisor.after_outage()
+        except LedgerCorrupt:    # said by Supervisor._on_corrupt; the loop ends
+            continue
+        except LedgerUnreachable as exc:   # a server restarting, a full disk: said once, not every tick
+            outage.down(exc)
+            supervisor.after_outage()
+        except Exception:  # log and go on: the daemon outlives any one bad tick
+            log.exception("tick_failed")
+        if not notified and supervisor.ready.is_set():
+            _announce_ready(supervisor)
+            notified = True
+        if reload.is_set():
+            reload.clear()
+            _reload(supervisor)
+        supervisor.wake.wait(tick_s)
+        supervisor.wake.clear()
 
 
 def _announce_ready(supervisor: Supervisor) -> None:

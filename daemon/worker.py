@@ -1,8 +1,8 @@
 """One worker process: load the engine ONCE, then keep a batch of pages decoding, with heartbeats.
 
-The pool (pool.py) starts it as `python -m ocrd.daemon.worker WORKER_ID CONTROL_FD LOG_FD` and
-writes its `WorkerContext` to stdin. It answers with `Message`s on CONTROL_FD (protocol.py), logs
-JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
+The pool (pool.py) starts it as `python -m ocrd.daemon.worker WORKER_ID CONTROL_FD LOG_FD` (tied
+to the supervisor by lifeline.py) and writes its `WorkerContext` to stdin. It answers with
+`Message`s on CONTROL_FD (protocol.py), logs JSON lines on LOG_FD, and whatever mlx-vlm prints on stdout ends up in the log, never in a terminal.
 `main()` drives a `Worker` through start / tick / stop, the way huey drives its consumer processes.
 
 A page's way through: claimed with a lease (up to CLAIM_MAX at a time, one claim at a time) and
@@ -28,20 +28,22 @@ from typing import Callable
 import structlog
 from PIL import Image
 
-from ocrd.ledger import ClaimedPage, Ledger, LedgerUnreachable, WorkerState
+from ocrd.ledger import ClaimedPage, Ledger, LedgerCorrupt, LedgerUnreachable, WorkerState
 
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
 from .engines import name_of
 from .output.blocks import parse_grounding, to_dicts
+from .diskspace import RoomWatch
 from .output.delivery import fetched_dir
 from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
                      take_peak_memory)
 from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import Outage, configure_worker_logging
-from .protocol import EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent, read_context, sender
+from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent,
+                       read_context, sender)
 from .render import render_page
 
 Rendering = Future[Image.Image | None]    # None: the page could not be rendered (failed already)
@@ -107,12 +109,14 @@ class Worker:
         self.peak_bytes = 0                # the most memory any stretch of decoding took
         self._worked = False               # decoded since it last had nothing in hand
         self._paused: tuple[float, bool] = (float("-inf"), False)   # (checked at, paused)
+        self.room = RoomWatch(self.config.state_dir, self.log)      # no claims on a full disk
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> bool:
         """Register and load the model; False when it can't be loaded (pages stay queued)."""
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s,
-                             host=self.config.host_name, pool_size=RENDER_THREADS + 1)
+                             host=self.config.host_name, pool_size=RENDER_THREADS + 1,
+                             on_corrupt=self._ledger_corrupt)
         device = detect_device()
         self.backend = device.backend
         self.ledger.register_worker(self.ctx.worker_id, host=self.ledger.host, pid=os.getpid(),
@@ -200,7 +204,7 @@ class Worker:
     # -- claim and render (io threads) -> ready -> admitted -----------------------------------------
     def _claim_ahead(self) -> None:
         """Keep the session full and READY_AHEAD pages rendered behind it."""
-        if self._is_paused():
+        if self._is_paused() or self.room.problem() is not None:
             return
         if self._claim is not None or time.monotonic() < self._claim_after:
             return                     # one claim at a time; an empty queue is asked again later
@@ -224,6 +228,13 @@ class Worker:
                 self.log.info("claims_paused" if paused else "claims_resumed")
             self._paused = (now, paused)
         return self._paused[1]
+
+    def _ledger_corrupt(self, exc: LedgerCorrupt) -> None:
+        """The ledger is damaged (met on any thread): tell the supervisor and exit at once, so
+        that nothing more is written to it (stop() would release pages and mark this worker)."""
+        self.log.error("ledger_corrupt", error=str(exc))
+        self.send(Message(WorkerEvent.LEDGER_CORRUPT, reason=exc.reason))
+        os._exit(EXIT_LEDGER_CORRUPT)
 
     def _collect_claim(self, *, wait: bool) -> None:
         if self._claim is not None and (wait or self._claim.done()):
@@ -471,7 +482,7 @@ class Worker:
         parent = os.getppid()
         while True:
             self._beat_once()
-            if os.getppid() != parent:  # the supervisor died (macOS has no PDEATHSIG)
+            if os.getppid() != parent:  # the supervisor died (macOS has no PDEATHSIG: lifeline.py)
                 self.log.error("supervisor_gone")
                 os._exit(1)
             # Beats go on through a warm stop, so the lease of the page in hand stays renewed.
@@ -508,18 +519,6 @@ class Worker:
                       batch=self.tuner.limit, pages_in_flight=self.in_flight, **stats, **extra)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the supervisor dies, even by kill -9. (The "parent" is the
-    thread that spawned the worker: the supervisor spawns from the thread that runs it, always.)"""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     _worker_id, control_fd, log_fd = argv[1:4]
@@ -528,7 +527,6 @@ def main(argv: list[str] | None = None) -> int:
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # warm stop: finish the page in hand
     signal.signal(signal.SIGHUP, lambda *_: reload.set())  # re-read the config between pages
-    _die_with_parent()
     sys.path.extend(p for p in ctx.sys_path if p not in sys.path)
     log, control = (os.fdopen(int(fd), "w", buffering=1, encoding="utf-8") for fd in (log_fd, control_fd))
     configure_worker_logging(log)

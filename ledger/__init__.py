@@ -15,10 +15,10 @@ if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imp
     from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus,  # noqa: F401
                          OnDuplicate, PageState, TransitionError, WorkerState)
     from .store import BACKOFF_BASE_S, Ledger  # noqa: F401
-    from ._engine import LedgerUnreachable  # noqa: F401
+    from ._engine import LedgerCorrupt, LedgerFull, LedgerUnreachable  # noqa: F401
 
 _HOME = {
-    "LedgerUnreachable": "_engine",
+    **dict.fromkeys(("LedgerCorrupt", "LedgerFull", "LedgerUnreachable"), "_engine"),
     **dict.fromkeys(("BACKOFF_BASE_S", "Ledger"), "store"),
     **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "DonePage", "Job", "PageOutcome"), "records"),
     **dict.fromkeys(("ENDED_WORKER_STATES", "JobState", "ModelState", "ModelStatus", "OnDuplicate",

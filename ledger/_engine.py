@@ -17,7 +17,9 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InternalError, OperationalError
+from sqlalchemy.exc import DatabaseError, InternalError, OperationalError
+
+from .integrity import is_corruption
 
 T = TypeVar("T")
 
@@ -26,7 +28,8 @@ RETRY_FOR_S = 120.0                  # on top of busy_timeout: only a wedged wri
 RECONNECT_FOR_S = 10.0               # a lost server connection is retried this long (a killed
                                      # backend, a restart), then LedgerUnreachable: callers back off
 CONNECT_TIMEOUT_S = 10               # a frozen server must not hang `ocrd status`
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+_PG_DISK_FULL = "53100"
 # serialization_failure, deadlock_detected, lock_not_available (lock_timeout = busy_timeout),
 # idle_in_transaction_session_timeout (the server ended a session that slept mid-transaction: it
 # was rolled back whole, and runs again on a new connection)
@@ -38,6 +41,23 @@ _PG_GONE = frozenset({"57P01", "57P02", "57P03"})
 class LedgerUnreachable(Exception):
     """The database server can't be reached (down, restarting, the connection lost) for longer
     than RECONNECT_FOR_S. Not the data's fault: whoever gets it waits and tries again."""
+
+
+class LedgerFull(LedgerUnreachable):
+    """The ledger's disk is full (SQLITE_FULL; PostgreSQL's disk_full): the transaction was
+    rolled back whole. Like an unreachable server it is nobody's fault and passes by itself, so
+    it is one: whoever gets it keeps what it holds, waits and tries again."""
+
+
+class LedgerCorrupt(Exception):
+    """SQLite says the ledger file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB): a bad page from a
+    failing disk, a sync tool or a torn copy. Nothing retries it and nothing may write on: the
+    daemon stops (exit 78) and every command says this one line, naming the file and the fix."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"the ledger {path} is damaged ({reason}): restore a backup with `ocrd "
+                         "ledger restore PATH` once ocrd is stopped (README: When the ledger is damaged)")
+        self.path, self.reason = path, reason
 
 
 def make_sql_engine(url: str, busy_timeout_ms: int, pool_size: int) -> Engine:
@@ -100,6 +120,14 @@ def is_busy(exc: OperationalError | InternalError) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
+def is_full(exc: OperationalError | InternalError) -> bool:
+    """No room on the ledger's disk: SQLite's SQLITE_FULL, PostgreSQL's disk_full."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == _SQLITE_FULL
+    return getattr(exc.orig, "sqlstate", None) == _PG_DISK_FULL
+
+
 def is_disconnect(exc: OperationalError | InternalError) -> bool:
     """PostgreSQL's connection is gone or can't be made (server down, restarting, the backend
     killed): the transaction was rolled back, or never began. SQLite has no connection to lose."""
@@ -117,6 +145,7 @@ def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool
     A lock conflict past busy_timeout is retried (whole transaction) with jittered backoff, so a
     "database is locked" only reaches the caller after RETRY_FOR_S more seconds. A lost server
     connection is retried the same way for RECONNECT_FOR_S, then raised as LedgerUnreachable.
+    A full disk is LedgerFull at once, a damaged SQLite file LedgerCorrupt.
     (Every transaction here is safe to run again: state changes are conditional, inserts keyed.)
     A callable, not a context manager: only a callable can be run again whole."""
     deadline = time.monotonic() + RETRY_FOR_S
@@ -134,14 +163,64 @@ def run_transaction(engine: Engine, fn: Callable[[Connection], T], *, read: bool
                 with conn.begin():
                     return fn(conn)
         except (OperationalError, InternalError) as exc:   # 25P03 is an InternalError
+            if sqlite and is_corruption(exc.orig):
+                raise _corrupt(engine, exc) from exc
+            if is_full(exc):
+                raise LedgerFull(f"no room to write the ledger: {_first_line(exc)}") from exc
             if is_disconnect(exc):
                 if time.monotonic() >= reconnect_by:
-                    reason = (str(exc.orig).strip().splitlines() or ["connection lost"])[0]
-                    raise LedgerUnreachable(f"the ledger's server is unreachable: {reason}") from exc
+                    raise LedgerUnreachable(f"the ledger's server is unreachable: {_first_line(exc)}") from exc
             elif not is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0) * random.uniform(0.5, 1.5))
+        except DatabaseError as exc:   # sqlite3.DatabaseError: "database disk image is malformed"
+            if sqlite and is_corruption(exc.orig):
+                raise _corrupt(engine, exc) from exc
+            raise
     raise AssertionError("unreachable")
+
+
+def _corrupt(engine: Engine, exc: DatabaseError) -> LedgerCorrupt:
+    return LedgerCorrupt(str(engine.url.database), _first_line(exc))
+
+
+def _first_line(exc: DatabaseError) -> str:
+    return (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+
+
+class Transactions:
+    """What the Ledger and its parts (workers.py, reports.py, hosts.py) run every transaction
+    through. Once one of them met a damaged file, every later call raises LedgerCorrupt without
+    touching the file: a write that misses the bad page would succeed, and bury the damage under
+    new commits. `on_corrupt` hears of it first, from whichever thread met it (the daemon's
+    threads live on through most errors, so the one that must stop them all is told here)."""
+
+    _engine: Engine
+    corrupt: LedgerCorrupt | None = None
+    on_corrupt: Callable[[LedgerCorrupt], None] | None = None
+
+    def _write(self, fn: Callable[[Connection], T]) -> T:
+        return self._run(fn, read=False)
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        return self._run(fn, read=True)
+
+    def refuse(self, exc: LedgerCorrupt) -> None:
+        """Refuse every later call from now on: another part of this process (or a worker) met
+        the damage, and nothing more may be written to the file."""
+        if self.corrupt is None:
+            self.corrupt = exc
+
+    def _run(self, fn: Callable[[Connection], T], *, read: bool) -> T:
+        if self.corrupt is not None:
+            raise LedgerCorrupt(self.corrupt.path, self.corrupt.reason)
+        try:
+            return run_transaction(self._engine, fn, read=read)
+        except LedgerCorrupt as exc:
+            first, self.corrupt = self.corrupt is None, exc
+            if first and self.on_corrupt is not None:
+                self.on_corrupt(exc)
+            raise
 
 
 def upsert(conn: Connection, table: Table, key: str, values: dict[str, Any]) -> None:

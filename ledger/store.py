@@ -22,12 +22,12 @@ from __future__ import annotations
 import random
 import socket
 from datetime import datetime, timedelta
-from typing import Any, Callable, Collection, TypeVar
+from typing import Any, Callable, Collection
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, tuple_, update
 
 from . import migrations as _migrations
-from ._engine import BUSY_TIMEOUT_MS, make_sql_engine, run_transaction
+from ._engine import BUSY_TIMEOUT_MS, LedgerCorrupt, Transactions, make_sql_engine
 from .clock import LedgerClock, from_text, to_text, utc_now
 from .hosts import HostBook
 from .records import AddResult, ClaimedPage, DonePage, Job, PageOutcome
@@ -38,7 +38,6 @@ from .transitions import (append_event, fail_job_with_pages, page_key, transitio
                           transition_page)
 from .workers import WorkerBook
 
-T = TypeVar("T")
 
 BACKOFF_BASE_S = 10.0                # backoff_s doubles it per attempt
 BACKOFF_MAX_S = 600.0
@@ -54,17 +53,20 @@ def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random 
     return min(base_s * 2 ** attempts, BACKOFF_MAX_S) * jitter
 
 
-class Ledger(WorkerBook, Reports, HostBook):
+class Ledger(Transactions, WorkerBook, Reports, HostBook):
     """The job database's one API: open it (creating and migrating as needed), call its methods
     (each one short transaction, from any thread or process), close it (or use it as a context)."""
 
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size: int = 2,
                  migrations: tuple[_migrations.Migration, ...] = _migrations.MIGRATIONS,
-                 backoff_base_s: float = BACKOFF_BASE_S, host: str | None = None) -> None:
+                 backoff_base_s: float = BACKOFF_BASE_S, host: str | None = None,
+                 on_corrupt: Callable[[LedgerCorrupt], None] | None = None) -> None:
         """Open the ledger at a SQLAlchemy URL ("sqlite:////abs/path/ledger.db" or
         "postgresql+psycopg://..."). `backoff_base_s` scales fail_page's retry delay (tests
-        shorten it); `host` names this host in a shared ledger (default: the host name)."""
+        shorten it); `host` names this host in a shared ledger (default: the host name);
+        `on_corrupt` hears of a damaged file, from whichever thread met it, before it is raised."""
         self.url = url
+        self.on_corrupt = on_corrupt
         self.backoff_base_s = backoff_base_s
         self._engine = make_sql_engine(url, busy_timeout_ms, pool_size)
         self._sqlite = self._engine.dialect.name == "sqlite"
@@ -86,13 +88,8 @@ class Ledger(WorkerBook, Reports, HostBook):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- transactions (_engine.run_transaction: BEGIN IMMEDIATE for writes, retried when busy) --
-    def _write(self, fn: Callable[[Connection], T]) -> T:
-        return run_transaction(self._engine, fn)
-
-    def _read(self, fn: Callable[[Connection], T]) -> T:
-        return run_transaction(self._engine, fn, read=True)
-
+    # -- transactions: _write and _read (_engine.Transactions: BEGIN IMMEDIATE for writes,
+    # retried when busy; a damaged file refused from then on) -------------------------------------
     def _migrate(self, migrations: tuple[_migrations.Migration, ...]) -> None:
         for migration in self._read(lambda conn: _migrations.pending(conn, migrations)):
             self._write(lambda conn: _migrations.apply_one(conn, migration, utc_now(), to_text))

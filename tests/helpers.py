@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -34,3 +36,25 @@ def process_state(pid: int) -> str:
             return "X"
     out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout
     return out.strip()[:1] or "X"
+
+
+def damage_table(db: Path, table: str = "jobs") -> int:
+    """Overwrite the root page of `table` in a SQLite ledger with junk, as a failing disk or a
+    half-written sync would: the header and the other tables stay readable. The WAL is
+    checkpointed first, so that the page on disk is the one SQLite reads. Returns the page number."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone()
+    finally:
+        con.close()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+        f.flush()
+        os.fsync(f.fileno())
+    return root

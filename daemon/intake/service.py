@@ -1,11 +1,13 @@
 """The ingest thread: reconcile the spool once, then watch the inboxes and ingest what is ready.
 
-A file that does not parse yet while young is held for its writer (ingest.Deferred); a failure
-that is not the file's own (a full or read-only state dir) leaves the file in its inbox and tries
-again with backoff, recorded under the ledger meta key INGEST_PROBLEM for `ocrd status`. A file
-that reached the spool but could not be recorded (ingest.Unsettled: the ledger's server went
-away) is finished from its intent, with the same backoff; until it is, new files wait in their
-inboxes, where they are safest.
+A file that does not parse yet while young is held for its writer (ingest.Deferred); while the
+state dir's disk is full (diskspace.py), every file waits in its inbox untouched; a failure that
+is not the file's own (a read-only state dir, a disk that filled up between two looks) leaves the
+file in its inbox and tries again with backoff, recorded under the ledger meta key INGEST_PROBLEM
+for `ocrd status`. A file that reached the spool but could not be recorded (ingest.Unsettled: the
+ledger's server went away) is finished from its intent, with the same backoff; until it is, new
+files wait in their inboxes, where they are safest. A ledger found damaged ends the thread (the
+supervisor stops the daemon).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
-from ocrd.ledger import Ledger
+from ocrd.ledger import Ledger, LedgerCorrupt
 
-from ..config import Config
+from ..config import Config, InboxConfig
+from ..diskspace import CHECK_EVERY_S, RoomWatch
 from ..errors import first_line
 from .ingest import Deferred, Ingestor, Unsettled
 from .watcher import Watcher
@@ -36,8 +40,11 @@ class IngestService:
     """A thread that owns a Watcher and an Ingestor: reconcile once, then watch and ingest."""
 
     def __init__(self, config: Config, *, rescan_s: float = 60.0, empty_grace_s: float = 60.0,
-                 tick_s: float = 0.1) -> None:
+                 tick_s: float = 0.1, on_corrupt: Callable[[LedgerCorrupt], None] | None = None) -> None:
         self.config = config
+        self.on_corrupt = on_corrupt       # the ledger is damaged: whoever must stop the daemon
+        self.room = RoomWatch(config.state_dir)
+        self.ledger: Ledger | None = None    # the thread's own, while it runs
         self.rescan_s, self.empty_grace_s, self.tick_s = rescan_s, empty_grace_s, tick_s
         self.reconciled = threading.Event()   # set once the start-up reconcile ran (tests wait on it)
         self._stop = threading.Event()
@@ -67,7 +74,7 @@ class IngestService:
             self._new_config = config
 
     def _run(self) -> None:
-        ledger = self._open_ledger()
+        ledger = self.ledger = self._open_ledger()
         if ledger is None:
             return
         watcher = Watcher(self.config.inboxes, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)
@@ -79,31 +86,43 @@ class IngestService:
                 log.exception("reconcile_failed")
             self.reconciled.set()
             watcher.start()
-            while not self._stop.is_set():
+            while not self._stop.is_set() and ledger.corrupt is None:
                 self._apply_reload(ingestor, watcher)
                 self._settle_unsettled(ingestor, ledger)
                 for inbox, path in watcher.tick():
-                    if self._stop.is_set():
+                    if self._stop.is_set() or ledger.corrupt is not None:
                         break  # the rest stay in the inbox; the next start finds them
-                    if self._unsettled:   # the ledger can't take them yet: they wait where they are
-                        watcher.hold(path, INGEST_RETRY_S)
-                        continue
-                    try:
-                        ingestor.ingest(inbox, path)
-                        self._recovered(ledger, path)
-                    except Deferred as deferred:
-                        watcher.hold(path, deferred.grace_s)
-                    except Unsettled as exc:
-                        self._unsettled[exc.spool_name] = (0, 0.0)
-                        self._retry_later(ledger, watcher, path, exc.__cause__ or exc, hold=False)
-                    except Exception as exc:   # e.g. the state dir is full: the file waits in its inbox
-                        self._retry_later(ledger, watcher, path, exc)
+                    self._take(ingestor, ledger, watcher, inbox, path)
                 self._stop.wait(self.tick_s)
+        except LedgerCorrupt:   # the supervisor heard (on_corrupt) and stops the daemon
+            pass
         except Exception:
             log.exception("ingest_service_crashed")
         finally:
             watcher.stop()
             ledger.close()
+
+    def _take(self, ingestor: Ingestor, ledger: Ledger, watcher: Watcher, inbox: InboxConfig,
+              path: Path) -> None:
+        """Ingest one ready file; whatever stands in its way leaves it in its inbox."""
+        if self._unsettled:   # the ledger can't take them yet: they wait where they are
+            watcher.hold(path, INGEST_RETRY_S)
+            return
+        if self.room.problem() is not None:   # no room for it in the spool, nor in the ledger
+            watcher.hold(path, CHECK_EVERY_S)
+            return
+        try:
+            ingestor.ingest(inbox, path)
+            self._recovered(ledger, path)
+        except Deferred as deferred:
+            watcher.hold(path, deferred.grace_s)
+        except Unsettled as exc:
+            if ledger.corrupt is None:   # damaged: its intent finishes it on a restored ledger
+                self._unsettled[exc.spool_name] = (0, 0.0)
+                self._retry_later(ledger, watcher, path, exc.__cause__ or exc, hold=False)
+        except Exception as exc:   # e.g. a read-only state dir: the file waits in its inbox
+            if ledger.corrupt is None:
+                self._retry_later(ledger, watcher, path, exc)
 
     def _settle_unsettled(self, ingestor: Ingestor, ledger: Ledger) -> None:
         """Finish, from their intents, the files that reached the spool unrecorded."""
@@ -161,7 +180,9 @@ class IngestService:
     def _open_ledger(self) -> Ledger | None:
         while not self._stop.is_set():
             try:
-                return Ledger(self.config.db_url, host=self.config.host_name)
+                return Ledger(self.config.db_url, host=self.config.host_name, on_corrupt=self.on_corrupt)
+            except LedgerCorrupt:   # told to on_corrupt: the daemon stops
+                return None
             except Exception:
                 log.exception("ingest_ledger_unavailable")
                 self._stop.wait(5.0)

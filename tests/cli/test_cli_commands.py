@@ -190,7 +190,8 @@ def test_unreadable_ledger_is_one_line_not_a_traceback(config_file: Path):
     (state / "ledger.db").write_bytes(b"garbage" * 1000)
     result = invoke(config_file, "jobs")
     assert result.exit_code == 1
-    assert result.output.startswith("ocrd: cannot open the ledger") and result.output.count("\n") == 1
+    assert result.output.startswith(f"ocrd: the ledger {state / 'ledger.db'} is damaged (file is not a database)")
+    assert "ocrd ledger restore" in result.output and result.output.count("\n") == 1
 
 
 def test_run_refuses_a_bad_config(tmp_path: Path):

@@ -48,7 +48,8 @@ def test_status_exit_codes_like_systemctl(config_file: Path):
         assert json.loads(invoke(config_file, "status", "--json").output)["daemon"]["running"]
     (config.state_dir / "ledger.db").write_bytes(b"not a database" * 1000)
     broken = invoke(config_file, "status", "--json")
-    assert broken.exit_code == 1 and broken.output.startswith("ocrd: cannot open the ledger")
+    assert broken.exit_code == 1 and broken.output.startswith("ocrd: the ledger ")
+    assert "is damaged (file is not a database)" in broken.output and broken.output.count("\n") == 1
 
 
 # -- pause / resume -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def test_shipped_file_and_omitted_keys_both_give_the_dataclass_defaults() -> Non
     for config in (load_config(DEFAULT_CONFIG), parse(INBOX)):
         assert (config.model, config.workers, config.pdf) == (ModelConfig(), WorkersConfig(), PdfConfig())
         assert config.ledger_url == Config.ledger_url
+        assert (config.backup_every_s, config.backup_keep) == (Config.backup_every_s, Config.backup_keep)
         [inbox] = config.inboxes
         assert inbox == InboxConfig(path=inbox.path, outbox=inbox.outbox, failed=inbox.failed,
                                     archive=inbox.outbox.parent / "archive")   # beside the outbox
@@ -90,6 +91,12 @@ def test_values_and_overrides() -> None:
     ("[workers]\nmemory_budget = \"512KB\"", "workers.memory_budget: must be \"auto\", a size of at least 1MB"),
     ("[pdf]\ndpi = 10", "pdf.dpi: must be at least 36, not 10"),
     ("[ledger]\nurl = \"mysql://x\"", "ledger.url: must be empty, sqlite:///... or postgresql+psycopg://..."),
+    ("[ledger]\nbackup_every = \"daily\"", "ledger.backup_every: must be a duration such as \"24h\""),
+    ("[ledger]\nbackup_every = 24", "ledger.backup_every: must be a duration such as \"24h\""),
+    ("[ledger]\nbackup_every = \"-1h\"", "ledger.backup_every: must be a duration such as \"24h\""),
+    ("[ledger]\nbackup_keep = 0", "ledger.backup_keep: must be at least 1, not 0"),
+    ("[ledger]\nbackup_keep = \"all\"", "ledger.backup_keep: must be an integer, not 'all'"),
+    ("[ledger]\nbackups = 3", "ledger.backups: unknown key"),
     ("model = 3", "model: must be a table"),
     ("inbox = 3", "inbox: must be an array of tables ([[inbox]])"),
     ('[[inbox]]\npath = "/in"\nfailed = "/f"', "inbox[0].outbox: is required"),
@@ -105,6 +112,15 @@ def test_bad_values_are_one_line_naming_the_key(text: str, message: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse(text)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ('"24h"', 86400), ('"30m"', 1800), ('"90s"', 90), ('"7d"', 7 * 86400), ('"1.5h"', 5400),
+    ('""', 0), ('"0"', 0), ("0", 0)])
+def test_backup_every_is_a_duration_and_empty_or_zero_is_off(value: str, seconds: float) -> None:
+    config = parse(f"[ledger]\nbackup_every = {value}\nbackup_keep = 3\n")
+    assert (config.backup_every_s, config.backup_keep) == (seconds, 3)
+    assert config.backup_dir == config.state_dir / "backups"
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from datetime import datetime
@@ -240,8 +238,9 @@ def test_a_workers_command_line_carries_no_config(running) -> None:
     r = running("engines:FakeEngine")
     slot = wait_for(lambda: r.sup.pool.slots and r.sup.pool.slots[0], 30, 0.05, "a worker")
     argv = Path(f"/proc/{slot.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    assert argv[1:4] == ["-m", "ocrd.daemon.worker", slot.worker_id]
-    assert len(argv) == 6 and all(a.isdigit() for a in argv[4:])
+    # python -m ocrd.daemon.lifeline <supervisor pid> ocrd.daemon.worker <id> <fd> <fd>
+    assert argv[1:6] == ["-m", "ocrd.daemon.lifeline", str(os.getpid()), "ocrd.daemon.worker", slot.worker_id]
+    assert len(argv) == 8 and all(a.isdigit() for a in argv[6:])
     assert str(r.config.state_dir) not in " ".join(argv)
     wait_for(lambda: r.query("SELECT state FROM workers") == [("idle",)], 30, 0.05, "it loaded from stdin")
     r.stop()
@@ -351,27 +350,18 @@ def test_a_killed_worker_is_charged_only_for_the_page_in_its_engine(running) -> 
     r.stop(deadline_s=2)
 
 
-def test_a_full_outbox_delays_the_document_and_the_daemon_writes_it_once_there_is_room(running, tmp_path) -> None:
+def test_a_full_outbox_delays_the_document_and_the_daemon_writes_it_once_there_is_room(
+        small_disk, running, tmp_path) -> None:
     # A disk that fills up (or goes read-only) clears without `ocrd retry`: the document waits,
     # keeps its done pages, and is written with backoff once there is room (the hostile trial).
-    outbox = tmp_path / "outbox"            # the config's outbox, on a small disk of its own
-    outbox.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(outbox)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("needs a small filesystem of its own (mounting a tmpfs is not permitted here)")
-    try:
-        filler = outbox / ".filler"
-        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
-            while f.write(b"x" * 4096):     # fill it to the last byte (ENOSPC ends it)
-                pass
-        r = running("engines:FakeEngine")
-        samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
-        wait_for(lambda: r.query("SELECT state FROM pages") == [("done",)], 60, 0.05, "the page done")
-        wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'job_failed'") == [(0,)]
-                 and r.query("SELECT state FROM jobs") == [("running",)], 10, 0.05, "the job waiting")
-        filler.unlink()                     # room again
-        wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "written once there is room")
-        assert (outbox / "page.md").exists()
-        r.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(outbox)], capture_output=True)
+    disk = small_disk(tmp_path / "outbox")   # the config's outbox, on a small disk of its own
+    disk.fill()
+    r = running("engines:FakeEngine")
+    samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
+    wait_for(lambda: r.query("SELECT state FROM pages") == [("done",)], 60, 0.05, "the page done")
+    wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'job_failed'") == [(0,)]
+             and r.query("SELECT state FROM jobs") == [("running",)], 10, 0.05, "the job waiting")
+    disk.free()                             # room again
+    wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "written once there is room")
+    assert (disk.path / "page.md").exists()
+    r.stop()

@@ -254,7 +254,8 @@ def test_a_corrupt_ledger_is_one_line_an_exit_the_unit_does_not_restart_and_noth
     run = d.cli("run", check=False)
     assert run.returncode == 78, run.stderr            # the unit's RestartPreventExitStatus
     said = [line for line in run.stderr.splitlines() if line.startswith("ocrd:")]
-    assert len(said) == 1 and "ledger.db cannot be read" in said[0] and "ocrd doctor" in said[0]
+    assert len(said) == 1 and "ledger.db is damaged (file is not a database)" in said[0]
+    assert "ocrd ledger restore" in said[0]
     assert "Traceback" not in run.stderr
     assert (d.inbox / "page.png").exists()             # nothing was ingested
     status = d.cli("status", check=False)
