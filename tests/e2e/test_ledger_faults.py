@@ -117,3 +117,25 @@ def test_killed_backends_strand_no_document(pg_ledger, make_daemon) -> None:
     _every_document_once(d, names)
     kinds = [e.get("event") for e in _events(d)]
     assert "worker_died" not in kinds and "store_failed" not in kinds
+
+
+def test_status_says_one_line_while_the_server_is_frozen(own_pg, make_daemon) -> None:
+    """A frozen server (SIGSTOP: a VM paused, a wedged host) accepts no connection: `ocrd status`
+    gives up after the connect timeout and the reconnect window with one line, never hangs."""
+    import os
+    import signal as signals
+
+    server, url, dsn = own_pg
+    d = make_daemon(pg_dsn=dsn, tables={"ledger": {"url": url}})
+    assert d.cli("status", check=False).returncode == 3          # the ledger is made, no daemon
+    postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signals.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = d.cli("status", check=False)
+        took = time.monotonic() - started
+    finally:
+        os.kill(postmaster, signals.SIGCONT)
+    assert result.returncode == 1 and took < 60, (result.returncode, took)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0], result.stderr
