@@ -7,7 +7,9 @@ the claim walks one index in order instead of sorting every queued page), `pages
 and, for continuous batching, `batch` and `pages_in_flight` in `workers` and `heartbeats`; for several hosts on PostgreSQL (v3),
 `jobs.host` (the host that ingested the job and delivers it), `jobs.mode`/`jobs.prompt` (its inbox's,
 for workers on other hosts), `blobs` (the document's bytes while it is queued or running) and
-`hosts` (each daemon's heartbeat and role).
+`hosts` (each daemon's heartbeat and role); for full-text search (v5) `pages.search_text` and its
+index (SEARCH_DDL: made by the migration, not by this metadata, being each engine's own), and
+`jobs.options` (an API upload's own mode, prompt and formats).
 Times are UTC ISO-8601 text of one fixed width, so text order is time order (in any collation:
 every value has its digits and punctuation at the same places).
 """
@@ -53,6 +55,7 @@ jobs = Table(
     Column("host", Text),                      # v3: who delivers it (NULL: written before v3)
     Column("mode", Text),                      # v3: its inbox's resolution mode and prompt
     Column("prompt", Text),
+    Column("options", Text),                   # v5: JSON {mode, prompt, formats} chosen for this job
     _in("state", JobState),
 )
 
@@ -79,6 +82,7 @@ pages = Table(
     Column("width", Integer),                  # the image the boxes refer to, in pixels
     Column("height", Integer),
     Column("engine", Text),                    # what read the page (mlx-vlm, rapidocr, vision)
+    Column("search_text", Text),               # v5: its words for search (NULL: not indexed yet)
     UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
     _in("state", PageState),
 )
@@ -175,3 +179,33 @@ Index("ix_heartbeats_worker_at", heartbeats.c.worker_id, heartbeats.c.at)
 Index("ix_heartbeats_at", heartbeats.c.at)               # the 24 h retention delete
 Index("ix_events_job_id", events.c.job_id)
 Index("ix_workers_host_pid", workers.c.host, workers.c.pid)
+
+# Full-text search over pages.search_text (v5), each engine its own way. SQLite: an FTS5 table that
+# reads its text from `pages` (external content: the words are stored once) and triggers that keep
+# it in step with whatever writes the column. PostgreSQL: a generated tsvector column (always in
+# step) with a GIN index. The `simple` configuration and unicode61 both lower-case and split on
+# punctuation without stemming: a word matches as written, in any language. SQLite also folds
+# accents (cafe finds café); PostgreSQL does not (unaccent is not immutable).
+FTS_TABLE = "pages_fts"
+PG_SEARCH_COLUMN, PG_SEARCH_INDEX = "search_vector", "ix_pages_search"
+SEARCH_DDL = {
+    "sqlite": [
+        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(search_text, content='pages', "
+        "content_rowid='id', tokenize='unicode61 remove_diacritics 2')",
+        f"CREATE TRIGGER pages_fts_insert AFTER INSERT ON pages WHEN new.search_text IS NOT NULL "
+        f"BEGIN INSERT INTO {FTS_TABLE}(rowid, search_text) VALUES (new.id, new.search_text); END",
+        f"CREATE TRIGGER pages_fts_update AFTER UPDATE OF search_text ON pages BEGIN "
+        f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, search_text) "
+        "SELECT 'delete', old.id, old.search_text WHERE old.search_text IS NOT NULL; "
+        f"INSERT INTO {FTS_TABLE}(rowid, search_text) "
+        "SELECT new.id, new.search_text WHERE new.search_text IS NOT NULL; END",
+        f"CREATE TRIGGER pages_fts_delete AFTER DELETE ON pages WHEN old.search_text IS NOT NULL "
+        f"BEGIN INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, search_text) "
+        "VALUES ('delete', old.id, old.search_text); END",
+    ],
+    "postgresql": [
+        f"ALTER TABLE pages ADD COLUMN {PG_SEARCH_COLUMN} tsvector GENERATED ALWAYS AS "
+        "(to_tsvector('simple'::regconfig, coalesce(search_text, ''))) STORED",
+        f"CREATE INDEX {PG_SEARCH_INDEX} ON pages USING gin ({PG_SEARCH_COLUMN})",
+    ],
+}

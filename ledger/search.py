@@ -1,0 +1,113 @@
+"""Full-text search over done pages (`ocrd search`, the API's /v1/search), and the pages done
+before the index existed (a mixin of `Ledger`, which provides `_read`/`_write` and `_sqlite`).
+
+What is searched is `pages.search_text`: the words of a done page as its worker stored them, clean
+of markup (the daemon cleans; the ledger knows no markup). Its index is each engine's own
+(schema.SEARCH_DDL): FTS5 on SQLite, a GIN-indexed tsvector on PostgreSQL.
+
+One query language on both: PostgreSQL's `websearch_to_tsquery`, which SQLite gets translated
+into FTS5's syntax (`fts5_query`): words (a page must hold all of them), "a phrase" (its words in
+order), -word (a page must not hold it: it only narrows the other words), and OR between
+alternatives (`invoice march OR april` is invoice-and-march, or april). Hits come newest first
+(the page stored last): both engines walk their index in that order and stop at the limit, so a
+word on every page costs what a rare one costs (bench/search.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from sqlalchemy import Connection, bindparam, func, select, text, update
+
+from .schema import FTS_TABLE, PG_SEARCH_COLUMN, pages
+from .states import PageState
+
+MARK = "**"                      # around each matched word in a snippet (markdown's bold)
+SNIPPET_WORDS = 16               # about this many words of context per hit
+_TERM = re.compile(r'(-?)(?:"([^"]*)"?|(\S+))')
+_WORDLIKE = re.compile(r"\w")
+
+_HIT_COLUMNS = ("p.job_id, p.page_no, p.finished_at, j.pages_total, j.state, j.inbox, "
+                "j.source_path, j.output_path")
+_SQLITE = text(f"""
+    WITH hits AS (
+        SELECT rowid AS id, snippet({FTS_TABLE}, 0, :mark, :mark, '…', :words) AS snippet
+        FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :query ORDER BY rowid DESC LIMIT :limit)
+    SELECT {_HIT_COLUMNS}, hits.snippet
+    FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id
+    ORDER BY hits.id DESC""")
+_POSTGRESQL = text(f"""
+    WITH q AS (SELECT websearch_to_tsquery('simple', :query) AS q),
+    hits AS (SELECT p.id FROM pages p, q WHERE p.{PG_SEARCH_COLUMN} @@ q.q
+             ORDER BY p.id DESC LIMIT :limit)
+    SELECT {_HIT_COLUMNS},
+           ts_headline('simple', p.search_text, q.q, :options) AS snippet
+    FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id, q
+    ORDER BY p.id DESC""")
+
+
+def fts5_query(query: str) -> str | None:
+    """websearch_to_tsquery's language in FTS5's syntax; None when nothing is left to look for
+    (no word, or only -words). Every term becomes an FTS5 string, so no input is FTS5 syntax."""
+    groups: list[tuple[list[str], list[str]]] = [([], [])]
+    for negated, phrase, word in _TERM.findall(query):
+        term = phrase if phrase or word == "" else word
+        if not negated and not phrase and term.lower() == "or":
+            groups.append(([], []))
+            continue
+        if _WORDLIKE.search(term):     # punctuation alone holds no token (PostgreSQL drops it too)
+            groups[-1][1 if negated else 0].append('"' + term.replace('"', '""') + '"')
+    exprs = []
+    for wanted, unwanted in groups:
+        if wanted:
+            exprs.append("(" + " AND ".join(wanted) + ")" + "".join(f" NOT {u}" for u in unwanted))
+    return " OR ".join(f"({e})" for e in exprs) or None
+
+
+class Search:
+    """The Ledger's full-text search (a mixin of `Ledger`)."""
+
+    _read: Callable[[Callable[[Connection], Any]], Any]
+    _write: Callable[[Callable[[Connection], Any]], Any]
+    _sqlite: bool
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Done pages that match `query` (see the module's doc), newest first, at most `limit`:
+        each with job_id, page_no, finished_at, the job's pages_total, state, inbox, source_path
+        and output_path, and a snippet of the page with the matched words in MARK."""
+        if self._sqlite:
+            expr = fts5_query(query)
+            if expr is None:
+                return []
+            stmt = _SQLITE.bindparams(query=expr, limit=limit, mark=MARK, words=SNIPPET_WORDS)
+        else:
+            options = (f'StartSel="{MARK}", StopSel="{MARK}", MaxFragments=1, '
+                       f'MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, FragmentDelimiter=" … "')
+            stmt = _POSTGRESQL.bindparams(query=query, limit=limit, options=options)
+        return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(stmt)])
+
+    # -- pages done before the index (v5) -------------------------------------------------------
+    def unindexed_pages(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str]]:
+        """(page id, raw text) of done pages with no search text yet, in id order after
+        `after_id`: pages done before v5, which the daemon cleans and indexes at start."""
+        query = (select(pages.c.id, pages.c.text)
+                 .where(pages.c.id > after_id, pages.c.state == PageState.DONE,
+                        pages.c.search_text.is_(None))
+                 .order_by(pages.c.id).limit(limit))
+        return self._read(lambda conn: [(r.id, r.text or "") for r in conn.execute(query)])
+
+    def count_unindexed(self) -> int:
+        """Done pages not in the search index yet (what `ocrd search` warns about)."""
+        query = select(func.count()).where(pages.c.state == PageState.DONE,
+                                           pages.c.search_text.is_(None))
+        return self._read(lambda conn: conn.execute(query).scalar_one())
+
+    def set_search_texts(self, texts: list[tuple[int, str]]) -> None:
+        """Index done pages: (page id, clean search text) each; a page indexed meanwhile (by
+        another host's daemon) is left as it is."""
+        if not texts:
+            return
+        stmt = (update(pages).where(pages.c.id == bindparam("page_id"), pages.c.search_text.is_(None))
+                .values(search_text=bindparam("words")))
+        self._write(lambda conn: conn.execute(stmt, [{"page_id": i, "words": t} for i, t in texts]))
