@@ -447,10 +447,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
 # -- search and the HTTP API ----------------------------------------------------------------------
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})   # `-word` is a word to leave out
 @click.argument("words", nargs=-1, required=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="At most this many pages, newest first.")
+              help="At most this many pages: the newest that match.")
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_context
 def search(ctx: click.Context, words: tuple[str, ...], limit: int, as_json: bool) -> None:

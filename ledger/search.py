@@ -8,9 +8,11 @@ of markup (the daemon cleans; the ledger knows no markup). Its index is each eng
 One query language on both: PostgreSQL's `websearch_to_tsquery`, which SQLite gets translated
 into FTS5's syntax (`fts5_query`): words (a page must hold all of them), "a phrase" (its words in
 order), -word (a page must not hold it: it only narrows the other words), and OR between
-alternatives (`invoice march OR april` is invoice-and-march, or april). Hits come newest first
-(the page stored last): both engines walk their index in that order and stop at the limit, so a
-word on every page costs what a rare one costs (bench/search.py).
+alternatives (`invoice march OR april` is invoice-and-march, or april). Hits are the newest pages
+that match (by page id: the document ingested last first), shown document by document, each's
+pages in order. Both engines walk their index newest first and stop at the limit, so a word on
+every page costs about what a rare one costs (bench/search.py); no relevance rank is computed,
+which would score every match.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _SQLITE = text(f"""
         FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :query ORDER BY rowid DESC LIMIT :limit)
     SELECT {_HIT_COLUMNS}, hits.snippet
     FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id
-    ORDER BY hits.id DESC""")
+    ORDER BY p.job_id DESC, p.page_no""")
 _POSTGRESQL = text(f"""
     WITH q AS (SELECT websearch_to_tsquery('simple', :query) AS q),
     hits AS (SELECT p.id FROM pages p, q WHERE p.{PG_SEARCH_COLUMN} @@ q.q
@@ -44,7 +46,7 @@ _POSTGRESQL = text(f"""
     SELECT {_HIT_COLUMNS},
            ts_headline('simple', p.search_text, q.q, :options) AS snippet
     FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id, q
-    ORDER BY p.id DESC""")
+    ORDER BY p.job_id DESC, p.page_no""")
 
 
 def fts5_query(query: str) -> str | None:
@@ -73,7 +75,7 @@ class Search:
     _sqlite: bool
 
     def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Done pages that match `query` (see the module's doc), newest first, at most `limit`:
+        """The newest `limit` done pages that match `query` (see the module's doc), by document:
         each with job_id, page_no, finished_at, the job's pages_total, state, inbox, source_path
         and output_path, and a snippet of the page with the matched words in MARK."""
         if self._sqlite:

@@ -165,7 +165,7 @@ class Actions:
         return status_report(self.config, self.ledger)[0]
 
     def search(self, query: str, limit: int) -> list[dict[str, Any]]:
-        """Done pages with these words, newest first (Ledger.search), with their job's name."""
+        """The newest done pages with these words (Ledger.search), with their job's name."""
         if not query.strip():
             raise ApiError(400, "q: give the words to look for")
         return [{**hit, "name": relative_source(self.config, hit["inbox"], hit["source_path"]).as_posix(),

@@ -168,7 +168,7 @@ class Api:
         async def get_status() -> _Json:
             return _Json(await self.run(self.actions.status))
 
-        @r.get("/search", summary="Done pages with these words, newest first")
+        @r.get("/search", summary="The newest done pages with these words, by document")
         async def get_search(q: str = Query(..., description='words, "a phrase", -word, OR'),
                              limit: int = Query(20, ge=1, le=500)) -> _Json:
             return _Json({"query": q, "hits": await self.run(self.actions.search, q, limit)})
