@@ -1,10 +1,12 @@
 """Full-text search against the real daemon with the RapidOCR engine (real words, unlike the tiny
 model's): `ocrd search` and the API's /v1/search find a word on page 2 of a PDF, and nothing for an
-absent one, on a SQLite ledger and on a PostgreSQL one."""
+absent one, on a SQLite ledger and on a PostgreSQL one; and pages done before the index existed
+are indexed when the daemon starts."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 import textpages
-
-pytest.importorskip("rapidocr_onnxruntime")
+from helpers import wait_for
+from ocrd.ledger import Ledger
+from ocrd.ledger.migrations import MIGRATIONS
 
 LINES = [["Quarterly report", "of the harbour works"],
          ["A kestrel nested", "under the harbour bridge"],
@@ -47,6 +50,7 @@ def ledger(request: pytest.FixtureRequest) -> tuple[dict[str, Any], str | None]:
 
 def test_search_finds_a_word_on_page_two_and_nothing_for_an_absent_one(ledger, make_daemon,
                                                                         tmp_path: Path) -> None:
+    pytest.importorskip("rapidocr_onnxruntime")
     tables, dsn = ledger
     d = make_daemon(engine="rapidocr", max_tokens=8192, page_timeout_s=240, pg_dsn=dsn,
                     tables={**tables, "api": {"listen": "127.0.0.1:0", "auth": "none"}})
@@ -71,4 +75,34 @@ def test_search_finds_a_word_on_page_two_and_nothing_for_an_absent_one(ledger, m
         assert [(h["job_id"], h["page_no"], h["name"]) for h in hits] == [(hit["job_id"], 2, "letters.pdf")]
         assert client.get("/v1/search", params={"q": "zeppelin"}).json()["hits"] == []
         assert client.get("/v1/search", params={"q": " "}).status_code == 400
+    assert d.stop() == 0
+
+
+def test_pages_done_before_the_index_are_indexed_when_the_daemon_starts(make_daemon) -> None:
+    d = make_daemon()
+    d.state.mkdir()
+    Ledger(f"sqlite:///{d.state / 'ledger.db'}", migrations=MIGRATIONS[:4]).close()   # ocrd before v5
+    stamp = "2025-03-01T12:00:00.000000Z"
+    con = sqlite3.connect(d.state / "ledger.db")
+    with con:
+        con.execute("INSERT INTO jobs (inbox, source_path, state, pages_total, pages_done, attempts, "
+                    "priority, created_at, updated_at) VALUES (?, ?, 'done', 2, 2, 1, 0, ?, ?)",
+                    (str(d.inbox), str(d.inbox / "old.pdf"), stamp, stamp))
+        con.executemany("INSERT INTO pages (job_id, page_no, state, attempts, priority, finished_at, text) "
+                        "VALUES (1, ?, 'done', 1, 0, ?, ?)",
+                        [(1, stamp, "<|ref|>title<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|>\n# Ledger of 2019"),
+                         (2, stamp, "<|ref|>text<|/ref|><|det|>[[5, 6, 7, 8]]<|/det|>\nThe **ferryman** paid")])
+    con.close()
+    before = d.cli("search", "ferryman", check=False)
+    assert before.returncode == 1 and "2 done page(s) are not indexed yet" in before.stderr
+    d.start()
+
+    def indexed() -> list[dict[str, Any]] | None:
+        out = d.cli("search", "ferryman", "--json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    found = wait_for(indexed, 60, interval=0.5, message=f"the backlog to be indexed ({d.log})")
+    assert [(h["page_no"], h["name"], h["snippet"]) for h in found] == [(2, "old.pdf", "The **ferryman** paid")]
+    assert d.cli("search", "ref", check=False).returncode == 1       # the grounding tags are gone
+    assert d.cli("search", "ledger", "2019").returncode == 0
     assert d.stop() == 0
