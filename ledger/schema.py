@@ -180,14 +180,16 @@ Index("ix_heartbeats_at", heartbeats.c.at)               # the 24 h retention de
 Index("ix_events_job_id", events.c.job_id)
 Index("ix_workers_host_pid", workers.c.host, workers.c.pid)
 
-# Full-text search over pages.search_text (v5), each engine its own way. SQLite: an FTS5 table that
-# reads its text from `pages` (external content: the words are stored once) and triggers that keep
-# it in step with whatever writes the column. PostgreSQL: a generated tsvector column (always in
-# step) with a GIN index. The `simple` configuration and unicode61 both lower-case and split on
-# punctuation without stemming: a word matches as written, in any language. SQLite also folds
-# accents (cafe finds café); PostgreSQL does not (unaccent is not immutable).
+# Full-text search over pages.search_text (v5), each engine its own way, kept in step by triggers
+# with whatever writes the column. SQLite: an FTS5 table that reads its text from `pages` (external
+# content: the words are stored once). PostgreSQL: `page_search`, a narrow side table of each
+# page's tsvector with a GIN index; narrow (the tsvector kept out of line) so that collecting the
+# ids of thousands of matching pages touches a few MB of heap, not the wide `pages` rows.
+# The `simple` configuration and unicode61 both lower-case and split on punctuation without
+# stemming: a word matches as written, in any language. SQLite also folds accents (cafe finds
+# café); PostgreSQL does not (unaccent is not immutable).
 FTS_TABLE = "pages_fts"
-PG_SEARCH_COLUMN, PG_SEARCH_INDEX = "search_vector", "ix_pages_search"
+PG_SEARCH_TABLE = "page_search"
 SEARCH_DDL = {
     "sqlite": [
         f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(search_text, content='pages', "
@@ -204,8 +206,15 @@ SEARCH_DDL = {
         "VALUES ('delete', old.id, old.search_text); END",
     ],
     "postgresql": [
-        f"ALTER TABLE pages ADD COLUMN {PG_SEARCH_COLUMN} tsvector GENERATED ALWAYS AS "
-        "(to_tsvector('simple'::regconfig, coalesce(search_text, ''))) STORED",
-        f"CREATE INDEX {PG_SEARCH_INDEX} ON pages USING gin ({PG_SEARCH_COLUMN})",
+        f"CREATE TABLE {PG_SEARCH_TABLE} (page_id INTEGER PRIMARY KEY REFERENCES pages (id) "
+        "ON DELETE CASCADE, search_vector TSVECTOR NOT NULL) WITH (toast_tuple_target = 128)",
+        f"ALTER TABLE {PG_SEARCH_TABLE} ALTER COLUMN search_vector SET STORAGE EXTERNAL",
+        f"CREATE INDEX ix_{PG_SEARCH_TABLE} ON {PG_SEARCH_TABLE} USING gin (search_vector)",
+        "CREATE FUNCTION pages_search_sync() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"DELETE FROM {PG_SEARCH_TABLE} WHERE page_id = NEW.id; "
+        f"IF NEW.search_text IS NOT NULL THEN INSERT INTO {PG_SEARCH_TABLE} (page_id, search_vector) "
+        "VALUES (NEW.id, to_tsvector('simple', NEW.search_text)); END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER pages_search_sync AFTER INSERT OR UPDATE OF search_text ON pages "
+        "FOR EACH ROW EXECUTE FUNCTION pages_search_sync()",
     ],
 }

@@ -3,7 +3,7 @@ before the index existed (a mixin of `Ledger`, which provides `_read`/`_write` a
 
 What is searched is `pages.search_text`: the words of a done page as its worker stored them, clean
 of markup (the daemon cleans; the ledger knows no markup). Its index is each engine's own
-(schema.SEARCH_DDL): FTS5 on SQLite, a GIN-indexed tsvector on PostgreSQL.
+(schema.SEARCH_DDL): FTS5 on SQLite, GIN-indexed tsvectors in a side table on PostgreSQL.
 
 One query language on both: PostgreSQL's `websearch_to_tsquery`, which SQLite gets translated
 into FTS5's syntax (`fts5_query`): words (a page must hold all of them), "a phrase" (its words in
@@ -11,8 +11,8 @@ order), -word (a page must not hold it: it only narrows the other words), and OR
 alternatives (`invoice march OR april` is invoice-and-march, or april). Hits are the newest pages
 that match (by page id: the document ingested last first), shown document by document, each's
 pages in order. Both engines walk their index newest first and stop at the limit, so a word on
-every page costs about what a rare one costs (bench/search.py); no relevance rank is computed,
-which would score every match.
+every page costs about what a rare one costs (bench/search.py: PostgreSQL needs two steps for it,
+see _pg_page_ids); no relevance rank is computed, which would score every match.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, bindparam, func, select, text, update
 
-from .schema import FTS_TABLE, PG_SEARCH_COLUMN, pages
+from .schema import FTS_TABLE, PG_SEARCH_TABLE, pages
 from .states import PageState
 
 MARK = "**"                      # around each matched word in a snippet (markdown's bold)
@@ -30,6 +30,7 @@ SNIPPET_WORDS = 16               # about this many words of context per hit
 _TERM = re.compile(r'(-?)(?:"([^"]*)"?|(\S+))')
 _WORDLIKE = re.compile(r"\w")
 
+WALK_PAGES = 1000                # PostgreSQL: the newest pages checked one by one (see _pg_page_ids)
 _HIT_COLUMNS = ("p.job_id, p.page_no, p.finished_at, j.pages_total, j.state, j.inbox, "
                 "j.source_path, j.output_path")
 _SQLITE = text(f"""
@@ -39,13 +40,15 @@ _SQLITE = text(f"""
     SELECT {_HIT_COLUMNS}, hits.snippet
     FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id
     ORDER BY p.job_id DESC, p.page_no""")
-_POSTGRESQL = text(f"""
-    WITH q AS (SELECT websearch_to_tsquery('simple', :query) AS q),
-    hits AS (SELECT p.id FROM pages p, q WHERE p.{PG_SEARCH_COLUMN} @@ q.q
-             ORDER BY p.id DESC LIMIT :limit)
+_PG_MATCH = "s.search_vector @@ websearch_to_tsquery('simple', :query)"
+_PG_NEWEST = text(f"""SELECT s.page_id FROM {PG_SEARCH_TABLE} s WHERE s.page_id > :floor AND {_PG_MATCH}
+                      ORDER BY s.page_id DESC LIMIT :limit""")
+_PG_OLDER = text(f"""SELECT s.page_id FROM {PG_SEARCH_TABLE} s WHERE s.page_id <= :floor AND {_PG_MATCH}
+                     ORDER BY s.page_id DESC LIMIT :limit""")
+_PG_ROWS = text(f"""
     SELECT {_HIT_COLUMNS},
-           ts_headline('simple', p.search_text, q.q, :options) AS snippet
-    FROM hits JOIN pages p ON p.id = hits.id JOIN jobs j ON j.id = p.job_id, q
+           ts_headline('simple', p.search_text, websearch_to_tsquery('simple', :query), :options) AS snippet
+    FROM pages p JOIN jobs j ON j.id = p.job_id WHERE p.id = ANY(:ids)
     ORDER BY p.job_id DESC, p.page_no""")
 
 
@@ -67,6 +70,35 @@ def fts5_query(query: str) -> str | None:
     return " OR ".join(f"({e})" for e in exprs) or None
 
 
+def _pg_page_ids(conn: Connection, query: str, limit: int) -> list[int]:
+    """The ids of the newest `limit` pages that match, on PostgreSQL. A GIN index returns matches
+    in no order, so the newest-first top is found in two steps, each with the plan it needs
+    (the planner can't tell: its estimate for a word it has no statistics of is far off, and a
+    walk down the ids for a word on no page reads every page): first the newest WALK_PAGES pages
+    one by one down the primary key (a word on many pages has its `limit` there, at once), then,
+    for what is missing, every older match from the GIN index, sorted (few, or the word would
+    have filled the first step). Phrases are checked on each page's tsvector (GIN keeps no
+    positions): a phrase of common words that is itself rare is the slow case."""
+    top = conn.execute(text(f"SELECT max(page_id) FROM {PG_SEARCH_TABLE}")).scalar()
+    if top is None:
+        return []
+    floor = top - WALK_PAGES
+    _plan(conn, seqscan=False, bitmapscan=False, indexscan=True)
+    ids = list(conn.execute(_PG_NEWEST, {"floor": floor, "query": query, "limit": limit}).scalars())
+    if len(ids) < limit:
+        _plan(conn, seqscan=False, bitmapscan=True, indexscan=False)
+        ids += conn.execute(_PG_OLDER, {"floor": floor, "query": query,
+                                        "limit": limit - len(ids)}).scalars()
+    _plan(conn, seqscan=True, bitmapscan=True, indexscan=True)
+    return ids
+
+
+def _plan(conn: Connection, **allowed: bool) -> None:
+    """Allow or forbid kinds of scan for the rest of this transaction only (SET LOCAL)."""
+    for kind, on in allowed.items():
+        conn.execute(select(func.set_config(f"enable_{kind}", "on" if on else "off", True)))
+
+
 class Search:
     """The Ledger's full-text search (a mixin of `Ledger`)."""
 
@@ -83,11 +115,16 @@ class Search:
             if expr is None:
                 return []
             stmt = _SQLITE.bindparams(query=expr, limit=limit, mark=MARK, words=SNIPPET_WORDS)
-        else:
-            options = (f'StartSel="{MARK}", StopSel="{MARK}", MaxFragments=1, '
-                       f'MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, FragmentDelimiter=" … "')
-            stmt = _POSTGRESQL.bindparams(query=query, limit=limit, options=options)
-        return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(stmt)])
+            return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(stmt)])
+        options = (f'StartSel="{MARK}", StopSel="{MARK}", MaxFragments=1, '
+                   f'MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, FragmentDelimiter=" … "')
+
+        def tx(conn: Connection) -> list[dict[str, Any]]:
+            ids = _pg_page_ids(conn, query, limit)
+            return [dict(r._mapping) for r in conn.execute(
+                _PG_ROWS, {"ids": ids, "query": query, "options": options})] if ids else []
+
+        return self._read(tx)
 
     # -- pages done before the index (v5) -------------------------------------------------------
     def unindexed_pages(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str]]:

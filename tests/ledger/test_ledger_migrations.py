@@ -91,16 +91,13 @@ def test_several_openers_of_a_new_database_migrate_it_once(db_url: str, db: Db) 
 
 def test_the_migrations_build_what_schema_py_describes(ledger: Ledger, db_url: str) -> None:
     engine = create_engine(db_url)
-    # the search index is each engine's own (schema.SEARCH_DDL): PostgreSQL's is a column and an index
-    own = {schema.PG_SEARCH_COLUMN, schema.PG_SEARCH_INDEX}
     try:
         found = inspect(engine)
         for table in schema.metadata.sorted_tables:
-            columns = {c["name"]: c["nullable"] for c in found.get_columns(table.name)
-                       if c["name"] not in own}
+            columns = {c["name"]: c["nullable"] for c in found.get_columns(table.name)}
             assert columns == {c.name: c.nullable for c in table.columns}, table.name
             indexes = {i["name"] for i in found.get_indexes(table.name)
-                       if not i.get("duplicates_constraint") and i["name"] not in own}   # PostgreSQL's UNIQUE index
+                       if not i.get("duplicates_constraint")}   # PostgreSQL's UNIQUE index
             assert indexes == {i.name for i in table.indexes}, table.name
     finally:
         engine.dispose()

@@ -103,3 +103,19 @@ def test_fts5_translation_quotes_every_term() -> None:
     assert fts5_query('-x "y z"') == '(("y z") NOT "x")'
     assert fts5_query('NEAR(a b) AND "q""') == '(("NEAR(a" AND "b)" AND "AND" AND "q"))'
     assert fts5_query("-only -negated") is None
+
+
+def test_old_and_new_matches_are_found_past_the_newest_pages(ledger: Ledger, db: Db) -> None:
+    """More pages than PostgreSQL walks one by one (search.WALK_PAGES): matches older than the
+    walk come from the index, and a word on every page is found among the newest at once."""
+    from ocrd.ledger.search import WALK_PAGES
+    total = WALK_PAGES + 500
+    job_id = add(ledger, "archive", total)
+    db.raw("UPDATE pages SET state = 'done', search_text = 'common words ' || "
+           "CASE WHEN page_no IN (3, 7, ?) THEN 'needle' ELSE 'hay' END WHERE job_id = ?",
+           (total - 2, job_id))
+    assert _hits(ledger, "needle") == [(job_id, 3), (job_id, 7), (job_id, total - 2)]
+    assert _hits(ledger, "needle common") == _hits(ledger, "needle")
+    assert [p for _, p in _hits(ledger, "common")] == list(range(total - 19, total + 1))
+    assert _hits(ledger, "needle -common") == [] and _hits(ledger, "straw") == []
+    assert [p for _, p in _hits(ledger, "needle OR hay")] == list(range(total - 19, total + 1))
