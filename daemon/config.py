@@ -327,7 +327,7 @@ def _parse_api(t: _Reader, inboxes: tuple[InboxConfig, ...]) -> ApiConfig:
     """[api]; a listen that other machines can reach is refused without the token."""
     listen = _listen(t, ApiConfig.listen, "127.0.0.1:8470")
     auth = t.choice("auth", ApiConfig.auth, ("token", "none"))
-    size = t.get("max_upload", "512MB")
+    size = t.get("max_upload", ApiConfig.max_upload)
     with contextlib.suppress(ValueError):
         size = parse_bytes(size) if isinstance(size, str) else size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -336,8 +336,8 @@ def _parse_api(t: _Reader, inboxes: tuple[InboxConfig, ...]) -> ApiConfig:
     t.done()
     address = listen_address(listen)
     if auth == "none" and address is not None and not is_loopback(address[0]):
-        raise t.fail("auth", f'"none" serves only a loopback listen (127.0.0.1, ::1, localhost), '
-                     f'and listen is {listen!r}: keep auth = "token" to serve other machines', auth)
+        raise ConfigError(f'{t.prefix}auth: "none" serves only a loopback listen (127.0.0.1, ::1, '
+                          f'localhost), not {listen!r}: keep auth = "token" to serve other machines')
     if inbox:
         match = next((i for i in inboxes if i.path == _path(inbox)), None)
         if match is None:

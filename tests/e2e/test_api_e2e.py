@@ -136,6 +136,25 @@ def test_status_pause_and_resume_agree_with_the_cli(serve) -> None:
     assert d.stop() == 0
 
 
+def test_an_uploads_own_mode_and_prompt_reach_the_worker(serve) -> None:
+    d, client = serve()
+    short = client.post("/v1/documents?filename=a.png", content=png_bytes(4),
+                        params={"prompt": "<image>\nFree OCR.", "mode": "tiny"})
+    long = client.post("/v1/documents?force=true", files={   # multipart: the prompt as a field
+        "file": ("b.png", png_bytes(4), "image/png"),
+        "prompt": (None, "<image>\n" + "Read every word of this page. " * 8)})
+    assert short.status_code == long.status_code == 202, (short.text, long.text)
+    assert short.json()["options"] == {"mode": "tiny", "prompt": "<image>\nFree OCR."}
+    for job in (short.json(), long.json()):
+        finished(client, job["id"])
+    tokens = dict(d.query("SELECT job_id, prompt_tokens FROM pages WHERE job_id IN (?, ?)",
+                          short.json()["id"], long.json()["id"]))
+    assert tokens[long.json()["id"]] > tokens[short.json()["id"]] + 30   # each page had its own prompt
+    assert d.query("SELECT mode, prompt FROM jobs WHERE id = ?", short.json()["id"]) == \
+        [("tiny", "<image>\nFree OCR.")]
+    assert d.stop() == 0
+
+
 def test_ocr_waits_for_the_text_or_answers_with_the_job(serve) -> None:
     d, client = serve()
     done = client.post("/v1/ocr?wait=60&filename=letter.png", content=png_bytes(2))
@@ -223,6 +242,7 @@ def test_a_100_mb_upload_is_streamed_not_held_in_memory(serve, tmp_path: Path) -
 
 def test_refused_requests_leave_nothing_behind(serve, tmp_path: Path) -> None:
     d, client = serve(api={"max_upload": "1MB"})
+    assert (d.state / "api-token").stat().st_mode & 0o777 == 0o600
     client.post("/v1/pause")
     jobs_before = d.scalar("SELECT COUNT(*) FROM jobs")
 
