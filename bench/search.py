@@ -204,7 +204,7 @@ def main() -> int:
     sample = list(page_texts(vocab, 200, args.words, seed=99))     # pages like the ledger's, for phrases
     kinds = queries(vocab, lambda: rng.choice(sample), args.queries, args.pages, rng)
     stamp = to_text(datetime.now(UTC))
-    results: dict = {"when": stamp, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+    results: dict = {"when": stamp, "python": platform.python_version(), "sqlite_version": sqlite3.sqlite_version,
                      "platform": platform.platform(), "cpus": os.cpu_count(), "pages": args.pages,
                      "words_per_page": args.words, "vocabulary": VOCABULARY, "zipf_s": ZIPF_S,
                      "limit": args.limit, "queries_per_kind": args.queries}
