@@ -250,7 +250,7 @@ class Ingestor:
               options: JobOptions = JobOptions()) -> Taken:
         copy, outside = origin == Origin.ELSEWHERE, origin != Origin.INBOX
         rel = Path(path.name) if outside else path.relative_to(inbox.path)
-        st = self._stat_takeable(inbox, path, copy=outside)
+        st = self._stat_takeable(inbox, path, outside=outside)
         intent = Intent(inbox=inbox.key, source_path=str(path),
                         relative_path=rel.as_posix(), spool_name=_spool_name(path),
                         size=st.st_size, mtime_ns=st.st_mtime_ns, copied=outside, force=force,
@@ -285,11 +285,11 @@ class Ingestor:
             if path.exists():
                 resume_intent(self, path)
 
-    def _stat_takeable(self, inbox: InboxConfig, path: Path, *, copy: bool) -> os.stat_result:
+    def _stat_takeable(self, inbox: InboxConfig, path: Path, *, outside: bool) -> os.stat_result:
         """The file's stat; raises _Skip when it vanished, may not be taken or cannot be read.
         A file from outside the inboxes (submitted, uploaded) was chosen by the user: no inbox rules."""
         try:
-            why = None if copy else self._refusal(inbox, path)
+            why = None if outside else self._refusal(inbox, path)
             if why is None:
                 return path.stat()
         except FileNotFoundError:
@@ -364,7 +364,8 @@ class Ingestor:
     def _shelve_duplicate(self, intent: Intent, spool: Path, inbox: InboxConfig,
                           result: AddResult) -> None:
         # A copy (`ocrd submit` of a file from elsewhere) or an upload is ours to drop: the user's
-        # file stays where it is, and archive/ does not fill with `name (2).pdf` copies of known documents.
+        # file stays where it is, and archive/ does not fill with `name (2).pdf` copies of known
+        # documents.
         dest = None if intent.copied else plan_destination(inbox, Place.ARCHIVE, Path(intent.relative_path))
         intent = intent.advance(Stage.DUPLICATE, dest=str(dest) if dest else "", job_id=result.job_id)
         write_intent(self.intents, intent)
