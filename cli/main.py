@@ -23,7 +23,6 @@ from . import _format as fmt
 
 if TYPE_CHECKING:
     from ocrd.daemon.config import Config
-    from ocrd.daemon.intake.ingest import Retried
     from ocrd.ledger import Ledger
 
 WATCH_INTERVAL_S = 2.0
@@ -221,30 +220,13 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool, force:
         click.echo("no failed jobs")
     for r in results:
         if r.outcome.ok:
-            click.echo(f"job {r.job_id}: {_retry_words(r)}")
+            click.echo(f"job {r.job_id}: {r.describe()}")
     # Jobs that were never retryable are named first, then those a retry could not bring back.
     problems = sorted((r for r in results if not r.outcome.ok), key=lambda r: r.outcome not in
                       (RetryOutcome.NO_SUCH_JOB, RetryOutcome.NOT_FAILED))
     for r in problems:
-        click.echo(f"ocrd: job {r.job_id}: {_retry_words(r)}", err=True)
+        click.echo(f"ocrd: job {r.job_id}: {r.describe()}", err=True)
     ctx.exit(1 if problems else 0)
-
-
-def _retry_words(r: Retried) -> str:
-    """What `ocrd retry` says about one job."""
-    from ocrd.daemon.intake.ingest import RetryOutcome as Outcome
-    return {
-        Outcome.REQUEUED: "requeued (failed pages only)",
-        Outcome.REOPENED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'})",
-        Outcome.STILL_FAILING: f"still failing: {r.detail}",
-        Outcome.MISSING: f"original is missing ({r.detail or 'deleted'})",
-        Outcome.NOT_FAILED: f"is {r.detail}, not failed"
-                            + (" (--force processes a duplicate anyway)" if r.detail == JobState.DUPLICATE else ""),
-        Outcome.FORCED: f"requeued ({r.pages} page{'' if r.pages == 1 else 's'}), duplicate processed anyway",
-        Outcome.NO_SUCH_JOB: "not found",
-        Outcome.NOT_REOPENED: "not reopened (its state changed)",
-        Outcome.OTHER_HOST: f"belongs to host {r.detail}: run `ocrd retry` there",
-    }[r.outcome]
 
 
 @main.command()
@@ -469,6 +451,54 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         checks = [Check("config", False, str(exc), "fix that key in the config file")]
     click.echo(fmt.to_json([c.__dict__ for c in checks]) if as_json else render_checks(checks))
     ctx.exit(0 if all(c.ok for c in checks) else 1)
+
+
+# -- search and the HTTP API ----------------------------------------------------------------------
+
+@main.command(context_settings={"ignore_unknown_options": True})   # `-word` is a word to leave out
+@click.argument("words", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At most this many pages: the newest that match.")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.pass_context
+def search(ctx: click.Context, words: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Find done pages by their words: job, page, source and a snippet.
+
+    A page must hold every word; "a phrase" keeps its words in order, -word leaves out pages
+    with it, OR gives alternatives. Exits 1 when no page matches (like grep).
+    """
+    config = _load(ctx)
+    from ocrd.daemon.output.outbox import relative_source
+    with _ledger(config) as ledger:
+        hits = [] if ledger is None else ledger.search(" ".join(words), limit)
+        behind = 0 if ledger is None else ledger.count_unindexed()
+    for hit in hits:
+        hit["name"] = relative_source(config, hit["inbox"], hit["source_path"]).as_posix()
+    if behind:
+        click.echo(f"ocrd: {behind} done page(s) are not indexed yet: the daemon indexes them "
+                   "when it starts", err=True)
+    if as_json:
+        click.echo(fmt.to_json(hits))
+    elif hits:
+        rows = [(h["job_id"], f"{h['page_no']}/{h['pages_total']}", fmt.tail(h["name"], 40),
+                 fmt.one_line(h["snippet"], 100)) for h in hits]
+        click.echo(fmt.table(("JOB", "PAGE", "SOURCE", "SNIPPET"), rows, right=(0, 1)))
+    else:
+        click.echo("no page matches", err=True)
+    ctx.exit(0 if hits else 1)
+
+
+@main.group()
+def api() -> None:
+    """The HTTP API ([api] in the config; README: HTTP API)."""
+
+
+@api.command()
+@click.pass_context
+def token(ctx: click.Context) -> None:
+    """Print the API's bearer token (made now if the daemon has not made it yet)."""
+    from ocrd.daemon.api.auth import ensure_token
+    click.echo(ensure_token(_load(ctx)))
 
 
 # `ocrd ledger check | backup | restore`, in a module of its own (it imports this one's helpers

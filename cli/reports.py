@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import click
+from ocrd.daemon.api import URL_KEY as API_URL_KEY
 from ocrd.daemon.config import Config
 from ocrd.daemon.diskspace import space_problem
 from ocrd.daemon.device import (
@@ -55,6 +56,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     if ledger is None:
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
         workers, rate, model, info, paused, metrics_url, problem = [], {}, None, None, None, None, None
+        api_url = None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
         busy: list[dict[str, Any]] = []
         hosts: list[dict[str, Any]] = []
@@ -64,6 +66,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         flight = report["in_flight"]
         model, info = ledger.model_status(), ledger.daemon_info()
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
+        api_url = ledger.get_meta(API_URL_KEY)
         problem = ledger.get_meta(INGEST_PROBLEM)
         busy = ledger.running_jobs()
         hosts = ledger.hosts_status()
@@ -82,6 +85,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "paused": paused is not None,           # `ocrd pause`: no new page is claimed
         "paused_since": paused,
         "metrics_url": metrics_url if running else None,   # [metrics] listen
+        "api_url": api_url if running else None,           # [api] listen
         "device": device,
         "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
         "engine": _engine_of(info) if running else None,   # the running daemon's engine
@@ -228,6 +232,8 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
         lines += _pool_lines(s["pool"])
     if s.get("metrics_url"):
         lines.append(f"metrics  {s['metrics_url']}")
+    if s.get("api_url"):
+        lines.append(f"api      {s['api_url']}")
     for w in s["warnings"]:
         lines.append(click.style(f"WARNING  {w}", fg="red", bold=True))
     jobs = "  ".join(f"{k} {v}" for k, v in s["jobs"].items())

@@ -7,6 +7,7 @@ touches any file (DESIGN.md: unknown keys, wrong types and impossible values are
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import sys
@@ -81,10 +82,41 @@ class MetricsConfig:
 
     @property
     def address(self) -> tuple[str, int] | None:
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return listen_address(self.listen)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: the HTTP API (daemon/api/). `listen` "" is off; `auth` "token" asks every request for
+    the bearer token kept in the state dir, "none" serves a loopback address only; an upload over
+    `max_upload` bytes is refused; `inbox` is the path of the inbox whose outbox, archive, failed
+    folder and formats uploads use ("": the first inbox)."""
+    listen: str = ""
+    auth: str = "token"
+    max_upload: int = 512 * 10**6
+    inbox: str = ""
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return listen_address(self.listen)
+
+
+def listen_address(listen: str) -> tuple[str, int] | None:
+    """"host:port" (IPv6 in brackets) -> (host, port); "" -> None (off)."""
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -123,6 +155,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     inboxes: tuple[InboxConfig, ...] = ()
     source: Path | None = None    # the file this came from
 
@@ -215,6 +248,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     output_cfg = OutputConfig(formats=output.formats("formats", OutputConfig.formats))
     output.done()
     hooks_cfg, metrics_cfg = _parse_hooks(r.table("hooks")), _parse_metrics(r.table("metrics"))
+    api_table = r.table("api")
     inbox_list = raw.get("inbox", [])
     if not isinstance(inbox_list, list) or not all(isinstance(t, dict) for t in inbox_list):
         raise ConfigError("inbox: must be an array of tables ([[inbox]])")
@@ -250,6 +284,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     ledger.done()
 
     inboxes = tuple(_parse_inbox(t, n) for n, t in enumerate(inbox_list))
+    api_cfg = _parse_api(api_table, inboxes)
     state = _path(state_dir) if state_dir else default_state_dir()
     _check_inboxes(inboxes)
     _check_overlaps(inboxes, state)
@@ -265,6 +300,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         output=output_cfg,
         hooks=hooks_cfg,
         metrics=metrics_cfg,
+        api=api_cfg,
         inboxes=inboxes,
         source=source,
     )
@@ -283,12 +319,41 @@ def _parse_hooks(t: _Reader) -> HooksConfig:
 
 
 def _parse_metrics(t: _Reader) -> MetricsConfig:
-    listen = t.str("listen", MetricsConfig.listen).strip()
+    listen = _listen(t, MetricsConfig.listen, "127.0.0.1:9464")
     t.done()
+    return MetricsConfig(listen=listen)
+
+
+def _listen(t: _Reader, default: str, example: str) -> str:
+    """A `listen` key: "" (off) or "host:port"."""
+    listen = t.str("listen", default).strip()
     host, colon, port = listen.rpartition(":")
     if listen and not (colon and host and port.isdigit() and int(port) <= 65535):
-        raise t.fail("listen", 'must be "" (off) or "host:port", e.g. "127.0.0.1:9464"', listen)
-    return MetricsConfig(listen=listen)
+        raise t.fail("listen", f'must be "" (off) or "host:port", e.g. "{example}"', listen)
+    return listen
+
+
+def _parse_api(t: _Reader, inboxes: tuple[InboxConfig, ...]) -> ApiConfig:
+    """[api]; a listen that other machines can reach is refused without the token."""
+    listen = _listen(t, ApiConfig.listen, "127.0.0.1:8470")
+    auth = t.choice("auth", ApiConfig.auth, ("token", "none"))
+    size = t.get("max_upload", ApiConfig.max_upload)
+    with contextlib.suppress(ValueError):
+        size = parse_bytes(size) if isinstance(size, str) else size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise t.fail("max_upload", 'must be a size such as "512MB"', t.raw.get("max_upload"))
+    inbox = t.str("inbox", ApiConfig.inbox)
+    t.done()
+    address = listen_address(listen)
+    if auth == "none" and address is not None and not is_loopback(address[0]):
+        raise ConfigError(f'{t.prefix}auth: "none" serves only a loopback listen (127.0.0.1, ::1, '
+                          f'localhost), not {listen!r}: keep auth = "token" to serve other machines')
+    if inbox:
+        match = next((i for i in inboxes if i.path == _path(inbox)), None)
+        if match is None:
+            raise t.fail("inbox", "must be the path of one of the [[inbox]] tables", inbox)
+        inbox = match.key
+    return ApiConfig(listen=listen, auth=auth, max_upload=size, inbox=inbox)
 
 
 def _parse_inbox(raw: dict[str, Any], n: int) -> InboxConfig:

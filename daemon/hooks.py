@@ -53,8 +53,8 @@ class HookRunner:
 
     def __init__(self, config: HooksConfig) -> None:
         self.config = config
-        # every output file of a done job (one per format): the supervisor knows its inbox's formats
-        self.outputs_of: Callable[[str, str], list[str]] = lambda _inbox, out: [out]
+        # every output file of a done job (one per format): the supervisor knows its formats
+        self.outputs_of: Callable[[str, str, str | None], list[str]] = lambda _inbox, out, _options: [out]
         self.ledger: Ledger | None = None
         self._cursor = 0
         self._next_poll = 0.0
@@ -89,7 +89,8 @@ class HookRunner:
         for ending in self.ledger.job_endings(self._cursor):
             self._cursor = ending["event_id"]
             out = ending.get("output_path")
-            ending["outputs"] = self.outputs_of(ending["inbox"], out) if out and ending["kind"] == "job_done" else []
+            ending["outputs"] = (self.outputs_of(ending["inbox"], out, ending.get("options"))
+                                 if out and ending["kind"] == "job_done" else [])
             self._queue.put(ending)
 
     def reload(self, config: HooksConfig) -> None:

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from .errors import InputError, first_line
 
+UNSUPPORTED = "unsupported file type"   # the reason a file of no known type fails with (the API: 415)
 MAX_SIDE = 4096        # px; the model works at <= 1280 px, so more only costs memory
 # Modes Pillow reduces and resizes with a real filter (1 and P only by nearest neighbour).
 _SCALABLE = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK")
@@ -48,7 +49,7 @@ def sniff_type(path: Path) -> str:
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
-    raise InputError("unsupported file type")
+    raise InputError(UNSUPPORTED)
 
 
 def page_count(path: Path) -> int:

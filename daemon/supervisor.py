@@ -40,10 +40,12 @@ from .ledger_file import EXIT_LEDGER_UNREADABLE, BackupService, LedgerUnreadable
 from .lockfile import AlreadyRunning, DaemonLock, pid_alive
 from .logs import Outage, configure_logging
 from .output.delivery import Delivery, instance_id
+from .output.outbox import job_formats
 from .output.writers import output_path, stem_of
 from .pool import Exit, WorkerPool
 from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext,
                        WorkerEvent)
+from .search_index import index_backlog
 
 log = structlog.get_logger()
 
@@ -98,6 +100,8 @@ class Supervisor:
         self.backups: BackupService | None = None
         self.corrupt: LedgerCorrupt | None = None   # the ledger is damaged: stop, writing nothing
         self.wake = threading.Event()    # run_daemon's loop: a signal, or the ledger found damaged
+        self.api = None                  # an ApiServer while [api] listen is set
+        self._unindexed_after: int | None = 0   # pages done before the search index: from this id
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +151,9 @@ class Supervisor:
                                     empty_grace_s=self.settings.empty_grace_s, on_corrupt=self._on_corrupt)
         self.ingest.start()
         self.backups.start()
+        from .api.server import ApiServer   # FastAPI and uvicorn: only the daemon needs them
+        self.api = ApiServer(self.config, self.ledger)
+        self.api.start()
 
     def tick(self, now: float | None = None) -> None:
         """One round of supervision; `now` is time.monotonic() (a seam for tests)."""
@@ -169,6 +176,8 @@ class Supervisor:
         if self._model_fetched.is_set():
             self._take_downloaded_model()
         self._spawn(now)
+        if self._unindexed_after is not None:   # pages done before ledger v5: a batch a tick
+            self._unindexed_after = index_backlog(self.ledger, self._unindexed_after)
 
     def after_outage(self, now: float | None = None) -> None:
         """The ledger's server is back: leases ran on while no worker could renew them, so
@@ -179,6 +188,8 @@ class Supervisor:
     def stop(self, deadline_s: float = WARM_STOP_S, cold: threading.Event | None = None) -> None:
         """Warm stop: every worker finishes the page in hand and exits; at the deadline, or when
         `cold` is set, what is left is killed. Pages still held go back to the queue."""
+        if self.api is not None:           # first: no upload is taken while stopping
+            self.api.stop()
         if self.ingest is not None:
             self.ingest.stop()
         if self.ledger is None:
@@ -247,6 +258,8 @@ class Supervisor:
         self.delivery.reload(config, self.plan.count)
         if self.ingest is not None:
             self.ingest.reload(config)
+        if self.api is not None:
+            self.api.reload(config)
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
         if (config.model.path, config.model.engine) == (old.path, old.engine):
             self.pool.signal_all(signal.SIGHUP)
@@ -342,9 +355,9 @@ class Supervisor:
         if released:
             log.info("pages_released", worker_id=worker_id, pages=released, note="claimed ahead, not started")
 
-    def _outputs_of(self, inbox_key: str, output: str) -> list[str]:
-        """A done job's files, one per format of its inbox (hooks' OCRD_OUTPUTS)."""
-        formats = self.config.formats_for(self.config.home_inbox(inbox_key))
+    def _outputs_of(self, inbox_key: str, output: str, options: str | None = None) -> list[str]:
+        """A done job's files, one per format it was written in (hooks' OCRD_OUTPUTS)."""
+        formats = job_formats(self.config, inbox_key, options)
         stem = stem_of(Path(output))
         return [str(output_path(stem, fmt)) for fmt in formats]
 

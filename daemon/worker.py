@@ -45,6 +45,7 @@ from .logs import Outage, configure_worker_logging
 from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent,
                        read_context, sender)
 from .render import render_page
+from .search_index import search_text
 
 Rendering = Future[Image.Image | None]    # None: the page could not be rendered (failed already)
 IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1 s
@@ -309,14 +310,15 @@ class Worker:
         self._show_in_flight()
 
     def _prompt_and_mode(self, page: ClaimedPage) -> tuple[str, str]:
-        """Its inbox's prompt and mode: from this host's config for its own inboxes (a SIGHUP's
-        change applies to the next page), else as the host that has the inbox recorded them."""
+        """The job's own (an API upload's choice), else its inbox's prompt and mode: from this
+        host's config for its own inboxes (a SIGHUP's change applies to the next page), else as
+        the host that has the inbox recorded them."""
         if not self.ledger.delivers(page.host):
             return page.prompt or self.config.model.prompt, page.mode or self.config.model.mode
         if self.config.inbox_for(page.inbox) is None:
             self._reload_config()   # an inbox added by a SIGHUP after this worker started
-        inbox = self.config.inbox_for(page.inbox)
-        return self.config.prompt_for(inbox), self.config.mode_for(inbox)
+        inbox, chosen = self.config.inbox_for(page.inbox), page.chosen
+        return chosen.prompt or self.config.prompt_for(inbox), chosen.mode or self.config.mode_for(inbox)
 
     def _show_in_flight(self) -> None:
         # Plain attributes the heartbeat thread reads (it must not iterate a dict in motion).
@@ -433,14 +435,16 @@ class Worker:
     def _store(self, page: ClaimedPage, result: PageResult, size: tuple[int, int], peak: int,
                in_flight: int) -> None:
         """The page's text and its blocks (a line engine's lines, or DeepSeek-OCR's grounding
-        boxes) with the size of the image they refer to; the supervisor finishes the document."""
+        boxes) with the size of the image they refer to, and its words for the search index; the
+        supervisor finishes the document."""
         blocks = result.blocks or parse_grounding(result.text, *size)[0]
         complete = self.ledger.complete_page(
             page.job_id, page.page_no, self.ctx.worker_id, text=result.text,
             prompt_tokens=result.prompt_tokens, generation_tokens=result.generation_tokens,
             seconds=result.seconds, finish_reason=result.finish_reason,
             blocks=json.dumps(to_dicts(blocks, *size), ensure_ascii=False) if blocks else None,
-            width=size[0], height=size[1], engine=name_of(self.ctx.engine_factory))
+            width=size[0], height=size[1], engine=name_of(self.ctx.engine_factory),
+            search_text=search_text(result.text))
         if complete is None:   # its lease ran out (this host slept): another worker has the page
             self.log.warning("page_result_refused", job_id=page.job_id, page=page.page_no,
                              reason="lease lost: the page went to another worker")

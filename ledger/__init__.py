@@ -11,7 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imports on first use
-    from .records import AddResult, ClaimedPage, DaemonInfo, DonePage, Job, PageOutcome  # noqa: F401
+    from .records import (AddResult, ClaimedPage, DaemonInfo, DonePage, Job, JobOptions,  # noqa: F401
+                          PageOutcome)
     from .states import (ENDED_WORKER_STATES, JobState, ModelState, ModelStatus,  # noqa: F401
                          OnDuplicate, PageState, TransitionError, WorkerState)
     from .store import BACKOFF_BASE_S, Ledger  # noqa: F401
@@ -20,7 +21,8 @@ if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ imp
 _HOME = {
     **dict.fromkeys(("LedgerCorrupt", "LedgerFull", "LedgerUnreachable"), "_engine"),
     **dict.fromkeys(("BACKOFF_BASE_S", "Ledger"), "store"),
-    **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "DonePage", "Job", "PageOutcome"), "records"),
+    **dict.fromkeys(("AddResult", "ClaimedPage", "DaemonInfo", "DonePage", "Job", "JobOptions",
+                     "PageOutcome"), "records"),
     **dict.fromkeys(("ENDED_WORKER_STATES", "JobState", "ModelState", "ModelStatus", "OnDuplicate",
                      "PageState", "TransitionError", "WorkerState"), "states"),
 }

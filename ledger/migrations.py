@@ -144,11 +144,24 @@ def _add_page_layout(conn: Connection) -> None:
         conn.execute(text(ddl))
 
 
+def _add_search(conn: Connection) -> None:
+    """v5, full-text search and per-job choices: `pages.search_text` (a done page's words, clean
+    of markup; NULL for pages done before v5 until the daemon indexes them at start), its index
+    (SQLite: the FTS5 table `pages_fts` over that column, kept in step by triggers; PostgreSQL: a
+    generated tsvector column with a GIN index), and `jobs.options` (an API upload's own mode,
+    prompt and formats, JSON; NULL: its inbox's)."""
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN options TEXT"))
+    conn.execute(text("ALTER TABLE pages ADD COLUMN search_text TEXT"))
+    for ddl in schema.SEARCH_DDL[conn.dialect.name]:
+        conn.execute(text(ddl))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, pages, workers, heartbeats, events, meta and their indexes", _create_v1),
     Migration(2, "workers and heartbeats: batch, pages_in_flight", _add_batch_columns),
     Migration(3, "several hosts: jobs.host/mode/prompt, blobs, hosts", _add_hosts),
     Migration(4, "pages: blocks, width, height, engine", _add_page_layout),
+    Migration(5, "full-text search: pages.search_text and its index; jobs.options", _add_search),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,27 @@ class AddResult:
     job_id: int
     state: JobState              # queued, duplicate or failed
     duplicate_of: int | None     # the original job when state is duplicate
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the submitter chose for one job (an API upload's mode, prompt and formats), stored as
+    JSON in `jobs.options`; None: its inbox's. The daemon checks the values before they get here."""
+    mode: str | None = None
+    prompt: str | None = None
+    formats: tuple[str, ...] | None = None
+
+    def to_text(self) -> str | None:
+        """The column's JSON, or None when nothing was chosen (a file dropped in an inbox)."""
+        chosen = {k: list(v) if k == "formats" else v for k, v in self.__dict__.items() if v}
+        return json.dumps(chosen, ensure_ascii=False, sort_keys=True) if chosen else None
+
+    @classmethod
+    def from_text(cls, text: str | None) -> JobOptions:
+        data = json.loads(text) if text else {}
+        formats = data.get("formats")
+        return cls(mode=data.get("mode"), prompt=data.get("prompt"),
+                   formats=tuple(formats) if formats else None)
 
 
 @dataclass(frozen=True)
@@ -40,10 +62,16 @@ class Job:
     host: str | None = None      # who delivers it (hosts.py); None: written before v3
     mode: str | None = None      # its inbox's mode and prompt when it was ingested
     prompt: str | None = None
+    options: str | None = None   # v5: JSON of its JobOptions (None: its inbox's)
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
         return cls(**{**row._mapping, "state": JobState(row.state)})
+
+    @property
+    def chosen(self) -> JobOptions:
+        """What its submitter chose for it (empty for a file dropped in an inbox)."""
+        return JobOptions.from_text(self.options)
 
 
 @dataclass(frozen=True)
@@ -73,12 +101,17 @@ class ClaimedPage:
     host: str | None = None      # the job's (hosts.py)
     mode: str | None = None      # the job's inbox's, for a worker that doesn't have that inbox
     prompt: str | None = None
+    options: str | None = None   # the job's own choices (JobOptions JSON), over its inbox's
 
     @classmethod
     def of(cls, job_id: int, page_no: int, attempts: int, job: Row) -> ClaimedPage:
         return cls(job_id=job_id, page_no=page_no, attempts=attempts, pages_total=job.pages_total,
                    inbox=job.inbox, source_path=job.source_path, spool_path=job.spool_path,
-                   host=job.host, mode=job.mode, prompt=job.prompt)
+                   host=job.host, mode=job.mode, prompt=job.prompt, options=job.options)
+
+    @property
+    def chosen(self) -> JobOptions:
+        return JobOptions.from_text(self.options)
 
 
 @dataclass(frozen=True)

@@ -150,11 +150,14 @@ def job_started_at(conn: Connection, job_id: int) -> str | None:
     return conn.execute(select(func.min(pages.c.started_at)).where(pages.c.job_id == job_id)).scalar_one()
 
 
-def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """jobs rows (all columns), newest first."""
+def list_jobs(conn: Connection, state: JobState | None = None, limit: int = 50,
+              since: datetime | None = None) -> list[dict[str, Any]]:
+    """jobs rows (all columns), newest first; `since`: only those changed at or after it."""
     query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
     if state is not None:
         query = query.where(jobs.c.state == state)
+    if since is not None:
+        query = query.where(jobs.c.updated_at >= to_text(since))
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
@@ -180,10 +183,10 @@ ENDING_EVENTS = ("job_done", "job_failed")
 def job_endings(conn: Connection, after: int, limit: int = 100, mine: Any = true()) -> list[dict[str, Any]]:
     """Jobs that ended (done or failed, at ingest too) after event id `after`, oldest first, one
     per ending (a job retried and failed again ends twice): event_id, kind, job_id, and the job's
-    state, source_path, output_path and error now (hooks: daemon/hooks.py). `mine`: the jobs of
-    this host (hosts.py), whose hooks it runs."""
+    state, source_path, output_path, error and options now (hooks: daemon/hooks.py). `mine`:
+    the jobs of this host (hosts.py), whose hooks it runs."""
     query = (select(events.c.id.label("event_id"), events.c.kind, events.c.job_id, jobs.c.state,
-                    jobs.c.source_path, jobs.c.output_path, jobs.c.error, jobs.c.inbox)
+                    jobs.c.source_path, jobs.c.output_path, jobs.c.error, jobs.c.inbox, jobs.c.options)
              .join(jobs, jobs.c.id == events.c.job_id)
              .where(events.c.id > after, events.c.kind.in_(ENDING_EVENTS), events.c.page_no.is_(None),
                     mine)
@@ -239,8 +242,9 @@ class Reports:
     def job_started_at(self, job_id: int) -> str | None:
         return self._read(lambda conn: job_started_at(conn, job_id))
 
-    def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return self._read(lambda conn: list_jobs(conn, state, limit))
+    def list_jobs(self, state: JobState | None = None, limit: int = 50,
+                  since: datetime | None = None) -> list[dict[str, Any]]:
+        return self._read(lambda conn: list_jobs(conn, state, limit, since))
 
     def show_job(self, job_id: int) -> dict[str, Any] | None:
         return self._read(lambda conn: show_job(conn, job_id))

@@ -7,7 +7,9 @@ the claim walks one index in order instead of sorting every queued page), `pages
 and, for continuous batching, `batch` and `pages_in_flight` in `workers` and `heartbeats`; for several hosts on PostgreSQL (v3),
 `jobs.host` (the host that ingested the job and delivers it), `jobs.mode`/`jobs.prompt` (its inbox's,
 for workers on other hosts), `blobs` (the document's bytes while it is queued or running) and
-`hosts` (each daemon's heartbeat and role).
+`hosts` (each daemon's heartbeat and role); for full-text search (v5) `pages.search_text` and its
+index (SEARCH_DDL: made by the migration, not by this metadata, being each engine's own), and
+`jobs.options` (an API upload's own mode, prompt and formats).
 Times are UTC ISO-8601 text of one fixed width, so text order is time order (in any collation:
 every value has its digits and punctuation at the same places).
 """
@@ -53,6 +55,7 @@ jobs = Table(
     Column("host", Text),                      # v3: who delivers it (NULL: written before v3)
     Column("mode", Text),                      # v3: its inbox's resolution mode and prompt
     Column("prompt", Text),
+    Column("options", Text),                   # v5: JSON {mode, prompt, formats} chosen for this job
     _in("state", JobState),
 )
 
@@ -79,6 +82,7 @@ pages = Table(
     Column("width", Integer),                  # the image the boxes refer to, in pixels
     Column("height", Integer),
     Column("engine", Text),                    # what read the page (mlx-vlm, rapidocr, vision)
+    Column("search_text", Text),               # v5: its words for search (NULL: not indexed yet)
     UniqueConstraint("job_id", "page_no", name="uq_pages_job_page"),
     _in("state", PageState),
 )
@@ -175,3 +179,42 @@ Index("ix_heartbeats_worker_at", heartbeats.c.worker_id, heartbeats.c.at)
 Index("ix_heartbeats_at", heartbeats.c.at)               # the 24 h retention delete
 Index("ix_events_job_id", events.c.job_id)
 Index("ix_workers_host_pid", workers.c.host, workers.c.pid)
+
+# Full-text search over pages.search_text (v5), each engine its own way, kept in step by triggers
+# with whatever writes the column. SQLite: an FTS5 table that reads its text from `pages` (external
+# content: the words are stored once). PostgreSQL: `page_search`, a narrow side table of each
+# page's tsvector with a GIN index; narrow (the tsvector kept out of line) so that collecting the
+# ids of thousands of matching pages touches a few MB of heap, not the wide `pages` rows.
+# The `simple` configuration and unicode61 both lower-case and split on punctuation without
+# stemming: a word matches as written, in any language. SQLite also folds accents (cafe finds
+# café); PostgreSQL does not (unaccent is not immutable).
+FTS_TABLE = "pages_fts"
+PG_SEARCH_TABLE = "page_search"
+SEARCH_DDL = {
+    "sqlite": [
+        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5(search_text, content='pages', "
+        "content_rowid='id', tokenize='unicode61 remove_diacritics 2')",
+        f"CREATE TRIGGER pages_fts_insert AFTER INSERT ON pages WHEN new.search_text IS NOT NULL "
+        f"BEGIN INSERT INTO {FTS_TABLE}(rowid, search_text) VALUES (new.id, new.search_text); END",
+        f"CREATE TRIGGER pages_fts_update AFTER UPDATE OF search_text ON pages BEGIN "
+        f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, search_text) "
+        "SELECT 'delete', old.id, old.search_text WHERE old.search_text IS NOT NULL; "
+        f"INSERT INTO {FTS_TABLE}(rowid, search_text) "
+        "SELECT new.id, new.search_text WHERE new.search_text IS NOT NULL; END",
+        f"CREATE TRIGGER pages_fts_delete AFTER DELETE ON pages WHEN old.search_text IS NOT NULL "
+        f"BEGIN INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, search_text) "
+        "VALUES ('delete', old.id, old.search_text); END",
+    ],
+    "postgresql": [
+        f"CREATE TABLE {PG_SEARCH_TABLE} (page_id INTEGER PRIMARY KEY REFERENCES pages (id) "
+        "ON DELETE CASCADE, search_vector TSVECTOR NOT NULL) WITH (toast_tuple_target = 128)",
+        f"ALTER TABLE {PG_SEARCH_TABLE} ALTER COLUMN search_vector SET STORAGE EXTERNAL",
+        f"CREATE INDEX ix_{PG_SEARCH_TABLE} ON {PG_SEARCH_TABLE} USING gin (search_vector)",
+        "CREATE FUNCTION pages_search_sync() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"DELETE FROM {PG_SEARCH_TABLE} WHERE page_id = NEW.id; "
+        f"IF NEW.search_text IS NOT NULL THEN INSERT INTO {PG_SEARCH_TABLE} (page_id, search_vector) "
+        "VALUES (NEW.id, to_tsvector('simple', NEW.search_text)); END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER pages_search_sync AFTER INSERT OR UPDATE OF search_text ON pages "
+        "FOR EACH ROW EXECUTE FUNCTION pages_search_sync()",
+    ],
+}

@@ -10,7 +10,8 @@ CONTRACT (other modules are written against exactly these names and signatures; 
   Deadlocks, serialization failures and lock timeouts are retried like SQLITE_BUSY.
 - Every state change goes through transitions.py's `transition_job` / `transition_page`
   (conditional UPDATE ... WHERE state = :from) and appends an `events` row in the same transaction.
-- Engine set-up and the transaction runner live in _engine.py, the read-only reports in reports.py.
+- Engine set-up and the transaction runner live in _engine.py, the read-only reports in reports.py,
+  full-text search in search.py.
 - `jobs.spool_path` always holds where the original lies NOW: the spool while queued/running, the
   archive path once done (None if deleted), the failed/ path once failed. Whoever moves the file
   calls `set_job_paths` right after the move; the supervisor reconciles at start.
@@ -33,6 +34,7 @@ from .hosts import HostBook
 from .records import AddResult, ClaimedPage, DonePage, Job, PageOutcome
 from .reports import Reports
 from .schema import jobs, pages, workers
+from .search import Search
 from .states import JobState, OnDuplicate, PageState, TransitionError
 from .transitions import (append_event, fail_job_with_pages, page_key, transition_job,
                           transition_page)
@@ -53,7 +55,7 @@ def backoff_s(attempts: int, base_s: float = BACKOFF_BASE_S, rng: random.Random 
     return min(base_s * 2 ** attempts, BACKOFF_MAX_S) * jitter
 
 
-class Ledger(Transactions, WorkerBook, Reports, HostBook):
+class Ledger(Transactions, WorkerBook, Reports, HostBook, Search):
     """The job database's one API: open it (creating and migrating as needed), call its methods
     (each one short transaction, from any thread or process), close it (or use it as a context)."""
 
@@ -97,8 +99,10 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook):
     # -- jobs -----------------------------------------------------------------------------------
     def add_job(self, *, inbox: str, source_path: str, spool_path: str, sha256: str, size_bytes: int,
                 pages_total: int, priority: int = 0, on_duplicate: OnDuplicate = OnDuplicate.SKIP,
-                mode: str | None = None, prompt: str | None = None, now: datetime | None = None) -> AddResult:
-        """Insert a job and its `pages_total` page rows in one transaction.
+                mode: str | None = None, prompt: str | None = None, options: str | None = None,
+                now: datetime | None = None) -> AddResult:
+        """Insert a job and its `pages_total` page rows in one transaction (`options`: the
+        JobOptions JSON its submitter chose, None: its inbox's).
         If on_duplicate is SKIP and a queued/running/done job has the same sha256, insert a
         `duplicate` job instead (no pages, error = "duplicate of job N") and return duplicate_of=N.
         Idempotent on spool_path: if a job with this spool_path exists, return it unchanged.
@@ -109,7 +113,7 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook):
         stamp = to_text(now)
         common = dict(inbox=inbox, source_path=source_path, spool_path=spool_path, sha256=sha256,
                       size_bytes=size_bytes, priority=priority, created_at=stamp, updated_at=stamp,
-                      host=self.host, mode=mode, prompt=prompt)
+                      host=self.host, mode=mode, prompt=prompt, options=options)
 
         def tx(conn: Connection) -> AddResult:
             self._lock_ingest(conn)
@@ -369,7 +373,8 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook):
             # then reads it running
             info = {r.id: r for r in conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.pages_total, jobs.c.inbox, jobs.c.source_path,
-                       jobs.c.spool_path, jobs.c.host, jobs.c.mode, jobs.c.prompt).where(jobs.c.id.in_(job_ids))
+                       jobs.c.spool_path, jobs.c.host, jobs.c.mode, jobs.c.prompt, jobs.c.options)
+                .where(jobs.c.id.in_(job_ids))
                 .order_by(jobs.c.id).with_for_update(key_share=True))}
             for job_id in job_ids:
                 if info[job_id].state == JobState.QUEUED:
@@ -406,9 +411,11 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook):
                       prompt_tokens: int = 0, generation_tokens: int = 0, seconds: float = 0.0,
                       finish_reason: str = "stop", blocks: str | None = None,
                       width: int | None = None, height: int | None = None, engine: str | None = None,
-                      now: datetime | None = None) -> bool | None:
+                      search_text: str | None = None, now: datetime | None = None) -> bool | None:
         """running -> done (only if this worker still holds the lease), with its text and its
-        blocks (JSON) where the engine gave boxes; pages_done += 1; workers.pages_done += 1. Returns True when this completion made every page of the job
+        blocks (JSON) where the engine gave boxes, and `search_text`: its words as the search
+        index holds them (the caller cleans the text: the ledger knows no markup; None: indexed
+        later, see unindexed_pages); pages_done += 1; workers.pages_done += 1. Returns True when this completion made every page of the job
         done (the caller then assembles the outbox), False when other pages are still open, and
         None when it was refused: the lease was lost (the page is another worker's or done)."""
         now = self.clock(now)
@@ -423,7 +430,7 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook):
                             generation_tokens=generation_tokens, seconds=seconds,
                             finish_reason=finish_reason, finished_at=stamp,
                             lease_expires_at=None, error=None, blocks=blocks, width=width,
-                            height=height, engine=engine))
+                            height=height, engine=engine, search_text=search_text))
             if not moved:
                 return None
             done, total = conn.execute(

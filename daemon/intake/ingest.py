@@ -1,5 +1,5 @@
 """Ingest: move a ready file from its inbox into the spool and record it as a job; `ocrd submit`
-and `ocrd retry` go through the same steps.
+and `ocrd retry` go through the same steps, and so does an upload of the HTTP API (daemon/api/).
 
 Crash safety (DESIGN.md invariant 1): before a file leaves its inbox, an intent naming it is
 written to the crash journal (intents.py). Every later step is either idempotent (the ledger's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger import AddResult, Job, JobState, Ledger, OnDuplicate
+from ocrd.ledger import AddResult, Job, JobOptions, JobState, Ledger, OnDuplicate
 from ocrd.ledger.hosts import SHARED_MAX_BYTES
 
 from .. import files
@@ -64,6 +64,13 @@ class Unsettled(Exception):
     def __init__(self, spool_name: str, cause: Exception) -> None:
         super().__init__(f"{spool_name}: {first_line(cause, with_type=True)}")
         self.spool_name = spool_name
+
+
+class Origin(StrEnum):
+    """Where a file comes from, which decides how it is taken in."""
+    INBOX = "inbox"           # the watcher's: moved in from its inbox, under the inbox's rules
+    ELSEWHERE = "elsewhere"   # `ocrd submit` of a file outside the inboxes: copied, the user's stays
+    UPLOAD = "upload"         # an API upload staged in the state dir: moved in, ours to drop
 
 
 class _Skip(Exception):
@@ -112,6 +119,23 @@ class Retried:
     pages: int = 0
     detail: str = ""
 
+    def describe(self) -> str:
+        """What happened, in words (`ocrd retry`'s line, the API's reason)."""
+        pages = f"{self.pages} page{'' if self.pages == 1 else 's'}"
+        return {
+            RetryOutcome.REQUEUED: "requeued (failed pages only)",
+            RetryOutcome.REOPENED: f"requeued ({pages})",
+            RetryOutcome.STILL_FAILING: f"still failing: {self.detail}",
+            RetryOutcome.MISSING: f"original is missing ({self.detail or 'deleted'})",
+            RetryOutcome.NOT_FAILED: f"is {self.detail}, not failed"
+                                     + (" (--force processes a duplicate anyway)"
+                                        if self.detail == JobState.DUPLICATE else ""),
+            RetryOutcome.FORCED: f"requeued ({pages}), duplicate processed anyway",
+            RetryOutcome.NO_SUCH_JOB: "not found",
+            RetryOutcome.NOT_REOPENED: "not reopened (its state changed)",
+            RetryOutcome.OTHER_HOST: f"belongs to host {self.detail}: run `ocrd retry` there",
+        }[self.outcome]
+
 
 def sha256_file(path: Path) -> str:
     """Stream a file's sha256."""
@@ -141,6 +165,12 @@ def _count_pages(path: Path) -> int:
     if pages < 1:
         raise InputError("no pages")
     return pages
+
+
+def _submitted(path: Path, taken: Taken) -> Submitted:
+    if taken.result.state == JobState.FAILED:
+        return Submitted(path, taken.result, taken.error or "failed")
+    return Submitted(path, taken.result, None, taken.pages)
 
 
 def _submittable(top: Path, f: Path) -> bool:
@@ -191,7 +221,7 @@ class Ingestor:
         self._check_not_stalled(path, time.time() if now is None else now)
         try:
             with self.locked():
-                return self._take(inbox, path, copy=False).result
+                return self._take(inbox, path, Origin.INBOX).result
         except _Skip:
             return None
 
@@ -216,12 +246,15 @@ class Ingestor:
         except OSError:
             return
 
-    def _take(self, inbox: InboxConfig, path: Path, *, copy: bool, force: bool = False) -> Taken:
-        rel = Path(path.name) if copy else path.relative_to(inbox.path)
-        st = self._stat_takeable(inbox, path, copy=copy)
+    def _take(self, inbox: InboxConfig, path: Path, origin: Origin, *, force: bool = False,
+              options: JobOptions = JobOptions()) -> Taken:
+        copy, outside = origin == Origin.ELSEWHERE, origin != Origin.INBOX
+        rel = Path(path.name) if outside else path.relative_to(inbox.path)
+        st = self._stat_takeable(inbox, path, outside=outside)
         intent = Intent(inbox=inbox.key, source_path=str(path),
                         relative_path=rel.as_posix(), spool_name=_spool_name(path),
-                        size=st.st_size, mtime_ns=st.st_mtime_ns, copied=copy, force=force)
+                        size=st.st_size, mtime_ns=st.st_mtime_ns, copied=outside, force=force,
+                        options=options.to_text() or "")
         write_intent(self.intents, intent)
         target = self.spool / intent.spool_name
         try:
@@ -252,11 +285,11 @@ class Ingestor:
             if path.exists():
                 resume_intent(self, path)
 
-    def _stat_takeable(self, inbox: InboxConfig, path: Path, *, copy: bool) -> os.stat_result:
+    def _stat_takeable(self, inbox: InboxConfig, path: Path, *, outside: bool) -> os.stat_result:
         """The file's stat; raises _Skip when it vanished, may not be taken or cannot be read.
-        A copied file (submitted from elsewhere) is the user's to point at: no inbox rules."""
+        A file from outside the inboxes (submitted, uploaded) was chosen by the user: no inbox rules."""
         try:
-            why = None if copy else self._refusal(inbox, path)
+            why = None if outside else self._refusal(inbox, path)
             if why is None:
                 return path.stat()
         except FileNotFoundError:
@@ -292,10 +325,12 @@ class Ingestor:
             pages = _count_pages(spool)
         except InputError as exc:
             return self._fail(intent, spool, inbox, sha, size, exc)
+        chosen = JobOptions.from_text(intent.options or None)   # an upload's own, over the inbox's
         result = self.ledger.add_job(inbox=intent.inbox, source_path=intent.source_path,
                                      spool_path=str(spool), sha256=sha, size_bytes=size,
-                                     pages_total=pages, mode=self.config.mode_for(inbox),
-                                     prompt=self.config.prompt_for(inbox),
+                                     pages_total=pages, mode=chosen.mode or self.config.mode_for(inbox),
+                                     prompt=chosen.prompt or self.config.prompt_for(inbox),
+                                     options=intent.options or None,
                                      on_duplicate=OnDuplicate.PROCESS if intent.force else inbox.on_duplicate)
         if result.state == JobState.DUPLICATE:
             self._shelve_duplicate(intent, spool, inbox, result)
@@ -328,8 +363,9 @@ class Ingestor:
 
     def _shelve_duplicate(self, intent: Intent, spool: Path, inbox: InboxConfig,
                           result: AddResult) -> None:
-        # A copy (`ocrd submit` of a file from elsewhere) is ours to drop: the user's file stays
-        # where it is, and archive/ does not fill with `name (2).pdf` copies of known documents.
+        # A copy (`ocrd submit` of a file from elsewhere) or an upload is ours to drop: the user's
+        # file stays where it is, and archive/ does not fill with `name (2).pdf` copies of known
+        # documents.
         dest = None if intent.copied else plan_destination(inbox, Place.ARCHIVE, Path(intent.relative_path))
         intent = intent.advance(Stage.DUPLICATE, dest=str(dest) if dest else "", job_id=result.job_id)
         write_intent(self.intents, intent)
@@ -363,13 +399,28 @@ class Ingestor:
             return Submitted(path, None, "no inbox is configured (the job needs an outbox)")
         try:
             with self.locked():
-                taken = self._take(inbox or self.config.inboxes[0], path, copy=inbox is None,
-                                   force=force)
+                taken = self._take(inbox or self.config.inboxes[0], path,
+                                   Origin.ELSEWHERE if inbox is None else Origin.INBOX, force=force)
         except _Skip as exc:
             return Submitted(path, None, str(exc))
-        if taken.result.state == JobState.FAILED:
-            return Submitted(path, taken.result, taken.error or "failed")
-        return Submitted(path, taken.result, None, taken.pages)
+        return _submitted(path, taken)
+
+    # -- an upload of the HTTP API --------------------------------------------------------------
+    def submit_upload(self, path: Path, *, force: bool = False,
+                      options: JobOptions = JobOptions()) -> Submitted:
+        """An upload the API staged in the state dir: moved into the spool and recorded as `ocrd
+        submit` records a file from elsewhere (its name only; its outputs in the folders and
+        formats of `[api] inbox`, or the first inbox), with the mode, prompt and formats its
+        uploader chose (`options`, checked by the caller). Dropped if a duplicate."""
+        inbox = self.config.home_inbox(self.config.api.inbox)
+        if inbox is None:
+            return Submitted(path, None, "no inbox is configured (the job needs an outbox)")
+        try:
+            with self.locked():
+                taken = self._take(inbox, path, Origin.UPLOAD, force=force, options=options)
+        except _Skip as exc:
+            return Submitted(path, None, str(exc))
+        return _submitted(path, taken)
 
     # -- ocrd retry -----------------------------------------------------------------------------
     def retry(self, job_ids: list[int] | None = None, *, force: bool = False) -> list[Retried]:

@@ -34,8 +34,9 @@ class Intent:
     spool_name: str          # its name in the spool; also names the sidecar
     size: int = 0            # size and mtime when taken
     mtime_ns: int = 0
-    copied: bool = False     # copied in (`ocrd submit` from elsewhere): the source stays
+    copied: bool = False     # not from an inbox (`ocrd submit` from elsewhere, an API upload): ours to drop
     force: bool = False      # `submit --force`: processed even if its content is a known job's
+    options: str = ""        # an upload's own mode, prompt and formats (JobOptions JSON; "": its inbox's)
     stage: Stage = Stage.NEW
     dest: str = ""           # where it is being moved ("" : deleted, or not chosen yet)
     job_id: int | None = None

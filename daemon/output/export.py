@@ -15,7 +15,7 @@ from pathlib import Path
 from ocrd.ledger import JobState, Ledger
 
 from ..config import Config
-from .outbox import job_relative_path
+from .outbox import job_formats, job_relative_path
 from .writers import Document, FormatFailed, free_stem, write_outputs
 
 
@@ -29,14 +29,14 @@ class Exported:
 
 def export_job(config: Config, ledger: Ledger, job_id: int, formats: tuple[str, ...] | None,
                to: Path) -> Exported:
-    """Write `formats` (None: its inbox's) of job `job_id` under `to`."""
+    """Write `formats` (None: the job's own, see job_formats) of job `job_id` under `to`."""
     job = ledger.job(job_id)
     if job is None:
         return Exported(job_id, error=f"job {job_id} not found")
     if job.state != JobState.DONE:
         return Exported(job_id, error=f"job {job_id} is {job.state}: only a done job has outputs")
     inbox = config.home_inbox(job.inbox)
-    formats = formats or config.formats_for(inbox)
+    formats = formats or job_formats(config, job.inbox, job.options)
     original = Path(job.spool_path) if job.spool_path else None
     if "pdf" in formats and (original is None or not original.is_file()):
         where = f"it was at {original}" if original else "its inbox keeps no archive (archive = \"\")"

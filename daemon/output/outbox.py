@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger import Job, JobState, Ledger
+from ocrd.ledger import Job, JobOptions, JobState, Ledger
 from ocrd.ledger.clock import from_text, utc_now
 
 from ..config import Config, InboxConfig
@@ -49,6 +49,12 @@ def job_relative_path(config: Config, job: Job) -> Path:
     """A job's source path below its inbox (just its name when it came from elsewhere): the
     path it keeps under outbox/, archive/ and failed/."""
     return relative_source(config, job.inbox, job.source_path)
+
+
+def job_formats(config: Config, inbox_key: str, options: str | None = None) -> tuple[str, ...]:
+    """The formats a job is written in: its own (an API upload's choice, `jobs.options`), else
+    its inbox's. Finishing, export, hooks and the API all ask here."""
+    return JobOptions.from_text(options).formats or config.formats_for(config.home_inbox(inbox_key))
 
 
 def relative_source(config: Config, inbox_key: str, source_path: str) -> Path:
@@ -119,7 +125,7 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
             log.error("finish_skipped_no_inbox", job_id=job_id, inbox=job.inbox)
             return None
         rel = job_relative_path(config, job)
-        formats = config.formats_for(inbox)
+        formats = job_formats(config, job.inbox, job.options)
         stem = stem_of(Path(job.output_path)) if job.output_path else free_stem(
             inbox.outbox / rel.with_suffix(""), formats)
         out = output_path(stem, formats[0])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from configs import config_dict, to_toml
-from ocrd.daemon.config import (DEFAULT_CONFIG, Config, ConfigError, InboxConfig, ModelConfig, PdfConfig,
-                                WorkersConfig, load_config, parse_bytes, parse_config)
+from ocrd.daemon.config import (DEFAULT_CONFIG, ApiConfig, Config, ConfigError, InboxConfig, ModelConfig,
+                                PdfConfig, WorkersConfig, load_config, parse_bytes, parse_config)
 from ocrd.ledger.states import OnDuplicate
 
 INBOX = '[[inbox]]\npath = "/srv/in"\noutbox = "/srv/out"\nfailed = "/srv/failed"\n'
@@ -40,6 +40,7 @@ def test_shipped_file_and_omitted_keys_both_give_the_dataclass_defaults() -> Non
     key left out must read as the same value."""
     for config in (load_config(DEFAULT_CONFIG), parse(INBOX)):
         assert (config.model, config.workers, config.pdf) == (ModelConfig(), WorkersConfig(), PdfConfig())
+        assert config.api == ApiConfig() and config.api.address is None
         assert config.ledger_url == Config.ledger_url
         assert (config.backup_every_s, config.backup_keep) == (Config.backup_every_s, Config.backup_keep)
         [inbox] = config.inboxes
@@ -75,8 +76,24 @@ def test_values_and_overrides() -> None:
     assert parse_bytes("512 MiB") == 512 * 2**20
 
 
+def test_api_keys() -> None:
+    config = parse('[api]\nlisten = "[::1]:0"\nauth = "none"\nmax_upload = "2MB"\ninbox = "/srv/in"\n' + INBOX)
+    assert config.api == ApiConfig(listen="[::1]:0", auth="none", max_upload=2 * 10**6,
+                                   inbox=config.inboxes[0].key)
+    assert config.api.address == ("::1", 0)
+    assert config.home_inbox(config.api.inbox) == config.inboxes[0]
+    assert parse('[api]\nlisten = "0.0.0.0:8470"\nmax_upload = 1000\n').api.max_upload == 1000
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("colour = 1", "colour: unknown key"),
+    ('[api]\nlisten = "8470"', 'api.listen: must be "" (off) or "host:port", e.g. "127.0.0.1:8470"'),
+    ('[api]\nauth = "basic"', "api.auth: must be one of token, none, not 'basic'"),
+    ('[api]\nmax_upload = "lots"', 'api.max_upload: must be a size such as "512MB", not \'lots\''),
+    ('[api]\nmax_upload = 0', 'api.max_upload: must be a size such as "512MB", not 0'),
+    ('[api]\nlisten = "0.0.0.0:8470"\nauth = "none"', 'api.auth: "none" serves only a loopback listen'),
+    ('[api]\ninbox = "/srv/other"\n' + INBOX, "api.inbox: must be the path of one of the [[inbox]] tables"),
+    ('[api]\nport = 1', "api.port: unknown key"),
     ("[model]\nmode = \"huge\"", "model.mode: must be one of tiny, small, base, large, gundam, not 'huge'"),
     ("[model]\nmax_tokens = 0", "model.max_tokens: must be at least 1, not 0"),
     ("[model]\nmax_tokens = \"many\"", "model.max_tokens: must be an integer, not 'many'"),

@@ -40,6 +40,13 @@ WHERE at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-1 hour') AND pages_in_flight
 GROUP BY worker_id ORDER BY worker_id;
 """
 
+PAGES_WITH_WORDS = """
+SELECT p.job_id, p.page_no, j.source_path,
+       snippet(pages_fts, 0, '[', ']', '…', 12) AS snippet
+FROM pages_fts JOIN pages p ON p.id = pages_fts.rowid JOIN jobs j ON j.id = p.job_id
+WHERE pages_fts MATCH 'harbour AND bridge' ORDER BY pages_fts.rowid DESC LIMIT 20;
+"""
+
 
 def test_readme_queries(ledger: Ledger, db: Db) -> None:
     now = datetime.now(UTC)
@@ -75,7 +82,15 @@ def test_readme_batch_query(ledger: Ledger, db: Db) -> None:
     assert db.raw(BATCH_LAST_HOUR) == [("g0", 32, 21.0, 1500.0)]
 
 
+def test_readme_search_query(ledger: Ledger, db: Db) -> None:
+    job = add(ledger, "river", 2)
+    for page in ledger.claim_pages("w", n=2):
+        words = ["the harbour bridge fell", "the harbour was calm"][page.page_no - 1]
+        ledger.complete_page(job, page.page_no, "w", text=words, search_text=words)
+    assert db.raw(PAGES_WITH_WORDS) == [(job, 1, "/in/river.pdf", "the [harbour] [bridge] fell")]
+
+
 def test_the_readme_gives_these_queries_verbatim() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for query in (WHAT_FAILED, PAGES_PER_HOUR_TODAY, BATCH_LAST_HOUR):
+    for query in (WHAT_FAILED, PAGES_PER_HOUR_TODAY, BATCH_LAST_HOUR, PAGES_WITH_WORDS):
         assert query.strip() in readme
