@@ -154,6 +154,9 @@ def test_real_world_files_end_in_archive_or_failed(make_daemon) -> None:
     total = len(GOOD) + len(BAD) + 1
     states = d.wait_settled(total, timeout=150)
     assert d.proc.poll() is None, "the daemon died"
+    # a page that failed its document on a worker: the delivery moves the original just after
+    wait_for(lambda: not d.query("SELECT id FROM jobs WHERE state = 'failed' AND spool_path LIKE ?",
+                                 f"{d.state / 'spool'}/%"), 30, 0.1, "failed originals moved to failed/")
     rows = d.query("SELECT source_path, state, spool_path, output_path, pages_total, error FROM jobs")
     jobs = {Path(row[0]).relative_to(d.inbox).as_posix(): row[1:] for row in rows}
     assert len(jobs) == total, sorted(set(jobs) ^ (set(GOOD) | set(BAD) | {DUPLICATE}))
