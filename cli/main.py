@@ -213,8 +213,9 @@ def retry(ctx: click.Context, job_ids: tuple[int, ...], all_failed: bool, force:
                 click.echo("no failed jobs")
                 return
             _fail(ctx, f"no ledger yet at {config.ledger_path}: no job {job_ids[0]}")
-        from ocrd.daemon.intake.ingest import Ingestor, RetryOutcome
-        results = Ingestor(config, ledger).retry(None if all_failed else list(dict.fromkeys(job_ids)),
+        from ocrd.daemon.intake.ingest import Ingestor
+        from ocrd.daemon.intake.retry import RetryOutcome, retry_jobs
+        results = retry_jobs(Ingestor(config, ledger), None if all_failed else list(dict.fromkeys(job_ids)),
                                                  force=force)
     if all_failed and not results:
         click.echo("no failed jobs")

@@ -16,7 +16,8 @@ from typing import Any
 from ocrd.ledger import JobOptions, JobState, Ledger
 
 from ..config import FORMATS, Config
-from ..intake.ingest import Ingestor, Retried, RetryOutcome, Submitted
+from ..intake.ingest import Ingestor, Submitted
+from ..intake.retry import Retried, RetryOutcome, retry_jobs
 from ..modes import MODES
 from ..output.outbox import job_formats, relative_source
 from ..output.writers import output_path, render_text, stem_of
@@ -148,7 +149,7 @@ class Actions:
 
     def retry(self, job_id: int, *, force: bool) -> Retried:
         """`ocrd retry JOB_ID [--force]`; an outcome that is not a retry is an ApiError."""
-        [done] = self.ingestor.retry([job_id], force=force)
+        [done] = retry_jobs(self.ingestor, [job_id], force=force)
         if not done.outcome.ok:
             raise ApiError(_RETRY_STATUS.get(done.outcome, 409), f"job {job_id}: {done.describe()}",
                            outcome=str(done.outcome))

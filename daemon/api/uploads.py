@@ -36,7 +36,7 @@ from ..files import PRIVATE, fit_name, make_private_dir
 
 STAGING = "uploads"
 DEFAULT_NAME = "upload"
-MAX_NAME_BYTES = 100           # the spool adds 17 bytes and the intent 5 (ingest._spool_name: 120)
+MAX_NAME_BYTES = 100           # the spool adds 17 bytes and the intent 5 (ingest.spool_name: 120)
 MAX_FIELDS, MAX_FIELD_BYTES = 16, 64 * 1024     # a multipart upload's option fields
 _TYPES = {"application/pdf", "image/png", "image/jpeg", "image/tiff", "image/webp", "image/bmp",
           "image/gif"}         # a nameless raw upload of one of these gets its extension

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from ocrd.ledger import AddResult, Job, JobOptions, JobState, Ledger, OnDuplicate
+from ocrd.ledger import AddResult, JobOptions, JobState, Ledger, OnDuplicate
 from ocrd.ledger.hosts import SHARED_MAX_BYTES
 
 from .. import files
@@ -33,7 +33,7 @@ from ..config import Config, InboxConfig
 from ..errors import InputError, first_line
 from .rules import is_ignored, is_permission_error, permission_fix, refusal_reason
 from .intents import Intent, Stage, drop_intent, intent_path, write_intent
-from ..output.outbox import Place, job_relative_path, place_original, plan_destination
+from ..output.outbox import Place, place_original, plan_destination
 from .reconcile import reconcile_spool, resume_intent
 from ..render import page_count, sniff_type
 
@@ -94,49 +94,6 @@ class Submitted:
     pages: int = 0               # the job's pages, when it was queued
 
 
-class RetryOutcome(StrEnum):
-    """What `ocrd retry` did with one job."""
-    REQUEUED = "requeued"              # its failed pages run again
-    REOPENED = "reopened"              # failed at ingest, readable now: queued with `pages` pages
-    STILL_FAILING = "still_failing"    # failed at ingest and still does (`detail`): back in failed/
-    MISSING = "missing"                # its original is gone (`detail`: where it was; "": deleted)
-    NOT_FAILED = "not_failed"          # it is not failed (`detail`: its state)
-    NO_SUCH_JOB = "no_such_job"
-    NOT_REOPENED = "not_reopened"      # its state changed meanwhile
-    FORCED = "forced"                  # a duplicate (`retry --force`): queued with `pages` pages
-    OTHER_HOST = "other_host"          # another host's (`detail`): its original lies there
-
-    @property
-    def ok(self) -> bool:
-        return self in (RetryOutcome.REQUEUED, RetryOutcome.REOPENED, RetryOutcome.FORCED)
-
-
-@dataclass(frozen=True)
-class Retried:
-    """One job's retry: its outcome, the pages it was reopened with, and the outcome's detail."""
-    job_id: int
-    outcome: RetryOutcome
-    pages: int = 0
-    detail: str = ""
-
-    def describe(self) -> str:
-        """What happened, in words (`ocrd retry`'s line, the API's reason)."""
-        pages = f"{self.pages} page{'' if self.pages == 1 else 's'}"
-        return {
-            RetryOutcome.REQUEUED: "requeued (failed pages only)",
-            RetryOutcome.REOPENED: f"requeued ({pages})",
-            RetryOutcome.STILL_FAILING: f"still failing: {self.detail}",
-            RetryOutcome.MISSING: f"original is missing ({self.detail or 'deleted'})",
-            RetryOutcome.NOT_FAILED: f"is {self.detail}, not failed"
-                                     + (" (--force processes a duplicate anyway)"
-                                        if self.detail == JobState.DUPLICATE else ""),
-            RetryOutcome.FORCED: f"requeued ({pages}), duplicate processed anyway",
-            RetryOutcome.NO_SUCH_JOB: "not found",
-            RetryOutcome.NOT_REOPENED: "not reopened (its state changed)",
-            RetryOutcome.OTHER_HOST: f"belongs to host {self.detail}: run `ocrd retry` there",
-        }[self.outcome]
-
-
 def sha256_file(path: Path) -> str:
     """Stream a file's sha256."""
     h = hashlib.sha256()
@@ -146,14 +103,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _spool_name(source: Path) -> str:
+def spool_name(source: Path) -> str:
     # Unique, and keeps the extension (renderers and people both look at it); bounded in bytes, not
     # characters (80 CJK characters are 240 bytes), so the intent's `<name>.json` fits NAME_MAX too.
     # A name that is not UTF-8 keeps its bytes (os.fsdecode's surrogates; the ledger's FsText).
     return files.fit_name(f"{uuid.uuid4().hex[:16]}-{source.name}", 120)
 
 
-def _count_pages(path: Path) -> int:
+def count_pages(path: Path) -> int:
     """Sniff the type and count the pages; raises InputError for bad input."""
     try:
         sniff_type(path)
@@ -236,7 +193,7 @@ class Ingestor:
         if age >= STALL_GRACE_S:
             return
         try:
-            _count_pages(path)
+            count_pages(path)
         except InputError as exc:
             if not str(exc).startswith(_MAYBE_PARTIAL):
                 return
@@ -252,7 +209,7 @@ class Ingestor:
         rel = Path(path.name) if outside else path.relative_to(inbox.path)
         st = self._stat_takeable(inbox, path, outside=outside)
         intent = Intent(inbox=inbox.key, source_path=str(path),
-                        relative_path=rel.as_posix(), spool_name=_spool_name(path),
+                        relative_path=rel.as_posix(), spool_name=spool_name(path),
                         size=st.st_size, mtime_ns=st.st_mtime_ns, copied=outside, force=force,
                         options=options.to_text() or "")
         write_intent(self.intents, intent)
@@ -322,7 +279,7 @@ class Ingestor:
             if self.ledger.shares_files and size > SHARED_MAX_BYTES:
                 raise InputError(f"too large for a shared ledger: {size / 1e9:.2f} GB, the limit is "
                                  f"{SHARED_MAX_BYTES / 1e9:.2f} GB (PostgreSQL carries each document)")
-            pages = _count_pages(spool)
+            pages = count_pages(spool)
         except InputError as exc:
             return self._fail(intent, spool, inbox, sha, size, exc)
         chosen = JobOptions.from_text(intent.options or None)   # an upload's own, over the inbox's
@@ -421,82 +378,3 @@ class Ingestor:
         except _Skip as exc:
             return Submitted(path, None, str(exc))
         return _submitted(path, taken)
-
-    # -- ocrd retry -----------------------------------------------------------------------------
-    def retry(self, job_ids: list[int] | None = None, *, force: bool = False) -> list[Retried]:
-        """`ocrd retry`: bring failed jobs' originals back into the spool and requeue them (None:
-        every failed job). Jobs that failed at ingest are checked again; still broken -> failed/.
-        `force` (`retry --force`) also takes `duplicate` jobs back from archive/ and processes them."""
-        if job_ids is None:
-            job_ids = [j.id for j in self.ledger.jobs_in_states([JobState.FAILED])]
-        out = []
-        for job_id in job_ids:
-            with self.locked():
-                out.append(self._retry_one(job_id, force))
-        return out
-
-    def _retry_one(self, job_id: int, force: bool = False) -> Retried:
-        job = self.ledger.job(job_id)
-        if job is None:
-            return Retried(job_id, RetryOutcome.NO_SUCH_JOB)
-        retryable = (JobState.FAILED, JobState.DUPLICATE) if force else (JobState.FAILED,)
-        if job.state not in retryable:
-            return Retried(job_id, RetryOutcome.NOT_FAILED, detail=str(job.state))
-        if not self.ledger.delivers(job.host):
-            return Retried(job_id, RetryOutcome.OTHER_HOST, detail=job.host or "")
-        original = Path(job.spool_path) if job.spool_path else None
-        copy = original is None and job.state == JobState.DUPLICATE   # a submitted copy, dropped:
-        if copy:                                                     # the user's file is the original
-            original = Path(job.source_path)
-        if original is None or not original.is_file():
-            return Retried(job_id, RetryOutcome.MISSING, detail=job.spool_path or "")
-        if not original.is_relative_to(self.spool):
-            original = self._back_to_spool(job, original, copy=copy)
-        picked = self.ledger.retry_jobs([job_id])
-        if job.pages_total:
-            if job_id not in picked:
-                return Retried(job_id, RetryOutcome.NOT_REOPENED)
-            log.info("job_retried", job_id=job_id)
-            return Retried(job_id, RetryOutcome.REQUEUED)
-        return self._reingest(job, original)
-
-    def _back_to_spool(self, job: Job, original: Path, *, copy: bool = False) -> Path:
-        # The intent lets reconcile put it back into failed/ if we die before the ledger knows.
-        intent = Intent(inbox=job.inbox, source_path=job.source_path, relative_path="",
-                        spool_name=_spool_name(original), size=original.stat().st_size,
-                        copied=True, stage=Stage.RETRY, job_id=job.id)
-        write_intent(self.intents, intent)
-        target = self.spool / intent.spool_name
-        if copy:
-            files.copy_file(original, target)
-        else:
-            files.move_file(original, target, overwrite=True)
-            files.error_file_for(original).unlink(missing_ok=True)
-        self.ledger.set_job_paths(job.id, spool_path=str(target))
-        drop_intent(self.intents, intent)
-        return target
-
-    def _reingest(self, job: Job, original: Path) -> Retried:
-        """A job that failed at ingest, its original back in the spool: check it again."""
-        size = original.stat().st_size
-        sha = sha256_file(original)
-        try:
-            pages = _count_pages(original)
-        except InputError as exc:
-            inbox = self.home_inbox(job.inbox)
-            dest = plan_destination(inbox, Place.FAILED, job_relative_path(self.config, job))
-            intent = Intent(inbox=job.inbox, source_path=job.source_path, relative_path="",
-                            spool_name=original.name, stage=Stage.RETRY, job_id=job.id,
-                            dest=str(dest), reason=str(exc), details=exc.details)
-            write_intent(self.intents, intent)   # a crash after the move: reconcile records it
-            moved = place_original(self.ledger, original, dest, job_id=job.id, error=str(exc),
-                                   details=exc.details)
-            drop_intent(self.intents, intent)
-            log.warning("retry_failed", job_id=job.id, reason=str(exc), moved_to=str(moved))
-            return Retried(job.id, RetryOutcome.STILL_FAILING, detail=str(exc))
-        if not self.ledger.reopen_job(job.id, spool_path=str(original), sha256=sha, size_bytes=size,
-                                      pages_total=pages):
-            return Retried(job.id, RetryOutcome.NOT_REOPENED)
-        forced = job.state == JobState.DUPLICATE
-        log.info("job_retried", job_id=job.id, pages=pages, forced=forced)
-        return Retried(job.id, RetryOutcome.FORCED if forced else RetryOutcome.REOPENED, pages=pages)

@@ -28,7 +28,7 @@ from ..output.outbox import Place, job_relative_path, place_original, plan_desti
 
 log = structlog.get_logger()
 
-_SPOOL_PREFIX = re.compile(r"^[0-9a-f]{16}-")   # ingest._spool_name
+_SPOOL_PREFIX = re.compile(r"^[0-9a-f]{16}-")   # ingest.spool_name
 COUNTS = ("resumed", "dropped_intents", "removed_copies", "failed_moved", "done_archived",
           "orphans_ingested", "temp_removed")
 

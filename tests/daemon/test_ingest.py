@@ -17,7 +17,8 @@ from samples import rested
 from ingest_runner import make_config, pdf_bytes, png_bytes
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
-from ocrd.daemon.intake.ingest import STALL_GRACE_S, Deferred, Ingestor, Retried, RetryOutcome
+from ocrd.daemon.intake.ingest import STALL_GRACE_S, Deferred, Ingestor
+from ocrd.daemon.intake.retry import Retried, RetryOutcome, retry_jobs
 from ocrd.daemon.intake.service import IngestService
 from ocrd.daemon.output.outbox import job_relative_path
 from ocrd.ledger.states import JobState
@@ -243,7 +244,7 @@ def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -
     fixable = ing.ingest(inbox, inbox.path / "fixable.pdf")
     assert bad.state == fixable.state == JobState.FAILED
     (inbox.failed / "fixable.pdf").write_bytes(pdf_bytes(30, pages=2))   # the user repaired it
-    out = {r.job_id: r for r in Ingestor(config, ledger).retry()}
+    out = {r.job_id: r for r in retry_jobs(Ingestor(config, ledger))}
     assert out[fixable.job_id] == Retried(fixable.job_id, RetryOutcome.REOPENED, pages=2)
     assert out[bad.job_id].outcome == RetryOutcome.STILL_FAILING and out[bad.job_id].detail
     job = ledger.job(fixable.job_id)
@@ -255,7 +256,7 @@ def test_retry_moves_the_original_back_and_fails_again_cleanly(config, ledger) -
     assert (inbox.failed / "bad.pdf").exists() and (inbox.failed / "bad.pdf.error.txt").exists()
     assert sorted(p.name for p in inbox.failed.iterdir()) == ["bad.pdf", "bad.pdf.error.txt"]
     assert spool_files(config) == [Path(job.spool_path)] and intents(config) == []
-    assert Ingestor(config, ledger).retry([fixable.job_id, 999]) == [
+    assert retry_jobs(Ingestor(config, ledger), [fixable.job_id, 999]) == [
         Retried(fixable.job_id, RetryOutcome.NOT_FAILED, detail="queued"),
         Retried(999, RetryOutcome.NO_SUCH_JOB)]
 
@@ -269,7 +270,7 @@ def test_retry_requeues_failed_pages_of_a_job_that_had_pages(config, ledger) -> 
     failed_at = files.move_file(Path(ledger.job(res.job_id).spool_path), inbox.failed / "two.pdf")
     ledger.set_job_paths(res.job_id, spool_path=str(failed_at))
     files.write_error_file(failed_at, "page 1: boom")
-    assert Ingestor(config, ledger).retry([res.job_id]) == [Retried(res.job_id, RetryOutcome.REQUEUED)]
+    assert retry_jobs(Ingestor(config, ledger), [res.job_id]) == [Retried(res.job_id, RetryOutcome.REQUEUED)]
     job = ledger.job(res.job_id)
     assert job.state == JobState.QUEUED and Path(job.spool_path).parent == config.spool_dir
     assert list(inbox.failed.iterdir()) == []

@@ -17,7 +17,8 @@ from samples import non_utf8_path, rested
 from ocrd.daemon import files
 from ocrd.daemon.config import Config
 from ocrd.daemon.hooks import run_hook
-from ocrd.daemon.intake.ingest import Ingestor, RetryOutcome
+from ocrd.daemon.intake.ingest import Ingestor
+from ocrd.daemon.intake.retry import RetryOutcome, retry_jobs
 from ocrd.daemon.intake.intents import Intent, load_intent, write_intent
 from ocrd.daemon.logs import configure_logging
 from ocrd.daemon.output.outbox import finish_document
@@ -69,13 +70,13 @@ def test_failed_original_keeps_its_bytes_and_retry_brings_it_back(config: Config
     assert failed is not None and failed.state == JobState.FAILED
     assert names(inbox.failed) == [b"\xe9chec.pdf", b"\xe9chec.pdf.error.txt"]
 
-    (still,) = ing.retry([failed.job_id])                  # still broken: back into failed/
+    (still,) = retry_jobs(ing, [failed.job_id])                  # still broken: back into failed/
     assert still.outcome == RetryOutcome.STILL_FAILING
     assert names(inbox.failed) == [b"\xe9chec.pdf", b"\xe9chec.pdf.error.txt"]
     assert ledger.job(failed.job_id).spool_path == str(inbox.failed / bad.name)
 
     (inbox.failed / bad.name).write_bytes(pdf_bytes(5, pages=2))     # the user repaired it
-    (reopened,) = ing.retry([failed.job_id])
+    (reopened,) = retry_jobs(ing, [failed.job_id])
     assert (reopened.outcome, reopened.pages) == (RetryOutcome.REOPENED, 2)
     assert names(inbox.failed) == [] and [n[17:] for n in names(config.spool_dir)] == [b"\xe9chec.pdf"]
     assert ledger.job(failed.job_id).source_path == str(bad)

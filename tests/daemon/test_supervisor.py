@@ -178,6 +178,7 @@ def test_worker_recycled_after_its_page_budget(running) -> None:
 
 def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> None:
     from ocrd.daemon.intake.ingest import Ingestor
+    from ocrd.daemon.intake.retry import retry_jobs
     from ocrd.ledger.store import Ledger
 
     r = running("engines:FakeEngine")
@@ -191,7 +192,7 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
 
     outbox.unlink()  # the user fixes it, then retries: the done page is not run again
     with Ledger(r.config.db_url) as ledger:
-        Ingestor(r.config, ledger).retry()
+        retry_jobs(Ingestor(r.config, ledger))
     wait_for(lambda: r.query("SELECT state FROM jobs") == [("done",)], 60, 0.1, "job done")
     assert (outbox / "page.md").exists()
     assert r.query("SELECT COUNT(*) FROM events WHERE kind = 'page_running'") == [(1,)]
