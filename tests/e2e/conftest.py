@@ -102,6 +102,16 @@ class Daemon:
         finally:
             con.close()
 
+    def events(self) -> list[dict]:
+        """The daemon's log events (its stderr: JSON lines off a terminal)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
     def spool_files(self) -> list[Path]:
         """Originals in the spool (the ingest's own dot-files aside)."""
         spool = self.state / "spool"

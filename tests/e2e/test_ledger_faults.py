@@ -7,7 +7,6 @@ The stop test runs a server of its own (it stops it); the kill test shares the s
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,16 +49,6 @@ def _drop(d: Any, prefix: str, count: int, first: int = 0) -> set[str]:
     return names
 
 
-def _events(d: Any) -> list[dict]:
-    out = []
-    for line in d.log.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def _every_document_once(d: Any, names: set[str]) -> None:
     states = d.wait_settled(len(names), timeout=240)
     assert {n: s for n, s in states.items()} == dict.fromkeys(names, "done"), d.log
@@ -80,7 +69,7 @@ def test_a_server_stopped_mid_run_strands_nothing_and_charges_no_attempt(own_pg,
     # ingest meets the outage with a file dropped meanwhile, after the 10 s a transaction
     # retries a lost connection: by then the worker's claims and stores have met it too
     wait_for(lambda: any(e.get("event") == "ingest_failed_will_retry" and "/b" in e.get("path", "")
-                         for e in _events(d)), 90, interval=0.5,
+                         for e in d.events()), 90, interval=0.5,
              message=f"ingest to meet the outage ({d.log})")
     spooled = {p.name.split("-", 1)[1] for p in d.spool_files()}
     inbox = {p.name for p in d.inbox.iterdir()}
@@ -89,7 +78,7 @@ def test_a_server_stopped_mid_run_strands_nothing_and_charges_no_attempt(own_pg,
 
     _every_document_once(d, before | during)
     assert d.scalar("SELECT MAX(attempts) FROM pages") == 1, "a page was charged for the outage"
-    kinds = [e.get("event") for e in _events(d)]
+    kinds = [e.get("event") for e in d.events()]
     assert "worker_died" not in kinds and "tick_failed" not in kinds and "store_failed" not in kinds
     # said once when it began (and at most once a minute), not every tick
     assert kinds.count("ledger_unreachable") <= 6
@@ -115,7 +104,7 @@ def test_killed_backends_strand_no_document(pg_ledger, make_daemon) -> None:
             time.sleep(0.3)
     assert kills > 0
     _every_document_once(d, names)
-    kinds = [e.get("event") for e in _events(d)]
+    kinds = [e.get("event") for e in d.events()]
     assert "worker_died" not in kinds and "store_failed" not in kinds
 
 

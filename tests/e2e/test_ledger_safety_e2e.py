@@ -6,24 +6,12 @@ after which the documents newer than the backup come back from the spool."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 import samples
 from helpers import damage_table, wait_for
 from ocrd.ledger.integrity import check_file
-
-
-def events(d) -> list[dict]:
-    """The daemon's log events (its stderr: JSON lines off a terminal)."""
-    out = []
-    for line in d.log.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def said(d) -> list[str]:
@@ -74,7 +62,7 @@ def test_damage_met_while_running_stops_the_daemon_at_once_and_it_writes_nothing
     assert d.proc.wait(60) == 78, d.log.read_text()[-3000:]
     [line] = said(d)
     assert f"the ledger {d.state / 'ledger.db'} is damaged" in line
-    kinds = [e.get("event") for e in events(d)]
+    kinds = [e.get("event") for e in d.events()]
     assert "ledger_corrupt" in kinds and "tick_failed" not in kinds
     after = kinds[kinds.index("ledger_corrupt"):]
     assert "pages_released" not in after and "page_done" not in after
@@ -96,9 +84,9 @@ def test_damage_met_by_a_worker_stops_the_daemon_too(make_daemon) -> None:
     assert d.proc.wait(60) == 78, d.log.read_text()[-3000:]
     [line] = said(d)
     assert f"the ledger {d.state / 'ledger.db'} is damaged" in line
-    [worker_said] = [e for e in events(d) if e.get("event") == "ledger_corrupt" and "worker_id" in e]
+    [worker_said] = [e for e in d.events() if e.get("event") == "ledger_corrupt" and "worker_id" in e]
     assert "malformed" in worker_said["error"]
-    assert "worker_died" not in [e.get("event") for e in events(d)]   # not a crash to restart from
+    assert "worker_died" not in [e.get("event") for e in d.events()]   # not a crash to restart from
 
 
 def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_spool(
@@ -144,7 +132,7 @@ def test_backup_while_running_then_restore_brings_newer_documents_back_from_the_
     assert (d.outbox / "newer.md").read_text().count("<!-- page ") == 2
     assert sorted(p.name for p in d.archive.iterdir()) == ["mid.png", "new.png", "newer.pdf", "old.png"]
     assert not d.failed.exists() or not list(d.failed.iterdir())
-    requeued = [e for e in events(d) if e.get("event") == "spool_file_unknown_to_the_ledger"]
+    requeued = [e for e in d.events() if e.get("event") == "spool_file_unknown_to_the_ledger"]
     assert sorted(e["queued_as"] for e in requeued) == ["new.png", "newer.pdf"]
     assert d.stop() == 0
 
@@ -153,7 +141,7 @@ def test_the_daemon_backs_up_on_schedule_and_keeps_the_newest(make_daemon) -> No
     d = make_daemon(tables={"ledger": {"backup_every": "2s", "backup_keep": 2}})
     d.start()
     samples.write_image(d.inbox / "page.png", "PNG")
-    wait_for(lambda: sum(e.get("event") == "ledger_backed_up" for e in events(d)) >= 3, 120, 0.2,
+    wait_for(lambda: sum(e.get("event") == "ledger_backed_up" for e in d.events()) >= 3, 120, 0.2,
              f"three backups ({d.log})")
     folder = d.state / "backups"
     kept = wait_for(lambda: len(found := sorted(folder.glob("ledger-*.db"))) == 2 and found, 10, 0.1,
@@ -175,7 +163,7 @@ def test_no_backups_when_backup_every_is_empty(make_daemon) -> None:
     assert d.wait_settled(1) == {"page.png": "done"}
     assert d.stop() == 0
     assert not (d.state / "backups").exists()
-    assert "ledger_backed_up" not in [e.get("event") for e in events(d)]
+    assert "ledger_backed_up" not in [e.get("event") for e in d.events()]
 
 
 def test_a_full_state_dir_holds_new_files_and_claims_and_all_resumes_when_there_is_room(
@@ -195,7 +183,7 @@ def test_a_full_state_dir_holds_new_files_and_claims_and_all_resumes_when_there_
     human = d.cli("status", check=False)
     assert sum("disk is full" in line for line in human.stdout.splitlines()) == 1
     def holding_back() -> set[bool]:   # said by the ingest thread (no worker_id) and by the worker
-        return {"worker_id" in e for e in events(d) if e.get("event") == "state_dir_full"}
+        return {"worker_id" in e for e in d.events() if e.get("event") == "state_dir_full"}
     wait_for(lambda: holding_back() == {True, False}, 30, 0.1, "the ingest thread and the worker to hold back")
     queued = d.scalar("SELECT COUNT(*) FROM pages WHERE state = 'queued'")
     assert queued > 0
@@ -210,6 +198,6 @@ def test_a_full_state_dir_holds_new_files_and_claims_and_all_resumes_when_there_
     assert (d.outbox / "long.md").read_text().count("<!-- page ") == 24 and (d.outbox / "late.md").exists()
     assert d.scalar("SELECT COUNT(*) FROM pages WHERE state <> 'done'") == 0
     assert d.status()["state_dir_full"] is None
-    kinds = [e.get("event") for e in events(d)]
+    kinds = [e.get("event") for e in d.events()]
     assert "state_dir_has_room" in kinds and "tick_failed" not in kinds and "worker_died" not in kinds
     assert d.stop() == 0
