@@ -168,7 +168,8 @@ class Supervisor:
         self.pool.enforce_timeout(now, self.config.model.page_timeout_s)
         if now >= self._next_rescue:  # a write transaction: not every tick (leases last lease_s)
             self._next_rescue = now + min(5.0, self.settings.lease_s / 4)
-            rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts)
+            rescued = self.ledger.rescue_expired(max_attempts=self.config.workers.max_attempts,
+                                                 settle_s=2 * self.settings.heartbeat_s + 1.0)
             if rescued:
                 log.warning("leases_rescued", pages=rescued)
             self._save_footprint()

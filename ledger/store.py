@@ -493,13 +493,20 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook, Search):
             detail=f"released by worker {worker_id}",
             values=dict(attempts=pages.c.attempts - 1, lease_expires_at=None, run_after=None))))
 
-    def rescue_expired(self, max_attempts: int = 3, now: datetime | None = None) -> int:
+    def rescue_expired(self, max_attempts: int = 3, now: datetime | None = None,
+                       settle_s: float = 0.0) -> int:
         """Pages whose lease expired -> queued (the attempt stays counted); a page already at
-        max_attempts fails with "lease expired (worker lost)" instead. Returns pages touched."""
+        max_attempts fails with "lease expired (worker lost)" instead. Returns pages touched.
+        `settle_s` (PostgreSQL): nothing is rescued until the server has been up that long. A
+        server that restarted cut every worker's connection; the leases that ran out meanwhile
+        are theirs to renew at their next heartbeat, not lost pages to charge an attempt."""
         now = self.clock(now)
         expired = pages.c.lease_expires_at < to_text(now)
 
         def tx(conn: Connection) -> int:
+            if settle_s and not self._sqlite and conn.execute(select(
+                    func.extract("epoch", func.now() - func.pg_postmaster_start_time()))).scalar() < settle_s:
+                return 0
             failed = transition_page(conn, PageState.RUNNING, PageState.FAILED, now,
                                       where=and_(expired, pages.c.attempts >= max_attempts),
                                       detail=LEASE_LOST,
