@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from ocrd.daemon.engine import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
+from procs import git  # noqa: E402
 from workers import _quiet_stdout as _quiet  # noqa: E402  (bench/workers.py: the processor's prints)
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
@@ -342,17 +343,8 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
                     "cpus": os.cpu_count(), "device": describe(device)},
         "model": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens,
         "pages": args.pages, "page_size": args.page_size, "guard": not args.no_guard,
-        "runs": rows, "ratios": ratios, "commit": _commit()}, indent=2) + "\n")
+        "runs": rows, "ratios": ratios, "commit": git("rev-parse", "--short", "HEAD")}, indent=2) + "\n")
     print(f"wrote {out}")
-
-
-def _commit() -> str | None:
-    """The checkout's commit (None where there is no git, as on the GPU machine: say it by hand)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
 import pikepdf  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from ocrd.daemon.output.blocks import Block  # noqa: E402
 from ocrd.daemon.output.formats import PageRecord, to_json, to_text  # noqa: E402
 from ocrd.daemon.output.pdf import PageLayer, write_searchable_pdf  # noqa: E402
+from procs import git  # noqa: E402
 
 A4_300 = (2480, 3508)
 WORDS = "the quarterly report lists every shipment invoice total weight driver signed".split()
@@ -127,8 +128,8 @@ def main() -> int:
                     "cpus": os.cpu_count()},
         "libraries": _versions("pikepdf", "fpdf2", "img2pdf", "fonttools", "pillow"),
         "reps": args.reps, "page": "A4 at 300 dpi, 2480x3508 px, 50 lines", "runs": rows,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "uncommitted": bool(_git("status", "--porcelain", "--", "daemon/output", "bench/formats.py")),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted": bool(git("status", "--porcelain", "--", "daemon/output", "bench/formats.py")),
     }, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -137,15 +138,6 @@ def main() -> int:
 def _versions(*names: str) -> dict[str, str]:
     from importlib.metadata import version
     return {name: version(name) for name in names}
-
-
-def _git(*args: str) -> str | None:
-    """git's answer in the checkout (None where there is no git)."""
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

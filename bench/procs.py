@@ -1,4 +1,5 @@
-"""Start N bench processes together and collect what each reports (bench/ledger.py, bench/hosts.py).
+"""What the bench scripts share: start N bench processes together and collect what each reports
+(bench/ledger.py, bench/hosts.py), and `git` in the checkout (the commit a result was measured on).
 
 Each child runs `target(*args, ready, start, done)`: it sets itself up, puts anything on `ready`,
 waits for `start`, works, and puts its report on `done`. A child that dies is an error at once,
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -41,3 +44,13 @@ def run_together(target: Callable[..., None], args: list[tuple], what: str = "be
             if c.is_alive():
                 c.kill()
                 c.join()
+
+
+def git(*args: str) -> str | None:
+    """git's answer in the checkout (None where there is no git, as on the GPU machine: say the
+    commit by hand there)."""
+    try:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        return None

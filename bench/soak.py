@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from configs import config_dict, to_toml  # noqa: E402
+from procs import git  # noqa: E402
 from samples import page_image, write_image  # noqa: E402
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
@@ -496,7 +497,7 @@ def _write(args: argparse.Namespace, result: dict) -> None:
     out.write_text(json.dumps({
         "when": now_text(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "commit": _commit(),
+        "commit": git("rev-parse", "--short", "HEAD"),
         "parameters": {k: getattr(args, k) for k in ("minutes", "ledger", "every_s", "kill_worker_s",
                                                      "kill_daemon_s", "restart_server_s", "max_tokens",
                                                      "sample_s", "settle_s")}
@@ -505,14 +506,6 @@ def _write(args: argparse.Namespace, result: dict) -> None:
         "daemon_exit_code": result["daemon_exit_code"], "verdict": v, "samples": result["samples"],
         "events": result["events"], "folders": result["root"]}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":
