@@ -134,12 +134,13 @@ def test_heartbeats_every_5s_with_memory_figures(running, tiny_model: Path) -> N
     # (a worker that runs out of work beats once more at once, to say it is idle).
     r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model), batch=1)
     samples.write_pdf(r.config.inboxes[0].path / "long.pdf", 30)
+    # (on a loaded machine the worker may also run dry for a moment between pages: that beat
+    # comes early too, and says idle)
     beats = wait_for(lambda: len(rows := r.query(
-        "SELECT at, active_memory_bytes, peak_memory_bytes, backend FROM heartbeats ORDER BY at")) >= 3
-        and rows, 120, 0.2, "three heartbeats")
-    times = [_at(at) for at, *_ in beats]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(4.0 <= g <= 7.5 for g in gaps), gaps
+        "SELECT at, active_memory_bytes, peak_memory_bytes, backend, pages_in_flight FROM heartbeats "
+        "ORDER BY at")) >= 3 and rows, 120, 0.2, "three heartbeats")
+    gaps = [(_at(b[0]) - _at(a[0]), b[4]) for a, b in zip(beats, beats[1:])]
+    assert all(4.0 <= g <= 7.5 or (g < 4.0 and not in_flight) for g, in_flight in gaps), gaps
     assert beats[-1][2] > 0 and beats[-1][3] == "cpu"
     r.stop(deadline_s=5)
 
