@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 import textpages  # noqa: E402
 from ocrd.daemon.config import ModelConfig  # noqa: E402
-from ocrd.daemon.engine import make_engine  # noqa: E402
-from ocrd.daemon.engines import FACTORIES  # noqa: E402
+from ocrd.daemon.engines.base import make_engine  # noqa: E402
+from ocrd.daemon.engines.choice import FACTORIES  # noqa: E402
 
 
 def plain(text: str) -> str:

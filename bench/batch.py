@@ -39,13 +39,13 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from ocrd.daemon.engine import MlxVlmEngine  # noqa: E402
+from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
 from procs import git  # noqa: E402
 from workers import _quiet_stdout as _quiet  # noqa: E402  (bench/workers.py: the processor's prints)
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
-ENGINE = "ocrd.daemon.engine:MlxVlmEngine"
+ENGINE = "ocrd.daemon.engines.mlxvlm:MlxVlmEngine"
 UNGUARDED = "batch:UnguardedEngine"
 
 

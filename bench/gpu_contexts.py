@@ -28,7 +28,7 @@ def main() -> int:
         toml = root / "ocrd.toml"
         toml.write_text(to_toml(config_dict(root, model={"path": sys.argv[1], "mode": "small"})))
         (root / "inbox").mkdir()
-        proc = subprocess.Popen([sys.executable, "-c", _DAEMON, str(toml), "ocrd.daemon.engine:MlxVlmEngine"],
+        proc = subprocess.Popen([sys.executable, "-c", _DAEMON, str(toml), "ocrd.daemon.engines.mlxvlm:MlxVlmEngine"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait(lambda: _meta(root / "state" / "ledger.db", "model_status") == "ok", 600, "model loaded")

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from batch import _commit, _row, _show, daemon_batch, make_pages  # noqa: E402
-from ocrd.daemon.engine import Finished, PageResult  # noqa: E402
+from ocrd.daemon.engines.base import Finished, PageResult  # noqa: E402
 
 PACE = {"step_s": 0.027, "prefill_s": 0.020}   # set from the command line; workers read the env
 SIDE = 640                                      # small mode's image size

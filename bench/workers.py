@@ -98,7 +98,7 @@ def bare_runner(model_path: Path, images: list[Image.Image], mode: str, max_toke
 def engine_runner(model_path: Path, images: list[Image.Image], mode: str, max_tokens: int):
     """(b): MlxVlmEngine in this process, loaded once."""
     from ocrd.daemon.config import ModelConfig
-    from ocrd.daemon.engine import MlxVlmEngine
+    from ocrd.daemon.engines.mlxvlm import MlxVlmEngine
 
     engine = MlxVlmEngine(ModelConfig(path=str(model_path), mode=mode, max_tokens=max_tokens))
 

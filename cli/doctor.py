@@ -19,7 +19,7 @@ import click
 
 from ocrd.daemon.config import Config
 from ocrd.daemon.device import CPU_WARNING, detect_device, gpu_advice
-from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.intake.rules import permission_fix
 from ocrd.daemon.lockfile import running_pid

@@ -21,9 +21,9 @@ from ocrd.daemon.device import (
     plan_for_config,
     recommended_label,
 )
-from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.intake.service import INGEST_PROBLEM
-from ocrd.daemon.engines import LINE_ENGINES, choose_engine
+from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine
 from ocrd.daemon.lockfile import running_pid
 from ocrd.daemon.output.outbox import relative_source
 from ocrd.ledger import DaemonInfo, Ledger

@@ -1,7 +1,7 @@
 """Continuous batching in a worker: the decode session it keeps full, and how full it keeps it.
 
 A GPU is filled by sequences, not processes (DESIGN.md, "Batches"): one worker keeps up to its
-in-flight limit of pages decoding in one `Session` (engine.py), a finished page leaves and the
+in-flight limit of pages decoding in one `Session` (engines/base.py), a finished page leaves and the
 next joins. `open_session` gives the engine's own batched session, or `SerialSession` (one page
 per step through `generate`) for engines that can't batch. `InFlightTuner` chooses the limit by
 measurement when `[workers] batch = "auto"`: batching gains differ by device and weights (8-bit
@@ -16,7 +16,7 @@ from typing import Callable, Hashable
 
 from PIL import Image
 
-from .engine import Engine, Finished, Session
+from .engines.base import Engine, Finished, Session
 from .errors import EngineError, OcrdError, first_line
 
 TUNE_GAIN = 1.10          # a doubling must raise aggregate tokens/s by 10% to be kept

@@ -19,7 +19,7 @@ from typing import Any
 from ..ledger.states import OnDuplicate
 from .modes import MODES
 
-ENGINE_CHOICES = ("auto", "mlx-vlm", "rapidocr", "vision")   # engines.CHOICES (engines.py imports this module)
+ENGINE_CHOICES = ("auto", "mlx-vlm", "rapidocr", "vision")   # engines/choice.py CHOICES (it imports this module)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
 MIN_BUDGET_BYTES = 10**6
@@ -41,7 +41,7 @@ class ModelConfig:
     mode: str = "gundam"
     max_tokens: int = 8192
     page_timeout_s: float = 300.0
-    engine: str = "auto"     # auto | mlx-vlm | rapidocr | vision (daemon/engines.py)
+    engine: str = "auto"     # auto | mlx-vlm | rapidocr | vision (daemon/engines/choice.py)
 
 
 @dataclass(frozen=True)

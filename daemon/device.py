@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .engine import model_size_bytes
-from .engines import LINE_ENGINE_BYTES
+from .engines.weights import model_size_bytes
+from .engines.choice import LINE_ENGINE_BYTES
 from .lifeline import child_argv
 from .modes import MODES
 

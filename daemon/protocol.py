@@ -19,7 +19,7 @@ from typing import IO, Callable
 from ocrd.ledger import BACKOFF_BASE_S
 
 from .config import Config
-from .engine import DEFAULT_ENGINE
+from .engines.base import DEFAULT_ENGINE
 
 EXIT_MODEL_UNAVAILABLE = 3     # the worker's exit status when the model could not be loaded
 EXIT_LEDGER_CORRUPT = 78       # ... when it found the ledger damaged (it wrote nothing more)

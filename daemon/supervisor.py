@@ -30,8 +30,8 @@ from ocrd.ledger.hosts import HostNameTaken
 from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
-from .engine import model_size_bytes
-from .engines import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
+from .engines.weights import model_size_bytes
+from .engines.choice import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
 from .hooks import HookRunner

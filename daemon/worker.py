@@ -33,12 +33,12 @@ from ocrd.ledger import ClaimedPage, Ledger, LedgerCorrupt, LedgerUnreachable, W
 from .batching import InFlightTuner, open_session
 from .config import ConfigError, load_config
 from .device import CPU_WARNING, detect_device
-from .engines import name_of
+from .engines.choice import name_of
 from .output.blocks import parse_grounding, to_dicts
 from .diskspace import RoomWatch
 from .output.delivery import fetched_dir
-from .engine import (Engine, Finished, PageResult, Session, make_engine, memory_stats,
-                     take_peak_memory)
+from .engines.base import Engine, Finished, PageResult, Session, make_engine
+from .engines.mlxvlm import memory_stats, take_peak_memory
 from . import files
 from .errors import InputError, ModelUnavailable, OcrdError, first_line
 from .logs import Outage, configure_worker_logging

@@ -125,7 +125,7 @@ class DaemonInfo:
     batch: int                   # the planned in-flight limit of each worker
     reason: str                  # why `workers`
     batch_reason: str = ""       # why `batch`
-    engine: str = ""             # which engine reads the pages (daemon/engines.py)
+    engine: str = ""             # which engine reads the pages (daemon/engines/choice.py)
     engine_reason: str = ""      # why that engine
 
 

@@ -13,7 +13,7 @@ import time
 from PIL import Image
 
 from ocrd.daemon.config import ModelConfig
-from ocrd.daemon.engine import PageResult
+from ocrd.daemon.engines.base import PageResult
 from ocrd.daemon.errors import EngineError, ModelUnavailable
 
 

@@ -13,7 +13,8 @@ import pytest
 import samples
 from ocrd.daemon.batching import InFlightTuner, SerialSession, open_session
 from ocrd.daemon.config import ModelConfig
-from ocrd.daemon.engine import Finished, MlxSession, MlxVlmEngine, prefill_group
+from ocrd.daemon.engines.base import Finished
+from ocrd.daemon.engines.mlxvlm import MlxSession, MlxVlmEngine, prefill_group
 from ocrd.daemon.errors import EngineError, PageTimeout
 from engines import CrashingEngine, FakeEngine
 

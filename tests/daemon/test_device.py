@@ -8,7 +8,7 @@ import pytest
 
 from ocrd.daemon.device import (CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device, plan_pool,
                                 recommended_label)
-from ocrd.daemon.engine import model_size_bytes
+from ocrd.daemon.engines.weights import model_size_bytes
 
 
 def fake_mx(metal: bool = False, cuda: bool = False, info: dict | None = None, gpus: int = 0):

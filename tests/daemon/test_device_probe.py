@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from ocrd.daemon.device import (CUDA_EXTRA_FIX, GB, DeviceInfo, cuda_advice, detect_device, libmlx_build,
                                 missing_gpu_extra, nvidia_gpus, probe_device)
-from ocrd.daemon.engine import memory_stats
+from ocrd.daemon.engines.mlxvlm import memory_stats
 
 H200 = "NVIDIA H200, 570.124.06"
 CPU_BOX = DeviceInfo("cpu", "Xeon", 64 * GB, 64 * GB, 16)

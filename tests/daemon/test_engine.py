@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocrd.daemon import engine as eng
 from ocrd.daemon.config import ModelConfig
-from ocrd.daemon.engine import MlxVlmEngine, PageResult, find_repetition, make_engine, memory_stats
+from ocrd.daemon.engines.base import DEFAULT_ENGINE, PageResult, find_repetition, make_engine
+from ocrd.daemon.engines.mlxvlm import MlxVlmEngine, memory_stats
 from ocrd.daemon.errors import EngineError, ModelUnavailable
 from ocrd.daemon.modes import MODES
 
@@ -96,7 +96,7 @@ def test_make_engine_imports_factory():
 
 
 def test_make_engine_default_is_mlx_vlm():
-    assert isinstance(make_engine(eng.DEFAULT_ENGINE, ModelConfig(path="/nowhere")), MlxVlmEngine)
+    assert isinstance(make_engine(DEFAULT_ENGINE, ModelConfig(path="/nowhere")), MlxVlmEngine)
 
 
 @pytest.mark.parametrize("bad", ["engines", "engines:", ":FakeEngine"])
@@ -147,7 +147,7 @@ def test_uncached_hub_id_offline_fails_fast(tmp_path, monkeypatch):
 def test_uncached_hub_id_without_network_fails_fast(tmp_path):
     # A fresh process, so huggingface_hub reads the environment at import (it caches it).
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": ""}
-    code = ("from ocrd.daemon.engine import MlxVlmEngine; from ocrd.daemon.config import ModelConfig\n"
+    code = ("from ocrd.daemon.engines.mlxvlm import MlxVlmEngine; from ocrd.daemon.config import ModelConfig\n"
             "from ocrd.daemon.errors import ModelUnavailable\n"
             "try:\n MlxVlmEngine(ModelConfig(path='nobody-here/no-such-model')).load()\n"
             "except ModelUnavailable as e:\n print('UNAVAILABLE', e)\n")

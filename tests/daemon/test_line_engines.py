@@ -9,11 +9,11 @@ import pytest
 
 from ocrd.daemon.config import ConfigError, ModelConfig
 from ocrd.daemon.device import DeviceInfo, plan_for_config
-from ocrd.daemon.engines import FACTORIES, choose_engine, fetch_model
+from ocrd.daemon.engines.choice import FACTORIES, choose_engine, fetch_model
 from ocrd.daemon.errors import EngineError, ModelUnavailable
-from ocrd.daemon.layout import Box, finish_page, to_markdown
-from ocrd.daemon.rapidocr_engine import RapidOcrEngine
-from ocrd.daemon.vision_engine import VisionEngine, ocrmac_recognizer, vision_box
+from ocrd.daemon.engines.layout import Box, finish_page, to_markdown
+from ocrd.daemon.engines.rapidocr import RapidOcrEngine
+from ocrd.daemon.engines.vision import VisionEngine, ocrmac_recognizer, vision_box
 
 import textpages
 from configs import make_config

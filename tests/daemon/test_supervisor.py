@@ -132,7 +132,7 @@ def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
 def test_heartbeats_every_5s_with_memory_figures(running, tiny_model: Path) -> None:
     # ~15 s of real pages on the tiny model, one at a time, to see three heartbeats while busy
     # (a worker that runs out of work beats once more at once, to say it is idle).
-    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model), batch=1)
+    r = running("ocrd.daemon.engines.mlxvlm:MlxVlmEngine", model=str(tiny_model), batch=1)
     samples.write_pdf(r.config.inboxes[0].path / "long.pdf", 30)
     # (on a loaded machine the worker may also run dry for a moment between pages: that beat
     # comes early too, and says idle)
@@ -201,7 +201,7 @@ def test_unwritable_outbox_fails_the_document_and_retry_recovers(running) -> Non
 
 
 def test_worker_recycled_when_its_memory_grows_past_the_bound(running, tiny_model: Path) -> None:
-    r = running("ocrd.daemon.engine:MlxVlmEngine", model=str(tiny_model))
+    r = running("ocrd.daemon.engines.mlxvlm:MlxVlmEngine", model=str(tiny_model))
     # The first worker was started with the planned bound: once it is up (the pool is full, so
     # nothing else spawns meanwhile), lower the bound and replace it.
     wait_for(lambda: r.query("SELECT COUNT(*) FROM events WHERE kind = 'model_loaded'") == [(1,)], 60, 0.1,
@@ -248,7 +248,7 @@ def test_a_workers_command_line_carries_no_config(running) -> None:
     r.stop()
 
 
-TINY_ENGINE = "ocrd.daemon.engine:MlxVlmEngine"
+TINY_ENGINE = "ocrd.daemon.engines.mlxvlm:MlxVlmEngine"
 
 
 def test_kill_9_mid_batch_redoes_the_pages_in_hand_once(running, tiny_model: Path) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from .config import ModelConfig
-from .errors import ModelUnavailable
+from ..config import ModelConfig
+from ..errors import ModelUnavailable
 from .layout import Box, LineEngine
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .engine import PageResult
-from .output.blocks import Block
-from .errors import EngineError, first_line
+from .base import PageResult
+from ..output.blocks import Block
+from ..errors import EngineError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,137 +1,27 @@
-"""The engine seam: one small protocol between workers and the model, and the real mlx-vlm engine.
-
-Workers get only a "module:callable" factory string and a ModelConfig (both picklable), so test
-engines (tests/engines.py) come in through `make_engine`, never through patching.
-"""
+"""DeepSeek-OCR through mlx-vlm on Metal, CUDA or the CPU: the default engine."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
-import os
-import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Hashable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterator
 
 import structlog
 
-from .config import ModelConfig
-from .errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
-from .modes import MODES
+from ..config import ModelConfig
+from ..errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
+from ..modes import MODES
+from .base import REPEAT_CHECK_EVERY, REPEAT_MIN_TOKENS, Finished, PageResult, find_repetition
+from .weights import resolve_model_path
 
 _log = structlog.get_logger()
 
 if TYPE_CHECKING:
     from PIL import Image
 
-DEFAULT_ENGINE = "ocrd.daemon.engine:MlxVlmEngine"   # the factory string workers get by default
-
-# Repetition guard. A looping page otherwise burns max_tokens (8192 by default: minutes of
-# decode). Thresholds are generous because OCR output repeats legitimately (table rules, dot
-# leaders, empty <td></td> cells): a loop must cover the minimum span AND REPEAT_MIN_COPIES.
-# The engine checks token ids, not text: mlx-vlm's streaming detokenizer holds text back until
-# a space, so a loop without spaces ("<td></td><td></td>...") would never show up as text.
-REPEAT_MIN_CHARS = 1200
-REPEAT_MIN_TOKENS = 300       # ~1200 characters of markdown
-REPEAT_MIN_COPIES = 6
-REPEAT_WINDOW = 6000
-REPEAT_CHECK_EVERY = 16       # tokens between checks: the check is O(window * units)
 PREFILL_GROUP = 8             # waiting pages prefilled together (never more than the batch holds)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass
-class PageResult:
-    text: str
-    prompt_tokens: int
-    generation_tokens: int
-    seconds: float
-    finish_reason: str  # "stop" | "length" | "repetition"
-    peak_memory_bytes: int = 0
-    blocks: list = field(default_factory=list)   # output.blocks.Block: a line engine's lines;
-                                                 # DeepSeek-OCR's come from its text (grounding)
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A page that left a decode session: its result, or the error that failed it alone."""
-    key: Hashable
-    result: PageResult | None = None
-    error: OcrdError | None = None
-
-
-class Session(Protocol):
-    """Pages decoding together: add pages, step until they finish; see batching.py.
-    `generated` counts the tokens generated so far (aggregate tokens/s, tuning)."""
-    generated: int
-
-    def __len__(self) -> int: ...
-
-    def add(self, key: Hashable, image: Image.Image, *, prompt: str, mode: str,
-            max_tokens: int) -> Finished | None: ...
-
-    def step(self) -> list[Finished]: ...
-
-    def cancel(self, key: Hashable) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Engine(Protocol):
-    """What a worker needs of a model. An engine may also offer `open_session(capacity=,
-    page_budget_s=) -> Session` for continuous batching; batching.open_session falls back to one
-    page per step through `generate` for engines that don't (test engines)."""
-    def load(self) -> None: ...
-
-    def generate(self, images: list[Image.Image], prompt: str, *, mode: str,
-                 max_tokens: int) -> list[PageResult]: ...
-
-
-def make_engine(factory: str, model: ModelConfig) -> Engine:
-    """Import `factory` ("module:callable") and call it with the model config."""
-    module_name, sep, attr = factory.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"engine factory must look like 'module:callable', not {factory!r}")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    return target(model)
-
-
-def find_repetition(text: Sequence, *, min_len: int = REPEAT_MIN_CHARS,
-                    min_copies: int = REPEAT_MIN_COPIES, window: int = REPEAT_WINDOW) -> int | None:
-    """Where the looping tail of `text` should be cut, or None if the tail does not loop.
-
-    `text` is a str or a list of token ids. A loop is a unit of length p repeated back to back
-    at the very end, covering at least max(min_len, min_copies * p) items. The returned index
-    keeps everything before the loop plus ONE copy of the unit (a line legitimately written
-    twice is not lost): the caller keeps `text[:index]`.
-    """
-    n = len(text)
-    tail = text[-window:]
-    for p in range(1, len(tail) // min_copies + 1):
-        span = max(min_len, min_copies * p)
-        if span > len(tail):
-            break
-        if tail[-1] != tail[-1 - p]:
-            continue                     # cheap pre-check: most periods fail on the last item
-        seg = tail[-span:]
-        if seg[:-p] != seg[p:]:          # has period p  <=>  it equals itself shifted by p
-            continue
-        start = n - span
-        while start > 0 and text[start - 1] == text[start - 1 + p]:
-            start -= 1
-        if isinstance(text, str):
-            # The periodic run may begin mid-line ("\n| a |" rather than "| a |\n"): end the
-            # kept copy at a line break when the unit holds one.
-            newline = text.find("\n", start + p, start + 2 * p)
-            if newline >= 0:
-                return newline + 1
-        return start + p
-    return None
 
 
 def memory_stats() -> dict[str, int]:
@@ -163,60 +53,6 @@ def take_peak_memory() -> int:
     peak = int(mx.get_peak_memory())
     mx.reset_peak_memory()
     return peak
-
-
-def resolve_model_path(path: str) -> Path:
-    """A local checkpoint directory for `path` (a directory or a Hugging Face id), or ModelUnavailable.
-
-    A hub id is taken from the local cache first; it is downloaded only when HF_HUB_OFFLINE is
-    unset, with short timeouts, so a missing model fails fast instead of hanging a worker.
-    """
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ModelUnavailable(f"model directory {local} has no config.json")
-        return local
-    if not _HUB_ID.match(path):
-        raise ModelUnavailable(f"model path {path} does not exist")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-    try:
-        return Path(snapshot_download(path, allow_patterns=patterns, local_files_only=True,
-                                      cache_dir=hf_cache_dir()))
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise ModelUnavailable(f"model {path} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
-    try:
-        return Path(snapshot_download(path, allow_patterns=patterns, etag_timeout=10,
-                                      cache_dir=hf_cache_dir()))
-    except Exception as exc:
-        reason = first_line(exc, with_type=True)
-        raise ModelUnavailable(f"model {path} could not be downloaded: {reason}") from None
-
-
-def model_size_bytes(path: str) -> int | None:
-    """Bytes of *.safetensors weights for a local model dir, or a hub id in the local HF cache."""
-    local = Path(path).expanduser()
-    if not local.exists():
-        try:
-            from huggingface_hub import snapshot_download
-
-            local = Path(snapshot_download(path, local_files_only=True, cache_dir=hf_cache_dir(),
-                                           allow_patterns=["*.safetensors", "*.json"]))
-        except Exception:
-            return None
-    files = list(local.glob("*.safetensors"))
-    if not files:
-        return None
-    return sum(f.stat().st_size for f in files)   # stat follows the HF cache's symlinks to blobs
-
-
-def hf_cache_dir() -> str | None:
-    """HF_HUB_CACHE as set now (huggingface_hub reads it once, at import), else its default."""
-    return os.environ.get("HF_HUB_CACHE") or None
-
 
 class MlxVlmEngine:
     """The real engine: mlx_vlm.load once, then pages decoded together in an `MlxSession`.

@@ -1,7 +1,7 @@
 """RapidOCR (PP-OCR detection + recognition as ONNX, weights inside the wheel): the CPU engine.
 
 DeepSeek-OCR on MLX's CPU build takes minutes a page; RapidOCR reads a page in seconds on a few
-cores. It finds text lines, not markdown: daemon/layout.py puts them in reading order. Install it
+cores. It finds text lines, not markdown: layout.py puts them in reading order. Install it
 with the `cpu` extra (`pip install -e '.[cpu]'`). One page per engine call (batching.SerialSession);
 the supervisor's page timeout and the worker's one-bad-page rule apply as to any engine.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import ModelConfig
-from .errors import ModelUnavailable, first_line
+from ..config import ModelConfig
+from ..errors import ModelUnavailable, first_line
 from .layout import Box, LineEngine, box_from_quad
 
 if TYPE_CHECKING:

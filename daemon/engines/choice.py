@@ -17,16 +17,17 @@ from typing import Callable
 
 import structlog
 
-from .config import ENGINE_CHOICES as CHOICES
-from .engine import DEFAULT_ENGINE, resolve_model_path
-from .errors import OcrdError
+from ..config import ENGINE_CHOICES as CHOICES
+from .base import DEFAULT_ENGINE
+from .weights import resolve_model_path
+from ..errors import OcrdError
 
 log = structlog.get_logger()
 
 FACTORIES = {
     "mlx-vlm": DEFAULT_ENGINE,
-    "rapidocr": "ocrd.daemon.rapidocr_engine:RapidOcrEngine",
-    "vision": "ocrd.daemon.vision_engine:VisionEngine",
+    "rapidocr": "ocrd.daemon.engines.rapidocr:RapidOcrEngine",
+    "vision": "ocrd.daemon.engines.vision:VisionEngine",
 }
 MODULES = {"rapidocr": "rapidocr_onnxruntime", "vision": "ocrmac"}   # what each optional engine imports
 LINE_ENGINES = ("rapidocr", "vision")   # small CPU/ANE models: no DeepSeek memory plan, one page a step
