@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
@@ -93,6 +93,21 @@ def detect_device(mx_module: Any = None) -> DeviceInfo:
     ram = _physical_ram()
     name = str(info.get("device_name") or platform.processor() or platform.machine() or "cpu")
     return DeviceInfo("cpu", name, ram, ram, cores, gpus=0)
+
+
+def performance_cores(*, platform_name: str = sys.platform,
+                      sysctl: Callable[[str], str] | None = None) -> int:
+    """The cores a worker's CPU front work counts on: a Mac's performance cores (its efficiency
+    cores are several times slower), all cores elsewhere. `sysctl` is a seam for tests."""
+    cores = os.cpu_count() or 1
+    if platform_name != "darwin":
+        return cores
+    read = sysctl or (lambda key: subprocess.run(["sysctl", "-n", key], capture_output=True, text=True,
+                                                 timeout=5).stdout)
+    try:
+        return max(1, int(read("hw.perflevel0.physicalcpu").strip()))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return cores   # an Intel Mac has no performance levels
 
 
 def _available(mx: Any, backend: str) -> bool:

@@ -33,7 +33,7 @@ class WorkerContext:
     config: Config
     engine_factory: str = DEFAULT_ENGINE
     batch_size: int = 1               # the in-flight limit, or its cap when tune_batch
-    tune_batch: bool = False          # `batch = "auto"`: grow the limit while it pays (batching.py)
+    tune_batch: bool = False          # `batch = "auto"`: grow the limit while it pays (worker/tuner.py)
     batch_start: int = 1              # where tuning starts
     lease_s: float = 60.0
     heartbeat_s: float = 5.0

@@ -8,6 +8,7 @@ the ModelConfig, so behaviour is configured through ModelConfig.path ("slow:1.5"
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from PIL import Image
@@ -88,3 +89,38 @@ class PidEngine(FakeEngine):
 
     def _text(self, image: Image.Image) -> str:
         return f"page {image.width}x{image.height} pid {os.getpid()}"
+
+
+class PickyEngine(FakeEngine):
+    """Has CPU preprocessing (run on the worker's front threads), which refuses pages over twice
+    as tall as wide; notes the threads it ran on."""
+
+    def __init__(self, model: ModelConfig):
+        super().__init__(model)
+        self.threads: set[str] = set()
+
+    def preprocess(self, image: Image.Image, prompt: str, mode: str) -> Image.Image:
+        self.threads.add(threading.current_thread().name)
+        if image.height > 2 * image.width:
+            raise ValueError("tall pages are refused by this test engine")
+        return image
+
+
+class AheadEngine(FakeEngine):
+    """Counts pages preprocessed and pages generated: the most prepared ahead of the engine."""
+
+    def __init__(self, model: ModelConfig):
+        super().__init__(model)
+        self.prepared = self.generated = self.most_ahead = 0
+        self._lock = threading.Lock()
+
+    def preprocess(self, image: Image.Image, prompt: str, mode: str) -> Image.Image:
+        with self._lock:
+            self.prepared += 1
+            self.most_ahead = max(self.most_ahead, self.prepared - self.generated)
+        return image
+
+    def generate(self, images, prompt, *, mode, max_tokens):
+        with self._lock:
+            self.generated += len(images)
+        return super().generate(images, prompt, mode=mode, max_tokens=max_tokens)

@@ -9,11 +9,12 @@ laid out by layout.py); choice.py picks one for `[model] engine`.
 from __future__ import annotations
 
 import importlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence
 
 from ..config import ModelConfig
-from ..errors import OcrdError
+from ..errors import EngineError, OcrdError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -53,7 +54,7 @@ class Finished:
 
 
 class Session(Protocol):
-    """Pages decoding together: add pages, step until they finish; see batching.py.
+    """Pages decoding together: add pages, step until they finish (`open_session`).
     `generated` counts the tokens generated so far (aggregate tokens/s, tuning)."""
     generated: int
 
@@ -71,7 +72,7 @@ class Session(Protocol):
 
 class Engine(Protocol):
     """What a worker needs of a model. An engine may also offer `open_session(capacity=,
-    page_budget_s=) -> Session` for continuous batching; batching.open_session falls back to one
+    page_budget_s=) -> Session` for continuous batching; `open_session` falls back to one
     page per step through `generate` for engines that don't (test engines)."""
     def load(self) -> None: ...
 
@@ -121,3 +122,54 @@ def find_repetition(text: Sequence, *, min_len: int = REPEAT_MIN_CHARS,
                 return newline + 1
         return start + p
     return None
+
+
+def preprocess(engine: Engine, image: Image.Image, prompt: str, mode: str) -> Any:
+    """A page's CPU work before the engine sees it, on the worker's front threads (never the
+    decode thread): an engine may offer `preprocess(image, prompt, mode)` (DeepSeek-OCR's views);
+    others take the image as it is. What comes back goes to `Session.add`."""
+    own = getattr(engine, "preprocess", None)
+    return own(image, prompt, mode) if callable(own) else image
+
+
+def open_session(engine: Engine, *, capacity: int, page_budget_s: float | None = None) -> Session:
+    """The engine's batched session if it has one, else one page per step."""
+    opener = getattr(engine, "open_session", None)
+    if callable(opener):
+        return opener(capacity=capacity, page_budget_s=page_budget_s)
+    return SerialSession(engine)
+
+
+class SerialSession:
+    """Any Engine, one page per step: test engines (fake, crashing, hanging) and engines that
+    can't batch. The supervisor's page timeout covers a step that hangs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pages: deque[tuple[Hashable, Image.Image, str, str, int]] = deque()
+        self.generated = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def add(self, key: Hashable, image: Image.Image, *, prompt: str, mode: str,
+            max_tokens: int) -> Finished | None:
+        self._pages.append((key, image, prompt, mode, max_tokens))
+        return None
+
+    def step(self) -> list[Finished]:
+        key, image, prompt, mode, max_tokens = self._pages.popleft()
+        try:
+            [result] = self.engine.generate([image], prompt, mode=mode, max_tokens=max_tokens)
+        except OcrdError as exc:
+            return [Finished(key, error=exc)]
+        except Exception as exc:   # an engine's surprise fails this page, not the worker
+            return [Finished(key, error=EngineError(first_line(exc, with_type=True)))]
+        self.generated += result.generation_tokens
+        return [Finished(key, result=result)]
+
+    def cancel(self, key: Hashable) -> None:
+        self._pages = deque(p for p in self._pages if p[0] != key)
+
+    def close(self) -> None:
+        self._pages.clear()

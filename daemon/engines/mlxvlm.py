@@ -12,7 +12,7 @@ import structlog
 
 from ..config import ModelConfig
 from ..errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
-from ..modes import MODES
+from .deepseek_inputs import PageViews, model_inputs, page_views
 from .base import REPEAT_CHECK_EVERY, REPEAT_MIN_TOKENS, Finished, PageResult, find_repetition
 from .weights import resolve_model_path
 
@@ -108,20 +108,35 @@ class MlxVlmEngine:
             session.close()
         return [results[n] for n in range(len(images))]
 
-    def prepare(self, image: Image.Image, prompt: str, mode: str) -> tuple[list[int], dict[str, Any]]:
-        """A page's prompt token ids and the embeddings BatchGenerator takes (`inputs_embeds`,
-        with the image encoded in the page's resolution mode). The chat template is applied only
-        to a prompt that does not already hold `<image>` (it would add a second one)."""
-        import mlx_vlm
-        from mlx_vlm.utils import prepare_inputs
-
-        kwargs = _mode_kwargs(mode) if self.model_type == "deepseekocr" else {}
+    def preprocess(self, image: Image.Image, prompt: str, mode: str) -> PageViews | WholePage:
+        """A page's CPU work, on any thread (the worker's feeder runs it ahead of the decoder):
+        DeepSeek-OCR's views and token ids (deepseek_inputs.py); another model's page is left
+        whole for its processor. The chat template is applied only to a prompt that does not
+        already hold `<image>` (it would add a second one)."""
         if "<image>" not in prompt:
+            import mlx_vlm
+
             prompt = mlx_vlm.apply_chat_template(self.processor, self.model.config, prompt, num_images=1)
-        with library_prints():
-            inputs = prepare_inputs(self.processor, images=[image], prompts=prompt,
-                                    image_token_index=getattr(self.model.config, "image_token_index", None),
-                                    add_special_tokens=False, **kwargs)
+        if self.model_type == "deepseekocr":
+            return page_views(self.processor, image, prompt, mode)
+        return WholePage(image, prompt)
+
+    def prepare(self, page: PageViews | WholePage | Image.Image, prompt: str,
+                mode: str) -> tuple[list[int], dict[str, Any]]:
+        """A page's prompt token ids and the embeddings BatchGenerator takes (`inputs_embeds`,
+        with the image encoded in the page's resolution mode), on the decode thread. `page` is
+        what `preprocess` made of it, or a raw image (preprocessed here, then)."""
+        if not isinstance(page, (PageViews, WholePage)):
+            page = self.preprocess(page, prompt, mode)
+        if isinstance(page, PageViews):
+            inputs = model_inputs(page, self.processor)
+        else:
+            from mlx_vlm.utils import prepare_inputs
+
+            with library_prints():
+                inputs = prepare_inputs(self.processor, images=[page.image], prompts=page.prompt,
+                                        image_token_index=getattr(self.model.config, "image_token_index", None),
+                                        add_special_tokens=False)
         ids, pixels, mask = inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask")
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
         embedded = self.model.get_input_embeddings(ids, pixels, mask=mask, **extra)
@@ -133,6 +148,13 @@ class MlxVlmEngine:
         text = _decode(getattr(self.processor, "tokenizer", self.processor), ids)
         clean = getattr(self.processor, "clean_output", None)
         return clean(text) if callable(clean) else text
+
+
+@dataclass(frozen=True)
+class WholePage:
+    """A page of a model other than DeepSeek-OCR: its processor prepares it on the decode thread."""
+    image: Image.Image
+    prompt: str
 
 
 @dataclass
@@ -283,14 +305,6 @@ def library_prints() -> Iterator[None]:
         for line in printed.getvalue().splitlines():
             if line.strip():
                 _log.debug("engine_output", line=line)
-
-
-def _mode_kwargs(mode: str) -> dict[str, Any]:
-    """mlx-vlm's DeepSeek-OCR resolution arguments for a mode name; EngineError if unknown."""
-    if mode not in MODES:
-        raise EngineError(f"unknown resolution mode {mode!r}")
-    m = MODES[mode]
-    return {"base_size": m.base_size, "image_size": m.image_size, "cropping": m.cropping}
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

@@ -2,7 +2,7 @@
 
 DeepSeek-OCR on MLX's CPU build takes minutes a page; RapidOCR reads a page in seconds on a few
 cores. It finds text lines, not markdown: layout.py puts them in reading order. Install it
-with the `cpu` extra (`pip install -e '.[cpu]'`). One page per engine call (batching.SerialSession);
+with the `cpu` extra (`pip install -e '.[cpu]'`). One page per engine call (engines/base.py SerialSession);
 the supervisor's page timeout and the worker's one-bad-page rule apply as to any engine.
 """
 

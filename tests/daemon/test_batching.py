@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import samples
-from ocrd.daemon.batching import InFlightTuner, SerialSession, open_session
+from ocrd.daemon.engines.base import SerialSession, open_session
+from ocrd.daemon.worker.tuner import InFlightTuner
 from ocrd.daemon.config import ModelConfig
 from ocrd.daemon.engines.base import Finished
 from ocrd.daemon.engines.mlxvlm import MlxSession, MlxVlmEngine, prefill_group

@@ -242,3 +242,51 @@ def test_a_batch_fills_from_one_claim_of_many_pages_admitted_in_claim_order(harn
     assert sorted(f.name for f in outbox.iterdir()) == ["p0.md", "p1.md", "p2.md", "p3.md", "twelve.md"]
     text = (outbox / "twelve.md").read_text()
     assert text.count("<!-- page ") == 12 and "<!-- page 12 of 12 -->" in text
+
+
+def test_a_page_whose_preprocessing_fails_fails_alone_off_the_decode_thread(harness) -> None:
+    """The engine's CPU preprocessing runs on the feeder's front threads; a page it refuses
+    fails alone (its document fails once attempts run out), the pages beside it are read."""
+    h = harness()
+    pdf = h.config.spool_dir / "mixed.pdf"
+    samples.write_pdf_pages(pdf, [(400, 300), (300, 700), (400, 300)])
+    mixed = h.ledger.add_job(inbox=h.config.inboxes[0].key, source_path=str(pdf), spool_path=str(pdf),
+                             sha256=hashlib.sha256(pdf.read_bytes()).hexdigest(),
+                             size_bytes=pdf.stat().st_size, pages_total=3).job_id
+    image = h.add("landscape.png")
+    worker = h.worker("engines:PickyEngine", batch_size=4, backoff_base_s=0.01)
+    assert worker.start()
+    wait_for(lambda: worker.tick() and h.job_state(mixed) == "failed" and h.job_state(image) == "done",
+             30, 0.01, "the refused page failed its document, the other job read")
+    pages = {p[1]: p[2] for p in h.pages() if p[0] == mixed}
+    assert pages == {1: "done", 2: "failed", 3: "done"}
+    reason = h.ledger.show_job(mixed)["pages"][1]["error"]
+    assert "cannot prepare page: ValueError: tall pages are refused" in reason
+    assert worker.engine.threads and all(t.startswith("front") for t in worker.engine.threads)
+
+
+def test_the_pages_prepared_ahead_stay_bounded_under_a_1000_page_drop(harness) -> None:
+    """A 1,000-page document: the worker holds (claims and prepares) at most its batch plus
+    AHEAD pages beyond it, never the whole drop; a stop gives them back uncharged."""
+    from ocrd.daemon.worker.feeder import AHEAD
+
+    h = harness()
+    pdf = h.config.spool_dir / "thousand.pdf"
+    samples.write_pdf_pages(pdf, [(200, 260)] * 1000)
+    job = h.ledger.add_job(inbox=h.config.inboxes[0].key, source_path=str(pdf), spool_path=str(pdf),
+                           sha256=hashlib.sha256(pdf.read_bytes()).hexdigest(),
+                           size_bytes=pdf.stat().st_size, pages_total=1000).job_id
+    worker = h.worker("engines:AheadEngine", batch_size=4)
+    assert worker.start()
+    bound = 4 + min(4, AHEAD)
+    held = []
+    while worker.engine.generated < 60:
+        worker.tick()
+        held.append(sum(p["state"] == "running" for p in h.ledger.show_job(job)["pages"]))
+    assert max(held) <= bound, max(held)
+    assert worker.engine.most_ahead <= bound, worker.engine.most_ahead
+    assert max(held) > 4                        # it does prepare ahead of the batch
+    worker.stop()
+    pages = h.ledger.show_job(job)["pages"]
+    assert not [p for p in pages if p["state"] == "running"]
+    assert all(p["attempts"] == 0 for p in pages if p["state"] == "queued")   # released, not charged

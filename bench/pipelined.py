@@ -1,0 +1,183 @@
+"""Pipelined worker benchmark: the whole daemon against the best bare loop of the same engine parts,
+in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
+
+    .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
+        [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
+        [--label NAME]
+
+  bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
+          (MlxVlmEngine.preprocess) on a thread pool, at most --bare-batch + 8 pages ahead, while
+          the decode thread admits them to one MlxSession as slots free and steps it. No ledger, no
+          files written: the ceiling for these engine parts.
+  daemon: the whole daemon (bench/batch.py: files dropped into the inbox once the model is loaded,
+          timed until every outbox file exists), `[workers] batch = --batch`.
+On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
+each run. Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
+(../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
+Prints a table, writes bench/results/pipelined-<label>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+
+from PIL import Image  # noqa: E402
+
+from batch import ENGINE, PROMPT, UNGUARDED, UnguardedEngine, _row, daemon_batch, make_pages  # noqa: E402
+from ocrd.daemon.config import ModelConfig  # noqa: E402
+from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
+from ocrd.daemon.modes import MODES  # noqa: E402
+from ocrd.daemon.worker.feeder import AHEAD, front_threads  # noqa: E402
+from procs import git  # noqa: E402
+
+
+class GpuBusy:
+    """nvidia-smi's utilization, sampled every 200 ms while running; None without nvidia-smi."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._proc = None
+        if shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                           "--format=csv,noheader,nounits", "-lms", "200"],
+                                          stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.samples.append(float(line.split(",")[0]))
+            except ValueError:
+                pass
+
+    def mean(self) -> float | None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int) -> dict:
+    """The engine parts the worker uses, fed from a preprocessing pool as slots free."""
+    import mlx.core as mx
+
+    def front(path: Path):
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        return engine.preprocess(image, PROMPT, mode)
+
+    pool = ThreadPoolExecutor(front_threads(os.cpu_count() or 1))
+    session = engine.open_session(capacity=batch, page_budget_s=None)
+    waiting, ahead, tokens = deque(pngs), deque(), 0
+    busy = GpuBusy()
+    mx.reset_peak_memory()
+    started = time.perf_counter()
+    while waiting or ahead or len(session):
+        while waiting and len(ahead) < batch - len(session) + min(batch, AHEAD):
+            ahead.append(pool.submit(front, waiting.popleft()))
+        while ahead and len(session) < batch and (ahead[0].done() or not len(session)):
+            session.add(len(ahead), ahead.popleft().result(), prompt=PROMPT, mode=mode, max_tokens=max_tokens)
+        before = session.generated
+        session.step()
+        tokens += session.generated - before
+    seconds = time.perf_counter() - started
+    session.close()
+    pool.shutdown()
+    return _row("pipelined bare loop", batch, len(pngs), seconds, tokens, gpu_busy=busy.mean(),
+                peak_memory_bytes=int(mx.get_peak_memory()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--mode", default="small", choices=list(MODES))
+    parser.add_argument("--pages", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--batch", default="auto")
+    parser.add_argument("--bare-batch", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--page-size", default="1700x2200")
+    parser.add_argument("--no-guard", action="store_true", help="the repetition guard off (random weights loop)")
+    parser.add_argument("--label", default=None)
+    args = parser.parse_args()
+
+    import structlog
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.disable(logging.WARNING)
+    batch = args.batch if args.batch == "auto" else int(args.batch)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ocrd-pipelined-") as tmp:
+        root = Path(tmp)
+        if args.model is None:
+            from tinymodel import build_tiny_deepseekocr
+            args.model = build_tiny_deepseekocr(root / "tiny-deepseekocr")
+        pngs = make_pages(root, args.pages, tuple(int(v) for v in args.page_size.split("x")))
+        model = ModelConfig(path=str(args.model))
+        engine = UnguardedEngine(model) if args.no_guard else MlxVlmEngine(model)
+        engine.load()
+        bare_pipelined(engine, pngs[:4], args.bare_batch, args.mode, 16)   # warm-up: kernels compile once
+        config = {"model": {"path": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens,
+                            "page_timeout_s": 3600}, "pdf": {"dpi": 72}}
+        factory = UNGUARDED if args.no_guard else ENGINE
+        for n in range(args.pairs):
+            rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens)))
+            busy = GpuBusy()
+            row = daemon_batch(config, pngs, batch, factory, root / f"daemon-{n}")
+            rows.append(_show({**row, "gpu_busy": busy.mean()}))
+    _write(args, rows)
+    return 0
+
+
+def _show(row: dict) -> dict:
+    print(f"{row['name']:32} {str(row['batch']):>5} {row['pages']:>5} {row['seconds']:>8.2f} s "
+          f"{row['pages_per_s']:>7.2f} p/s {row['tokens_per_s']:>9.1f} tok/s  busy {row.get('gpu_busy')} %  "
+          f"in flight {row.get('mean_in_flight', '')} {row.get('limits') or ''}", flush=True)
+    return row
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    from ocrd.daemon.device import describe, detect_device
+
+    device = detect_device()
+    label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
+    bare = [r["pages_per_s"] for r in rows if r["name"].startswith("pipelined")]
+    daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole")]
+    pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
+    summary = {"bare_median_pages_per_s": statistics.median(bare),
+               "daemon_median_pages_per_s": statistics.median(daemon),
+               "daemon_over_bare_per_pair": pairs, "daemon_over_bare_median": statistics.median(pairs)}
+    print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "
+          "daemon/bare per pair {daemon_over_bare_per_pair}, median {daemon_over_bare_median}".format(**summary))
+    out = ROOT / "bench" / "results" / f"pipelined-{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "device": describe(device)},
+        "model": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens, "pages": args.pages,
+        "page_size": args.page_size, "guard": not args.no_guard, "batch": args.batch,
+        "bare_batch": args.bare_batch, "runs": rows, "summary": summary,
+        "commit": git("rev-parse", "--short", "HEAD")}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

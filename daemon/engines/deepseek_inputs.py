@@ -1,0 +1,106 @@
+"""DeepSeek-OCR's page inputs made in two halves, so that a page's CPU work never stops the decoder.
+
+mlx-vlm's `DeepseekOCRProcessor` does all of it on the calling thread: PIL geometry (the global
+view padded to the mode's size; in gundam mode the page also resized and cut into 640-pixel tiles),
+then MLX arrays. On an H200 that was 40 ms a small page and 136 ms a gundam page during which all
+other pages waited, and MLX arrays can only be made on the thread that runs the model ("There is
+no Stream(gpu, N) in current thread"). So the work is split:
+
+- `page_views` (any thread, the worker's feeder): PIL geometry, numpy uint8 pixels, token ids;
+- `model_inputs` (the decode thread): the same pixels as MLX arrays, normalised as the processor
+  does, for `get_input_embeddings`.
+
+Together they give exactly what the processor gives (mlx-vlm 0.7.10's `tokenize_with_images` and
+`process_one` for one image; tests/daemon/test_deepseek_inputs.py compares them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import ImageOps
+
+from ..errors import EngineError
+from ..modes import MODES
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PATCH, DOWNSAMPLE = 16, 4      # the vision encoder's patch side and token downsampling
+TILE = 640                     # dynamic_preprocess's tile side (it ignores the mode's image_size)
+
+
+@dataclass(frozen=True)
+class PageViews:
+    """One page's DeepSeek-OCR inputs, CPU half: no MLX in it."""
+    ids: list[int]             # prompt token ids with the image tokens in place
+    image_mask: list[bool]     # True at each image token
+    global_view: np.ndarray    # uint8 (S, S, 3): the page padded to the mode's square
+    tiles: np.ndarray | None   # uint8 (n, 640, 640, 3) in gundam mode on a page over 640 px
+    crop: tuple[int, int]      # tiles across and down; (1, 1) without tiles
+    base_size: int             # the tile stack's stand-in size when there are none
+
+    @property
+    def nbytes(self) -> int:
+        return self.global_view.nbytes + (0 if self.tiles is None else self.tiles.nbytes)
+
+
+def page_views(processor: Any, image: Image.Image, prompt: str, mode: str) -> PageViews:
+    """The CPU half for `image` in resolution `mode`; `prompt` holds one `<image>`."""
+    from mlx_vlm.models.deepseekocr.processing_deepseekocr import dynamic_preprocess
+
+    if mode not in MODES:
+        raise EngineError(f"unknown resolution mode {mode!r}")
+    m = MODES[mode]
+    parts = prompt.split(processor.image_token)
+    if len(parts) != 2:
+        raise EngineError(f"the prompt must hold one {processor.image_token}, not {len(parts) - 1}")
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    fill = tuple(int(x * 255) for x in processor.image_transform.mean)
+    tiles, crop = None, (1, 1)
+    if m.cropping:
+        if image.width > TILE or image.height > TILE:
+            crops, crop = dynamic_preprocess(image)
+            tiles = np.stack([np.asarray(c) for c in crops])
+        side = m.base_size
+    else:
+        if m.image_size <= TILE:
+            image = image.resize((m.image_size, m.image_size))
+        side = m.image_size
+    view = np.asarray(ImageOps.pad(image, (side, side), color=fill))
+    queries = math.ceil(side // PATCH / DOWNSAMPLE)
+    count = (queries + 1) * queries + 1                  # the global view: rows of queries + a break
+    if tiles is not None:
+        per_tile = math.ceil(m.image_size // PATCH / DOWNSAMPLE)
+        count += (per_tile * crop[0] + 1) * (per_tile * crop[1])
+    head, tail = (processor.encode(p, bos=False, eos=False) for p in parts)
+    ids = [0] + head + [processor.image_token_id] * count + tail   # 0: the processor's bos
+    mask = [False] * (1 + len(head)) + [True] * count + [False] * len(tail)
+    # process_one's inference mode drops the last token; a negative id is padding
+    ids = [processor.pad_id if i < 0 else i for i in ids[:-1]]
+    return PageViews(ids, mask[:-1], view, tiles, tuple(crop), m.base_size)
+
+
+def model_inputs(views: PageViews, processor: Any) -> dict[str, Any]:
+    """The decode thread's half: MLX arrays for `model.get_input_embeddings`."""
+    import mlx.core as mx
+
+    transform = processor.image_transform
+    mean = mx.array(transform.mean).reshape(-1, 1, 1)
+    std = mx.array(transform.std).reshape(-1, 1, 1)
+
+    def pixels(a: np.ndarray) -> mx.array:   # ImageTransform's steps, over a stack of images
+        chw = mx.transpose(mx.array(a) / 255.0, [0, 3, 1, 2])
+        return ((chw - mean) / std if transform.normalize else chw).astype(mx.bfloat16)
+
+    crops = (pixels(views.tiles) if views.tiles is not None
+             else mx.zeros((1, 3, views.base_size, views.base_size)))
+    return {
+        "input_ids": mx.array(views.ids)[None],
+        "pixel_values": [crops, pixels(views.global_view[None])],
+        "images_seq_mask": mx.array(views.image_mask)[None],
+        "images_spatial_crop": mx.array([list(views.crop)]),
+    }
