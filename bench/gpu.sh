@@ -4,7 +4,9 @@
 #   there:  bash .stage/p1/device.sh stage1            (carry .stage/p1)
 #           bash /tmp/stage/device.sh stage2 && bash bench/gpu.sh small ctx   (carry .stage/p2)
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
-# ctx (which processes hold GPU memory while the daemon runs). Pages are 1700x2200, 512 tokens, the
+# ctx (which processes hold GPU memory while the daemon runs); pipe-small, pipe-gundam, pipe-q8 (bench/pipelined.py:
+# the pipelined bare loop against the daemon, 256 pages, interleaved pairs) and realistic (the default
+# config: gundam, 8-bit, guard on, a mixed drop of PNGs and multi-page PDFs). Pages are 1700x2200, 512 tokens, the
 # repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard).
 set -uo pipefail
 source /tmp/stage/device.sh env
@@ -12,16 +14,22 @@ mkdir -p /tmp/src && ln -sfn "$PWD" /tmp/src/ocrd
 export PYTHONPATH=/tmp/src:$PYTHONPATH PYTHONUNBUFFERED=1
 MODEL=${MODEL:-/tmp/model}
 bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
+pipe() { python3 bench/pipelined.py --model "$1" --pages 256 --max-tokens 512 --page-size 1700x2200 "${@:2}"; }
+q8() { [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1; }
 for step in "$@"; do
   case "$step" in
     small) bench "$MODEL" --mode small --pages 256 --batches 64,auto --skip-worker --label gpu-small-256
            bench "$MODEL" --mode small --pages 64 --batches 64,auto --skip-worker --label gpu-small-64 ;;
     modes) bench "$MODEL" --mode base --pages 64 --batches 64,auto --skip-worker --label gpu-base-64
            bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
-    q8)    [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1
+    q8)    q8
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
+    pipe-small)  pipe "$MODEL" --mode small --pairs 3 --no-guard --label h200-small ;;
+    pipe-gundam) pipe "$MODEL" --mode gundam --pairs 3 --no-guard --label h200-gundam ;;
+    pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs 2 --no-guard --label h200-gundam-q8 ;;
+    realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label h200-realistic ;;
     ctx)   python3 bench/gpu_contexts.py "$MODEL" ;;
   esac
 done
-cp bench/results/batch-gpu-*.json bench/results/gpu-*.json "$OUT/" 2>/dev/null
+cp bench/results/batch-gpu-*.json bench/results/gpu-*.json bench/results/pipelined-h200-*.json "$OUT/" 2>/dev/null
 true

@@ -3,14 +3,15 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--label NAME]
+        [--mixed] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
           (MlxVlmEngine.preprocess) on a thread pool, at most --bare-batch + 8 pages ahead, while
           the decode thread admits them to one MlxSession as slots free and steps it. No ledger, no
           files written: the ceiling for these engine parts.
   daemon: the whole daemon (bench/batch.py: files dropped into the inbox once the model is loaded,
-          timed until every outbox file exists), `[workers] batch = --batch`.
+          timed until every outbox file exists), `[workers] batch = --batch`. With --mixed the same
+          pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop).
 On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
 each run. Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
 (../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
@@ -75,6 +76,23 @@ class GpuBusy:
         return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
+def mixed_drop(folder: Path, pngs: list[Path]) -> list[Path]:
+    """The same pages as a realistic drop: single PNGs between PDFs of 2, 3 and 5 pages."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files, sizes, k = [], [1, 3, 1, 5, 2], 0
+    while k < len(pngs):
+        group = pngs[k:k + sizes[len(files) % len(sizes)]]
+        k += len(group)
+        if len(group) == 1:
+            files.append(group[0])
+            continue
+        images = [Image.open(p).convert("RGB") for p in group]
+        pdf = folder / f"doc-{len(files) + 1:03d}.pdf"
+        images[0].save(pdf, save_all=True, append_images=images[1:], resolution=72)   # [pdf] dpi = 72
+        files.append(pdf)
+    return files
+
+
 def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int) -> dict:
     """The engine parts the worker uses, fed from a preprocessing pool as slots free."""
     import mlx.core as mx
@@ -116,6 +134,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--page-size", default="1700x2200")
     parser.add_argument("--no-guard", action="store_true", help="the repetition guard off (random weights loop)")
+    parser.add_argument("--mixed", action="store_true", help="drop PNGs and multi-page PDFs")
     parser.add_argument("--label", default=None)
     args = parser.parse_args()
 
@@ -130,6 +149,7 @@ def main() -> int:
             from tinymodel import build_tiny_deepseekocr
             args.model = build_tiny_deepseekocr(root / "tiny-deepseekocr")
         pngs = make_pages(root, args.pages, tuple(int(v) for v in args.page_size.split("x")))
+        drop = mixed_drop(root / "mixed", pngs) if args.mixed else pngs
         model = ModelConfig(path=str(args.model))
         engine = UnguardedEngine(model) if args.no_guard else MlxVlmEngine(model)
         engine.load()
@@ -140,8 +160,10 @@ def main() -> int:
         for n in range(args.pairs):
             rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens)))
             busy = GpuBusy()
-            row = daemon_batch(config, pngs, batch, factory, root / f"daemon-{n}")
-            rows.append(_show({**row, "gpu_busy": busy.mean()}))
+            row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}")
+            pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
+            rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s,
+                               "gpu_busy": busy.mean()}))
     _write(args, rows)
     return 0
 
@@ -174,7 +196,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
                     "cpus": os.cpu_count(), "device": describe(device)},
         "model": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens, "pages": args.pages,
         "page_size": args.page_size, "guard": not args.no_guard, "batch": args.batch,
-        "bare_batch": args.bare_batch, "runs": rows, "summary": summary,
+        "bare_batch": args.bare_batch, "mixed": args.mixed, "runs": rows, "summary": summary,
         "commit": git("rev-parse", "--short", "HEAD")}, indent=2) + "\n")
     print(f"wrote {out}")
 
