@@ -1,6 +1,6 @@
 """Batch benchmark: the same pages at several in-flight limits, three ways.
 
-    .venv/bin/python bench/batch.py [--batches 1,4,8,16,32,64,auto] [--pages 32] [--max-tokens 64]
+    .venv/bin/python bench/batch.py [--batches 1,4,8,16,32,64,auto (repeat for pairs: 1,8,1,8)] [--pages 32] [--max-tokens 64]
                                     [--mode tiny] [--model DIR] [--page-size 612x792] [--no-guard]
                                     [--skip-worker] [--skip-daemon] [--label NAME]
 
@@ -27,6 +27,7 @@ import platform
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,7 +194,10 @@ sys.exit(run_daemon(load_config(sys.argv[1]), settings=Settings(engine_factory=s
 """
 
 
-def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str, root: Path) -> dict:
+def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str, root: Path,
+                 gpu=None) -> dict:
+    """The whole daemon on `pngs` (any files it takes), from the drop to the last outbox file;
+    `gpu` (bench/pipelined.py's GpuBusy) adds the GPU's busy % over that window."""
     from configs import to_toml
 
     raw = _with_batch(config_dict, batch)
@@ -210,15 +214,16 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     ledger = root / "state" / "ledger.db"
     try:
-        _wait(lambda: ledger.exists() and _meta(ledger, "model_status") == "ok", 900, "model loaded")
+        _wait(lambda: ledger.exists() and _meta(ledger, "model_status") == "ok", 900, "model loaded", proc)
         started = time.perf_counter()
         for png in pngs:   # written elsewhere, moved in: a finished file appears at once
             staged = root / png.name
             shutil.copyfile(png, staged)
             os.replace(staged, root / "inbox" / png.name)
         outbox = root / "outbox"
-        _wait(lambda: outbox.exists() and len(list(outbox.glob("*.md"))) == len(pngs), 1800, "outbox")
-        seconds = time.perf_counter() - started
+        _wait(lambda: outbox.exists() and len(list(outbox.glob("*.md"))) == len(pngs), 1800, "outbox", proc)
+        ended = time.perf_counter()
+        seconds = ended - started
         con = sqlite3.connect(ledger)
         tokens = con.execute("SELECT SUM(generation_tokens) FROM pages").fetchone()[0] or 0
         limits = sorted({b for (b,) in con.execute("SELECT DISTINCT batch FROM heartbeats") if b})
@@ -230,7 +235,8 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         proc.wait(120)
         log.close()
     return _row("whole daemon (drop -> outbox)", batch, len(pngs), seconds, tokens,
-                peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight)
+                peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight,
+                **({"gpu_busy": gpu.mean((started, ended))} if gpu else {}))
 
 
 def _mean_in_flight(con: sqlite3.Connection) -> float:
@@ -261,9 +267,12 @@ def _meta(ledger: Path, key: str) -> str | None:
     return str(ModelStatus.loads(row[0]).state)
 
 
-def _wait(condition, timeout: float, what: str) -> None:
+def _wait(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Until condition() holds; a daemon `proc` that exits meanwhile fails the wait at once."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({proc.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -300,13 +309,13 @@ def main() -> int:
         images = [Image.open(p).convert("RGB") for p in pngs]
         config = {"model": {"path": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens,
                             "page_timeout_s": 3600}, "pdf": {"dpi": 72}}
-        for batch in batches:
+        for n, batch in enumerate(batches):   # a batch listed again is run again (pairs: 1,8,1,8)
             if not args.skip_bare and batch != "auto":
                 rows.append(_show(bare_batch(args.model, images, batch, args.mode, args.max_tokens)))
             if not args.skip_worker:
-                rows.append(_show(worker_batch(config, pngs, batch, engine, root / f"worker-{batch}")))
+                rows.append(_show(worker_batch(config, pngs, batch, engine, root / f"worker-{n}-{batch}")))
             if not args.skip_daemon:
-                rows.append(_show(daemon_batch(config, pngs, batch, engine, root / f"daemon-{batch}")))
+                rows.append(_show(daemon_batch(config, pngs, batch, engine, root / f"daemon-{n}-{batch}")))
     _write(args, rows)
     return 0
 
@@ -324,16 +333,16 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
 
     device = detect_device()
     label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
-    ratios = {}
+    speed: dict[tuple[str, object], list[float]] = {}   # (kind, batch) -> pages/s; repeats are pairs
     for row in rows:
-        bare = next((r for r in rows if r["name"].startswith("bare") and r["batch"] == row["batch"]), None)
-        if bare and row is not bare:
-            ratios[f"{row['name'].split()[0]} {row['batch']} / bare"] = round(row["pages_per_s"] / bare["pages_per_s"], 3)
-    for name in ("one", "whole"):
-        one = next((r for r in rows if r["name"].startswith(name) and r["batch"] == 1), None)
-        for r in rows:
-            if one and r["name"].startswith(name) and r is not one:
-                ratios[f"{name} {r['batch']} / {name} 1"] = round(r["pages_per_s"] / one["pages_per_s"], 3)
+        speed.setdefault((row["name"].split()[0], row["batch"]), []).append(row["pages_per_s"])
+    median = {key: statistics.median(v) for key, v in speed.items()}
+    ratios = {}
+    for (kind, batch), value in median.items():
+        if kind != "bare" and ("bare", batch) in median:
+            ratios[f"{kind} {batch} / bare"] = round(value / median["bare", batch], 3)
+        if (kind, 1) in median and batch != 1 and kind != "bare":
+            ratios[f"{kind} {batch} / {kind} 1"] = round(value / median[kind, 1], 3)
     print("ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items()))
     out = ROOT / "bench" / "results" / f"batch-{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

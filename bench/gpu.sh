@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures (bench/results/batch-gpu-*.json), on the device machine, with THIS checkout's code:
-#   here:   ../shared/gpu/stage.sh                     (once; packs MLX-CUDA, mlx-vlm, the model builder)
+#   here:   EXTRA_WHEELS="$DAEMON_WHEELS" ../shared/gpu/stage.sh   (once; packs MLX-CUDA, mlx-vlm, the model builder)
+#           where DAEMON_WHEELS lists what the daemon imports beyond stage.sh's set (the daemon stops at once
+#           without them, and a bench waiting on it learns that only from its log): pikepdf img2pdf fpdf2
+#           fonttools defusedxml lxml fastapi starlette pydantic pydantic-core annotated-types typing-inspection
+#           anyio sniffio idna python-multipart uvicorn h11 (wheels for CPython 3.12, as stage.sh fetches)
 #   there:  bash .stage/p1/device.sh stage1            (carry .stage/p1)
 #           bash /tmp/stage/device.sh stage2 && bash bench/gpu.sh small ctx   (carry .stage/p2)
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
@@ -12,6 +16,8 @@ set -uo pipefail
 source /tmp/stage/device.sh env
 mkdir -p /tmp/src && ln -sfn "$PWD" /tmp/src/ocrd
 export PYTHONPATH=/tmp/src:$PYTHONPATH PYTHONUNBUFFERED=1
+# fail here, not after a bench has waited out its timeouts on a daemon that could not start
+python3 -c "import ocrd.daemon.supervisor, ocrd.daemon.api.server, ocrd.daemon.output.pdf" || exit 1
 MODEL=${MODEL:-/tmp/model}
 bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
 pipe() { python3 bench/pipelined.py --model "$1" --pages 256 --max-tokens 512 --page-size 1700x2200 "${@:2}"; }

@@ -11,7 +11,7 @@ ends after exactly --tokens tokens. Preparing a page does the CPU part of the re
 the mode's size and normalise). So the only thing measured is ocrd's pipeline: ingest, claims,
 rendering, admission and stores, against the same engine fed from memory ("bare").
 
-  bare:    pre-rendered pages added to the paced session as slots free (the ceiling);
+  bare:    pages rendered and preprocessed beforehand, added to the paced session as slots free (the ceiling);
   daemon:  the whole daemon (bench/batch.py's drop -> outbox) on the paced engine.
 Prints a table, writes bench/results/pipeline-<label>.json.
 """
@@ -34,8 +34,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
-from batch import _commit, _row, _show, daemon_batch, make_pages  # noqa: E402
+from batch import _row, _show, daemon_batch, make_pages  # noqa: E402
 from ocrd.daemon.engines.base import Finished, PageResult  # noqa: E402
+from procs import git  # noqa: E402
 
 PACE = {"step_s": 0.027, "prefill_s": 0.020}   # set from the command line; workers read the env
 SIDE = 640                                      # small mode's image size
@@ -54,6 +55,11 @@ class PacedEngine:
     def load(self) -> None:
         pass
 
+    def preprocess(self, image: Image.Image, prompt: str, mode: str) -> np.ndarray:
+        """What the processor does on the CPU (on the worker's front threads)."""
+        pixels = np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.BICUBIC), dtype=np.float32)
+        return (pixels / 255.0 - 0.5) / 0.5
+
     def open_session(self, *, capacity: int, page_budget_s: float | None = None) -> PacedSession:
         return PacedSession(capacity, **_pace())
 
@@ -71,9 +77,7 @@ class PacedSession:
     def __len__(self) -> int:
         return len(self._waiting) + len(self._active)
 
-    def add(self, key, image: Image.Image, *, prompt: str, mode: str, max_tokens: int) -> Finished | None:
-        pixels = np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.BICUBIC), dtype=np.float32)
-        _ = (pixels / 255.0 - 0.5) / 0.5              # what the processor does on the CPU
+    def add(self, key, prepared: np.ndarray, *, prompt: str, mode: str, max_tokens: int) -> Finished | None:
         self._waiting.append((key, max_tokens))
         return None
 
@@ -105,7 +109,9 @@ class PacedSession:
 
 def bare(images: list[Image.Image], batch: int, tokens: int) -> dict:
     session = PacedSession(batch, **PACE)
-    pending, started = list(enumerate(images)), time.perf_counter()
+    engine = PacedEngine(None)
+    pending = [(key, engine.preprocess(image, "", "small")) for key, image in enumerate(images)]
+    started = time.perf_counter()
     while pending or len(session):
         while pending and len(session) < batch:
             key, image = pending.pop()
@@ -148,7 +154,7 @@ def main() -> int:
     out.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "pace": PACE, "pages": args.pages, "tokens": args.tokens, "page_size": args.page_size,
-        "runs": rows, "daemon / bare": ratio, "commit": _commit()}, indent=2) + "\n")
+        "runs": rows, "daemon / bare": ratio, "commit": git("rev-parse", "--short", "HEAD")}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

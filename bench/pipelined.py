@@ -13,7 +13,7 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
           timed until every outbox file exists), `[workers] batch = --batch`. With --mixed the same
           pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop).
 On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
-each run. Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
+each run (the daemon's from the drop to its last outbox file, not its model load). Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
 (../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
 Prints a table, writes bench/results/pipelined-<label>.json.
 """
@@ -54,7 +54,7 @@ class GpuBusy:
     """nvidia-smi's utilization, sampled every 200 ms while running; None without nvidia-smi."""
 
     def __init__(self) -> None:
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []   # (perf_counter, utilization %)
         self._proc = None
         if shutil.which("nvidia-smi"):
             self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu",
@@ -65,15 +65,19 @@ class GpuBusy:
     def _read(self) -> None:
         for line in self._proc.stdout:
             try:
-                self.samples.append(float(line.split(",")[0]))
+                self.samples.append((time.perf_counter(), float(line.split(",")[0])))
             except ValueError:
                 pass
 
-    def mean(self) -> float | None:
+    def mean(self, window: tuple[float, float] | None = None) -> float | None:
+        """The mean over the run, or over `window` (perf_counter start, end): a daemon's model
+        load is not its steady state."""
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait(10)
-        return round(statistics.mean(self.samples), 1) if self.samples else None
+        start, end = window or (float("-inf"), float("inf"))
+        values = [v for t, v in self.samples if start <= t <= end]
+        return round(statistics.mean(values), 1) if values else None
 
 
 def mixed_drop(folder: Path, pngs: list[Path]) -> list[Path]:
@@ -159,11 +163,9 @@ def main() -> int:
         factory = UNGUARDED if args.no_guard else ENGINE
         for n in range(args.pairs):
             rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens)))
-            busy = GpuBusy()
-            row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}")
+            row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}", gpu=GpuBusy())
             pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
-            rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s,
-                               "gpu_busy": busy.mean()}))
+            rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s}))
     _write(args, rows)
     return 0
 
