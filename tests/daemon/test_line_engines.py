@@ -29,7 +29,7 @@ def plain(text: str) -> str:
 
 @pytest.fixture(scope="session")
 def rapidocr() -> RapidOcrEngine:
-    pytest.importorskip("rapidocr_onnxruntime")
+    pytest.importorskip("rapidocr")
     engine = RapidOcrEngine(ModelConfig())
     engine.load()                         # once for the session: the ONNX sessions take ~1 s
     return engine
@@ -216,7 +216,7 @@ def test_choose_engine_auto_by_device_and_what_is_installed():
 
 def test_auto_reads_with_vision_while_the_model_downloads_on_a_mac():
     yes = lambda m: True                                             # noqa: E731
-    only_rapid = lambda m: m == "rapidocr_onnxruntime"               # noqa: E731
+    only_rapid = lambda m: m == "rapidocr"               # noqa: E731
     meanwhile = choose_engine("auto", "metal", installed=yes, model_local=lambda: False)
     assert (meanwhile.name, meanwhile.factory, meanwhile.interim) == ("vision", FACTORIES["vision"], True)
     assert "downloads" in meanwhile.reason and "DeepSeek-OCR takes over" in meanwhile.reason

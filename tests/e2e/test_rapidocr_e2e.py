@@ -9,7 +9,7 @@ import pytest
 
 import textpages
 
-pytest.importorskip("rapidocr_onnxruntime")
+pytest.importorskip("rapidocr")
 jiwer = pytest.importorskip("jiwer")
 
 
