@@ -21,7 +21,7 @@ from ocrd.daemon.device import (
     plan_for_config,
     recommended_label,
 )
-from ocrd.daemon.engines.base import ENGINE_MODELS
+from ocrd.daemon.engines.base import ENGINE_MODELS, make_engine
 from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.intake.service import INGEST_PROBLEM
 from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine
@@ -355,13 +355,16 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     engine = choose_engine(config.model.engine, info.backend, model_local=lambda: size is not None)
     plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
     warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
+    # a line engine names its own models (built, not loaded: cheap); [model] path is DeepSeek-OCR's
+    reads = getattr(make_engine(engine.factory, config.model), "models", None) \
+        if engine.name in LINE_ENGINES else None
     if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use
         warnings.append(extra)
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
-                  "planned_bytes": size or DEFAULT_MODEL_BYTES},
+                  "planned_bytes": size or DEFAULT_MODEL_BYTES, "reads": reads},
         "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
         "measured_peak_bytes": measured,
         "measured_page_bytes": measured_page,
@@ -391,6 +394,7 @@ def render_device(r: dict[str, Any]) -> str:
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
+             f"model    {m['reads']}" if m.get("reads") else
              f"model    {m['path']}  mode {m['mode']}  "
              + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
                 else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
