@@ -318,3 +318,9 @@ def test_rapidocr_keeps_french_accents_and_word_spaces(rapidocr: RapidOcrEngine)
     for phrase in ("son île intérieure, à côté de l'alcôve", "où les bûches", "çà et là la qualité"):
         assert phrase in got, got
     assert "PP-OCRv6" in rapidocr.models
+
+
+def test_rapidocr_keeps_word_spaces_on_a_grey_blurred_scan(rapidocr: RapidOcrEngine):
+    page = textpages.noisy_page()      # read as it was, the recogniser ran words together (WER 15%)
+    [result] = rapidocr.generate([page.image], "", mode="gundam", max_tokens=8192)
+    assert jiwer.wer(plain(page.truth), plain(result.text)) <= 0.05, result.text
