@@ -1,7 +1,7 @@
 """OCR accuracy on pages with known text, per engine option, and RapidOCR's speed through the daemon.
 
     .venv/bin/python bench/accuracy.py [--engine NAME ...] [--scans DIR] [--synthetic/--no-synthetic]
-                                       [--daemon] [--real DIR] [--speed N] [--label NAME]
+                                       [--daemon] [--real DIR] [--rounds N] [--speed N] [--label NAME]
 
 Accuracy: character and word error rates (jiwer) and seconds per page of each --engine on
   - the synthetic pages of tests/textpages.py (fonts, sizes, a rotated page, a noisy scan, two
@@ -34,6 +34,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -191,21 +192,31 @@ def make_option(name: str):
     return cls(ModelConfig(engine="rapidocr"))
 
 
-def measure(engine_name: str, pages: list[textpages.TextPage]) -> list[dict]:
-    engine = make_option(engine_name)
-    if engine is None:
-        print(f"{engine_name}: not installed here, skipped")
-        return []
-    started = time.perf_counter()
-    engine.load()
-    print(f"{engine_name}: loaded in {time.perf_counter() - started:.2f} s")
-    rows = []
-    for page in pages:
+def measure(names: list[str], pages: list[textpages.TextPage], rounds: int = 1) -> list[dict]:
+    """Each page read by each engine option, `rounds` times in turn (the options interleaved, so a
+    busy spell on shared cores falls on all of them); seconds per page are the median."""
+    engines = {}
+    for name in names:
+        engine = make_option(name)
+        if engine is None:
+            print(f"{name}: not installed here, skipped")
+            continue
         started = time.perf_counter()
-        [result] = engine.generate([page.image], "", mode="gundam", max_tokens=100_000)
-        seconds = time.perf_counter() - started
-        rows.append(score(engine_name, page.kind, page.truth, result.text, seconds, page.image.size))
-    return rows
+        engine.load()
+        engines[name] = engine
+        print(f"{name}: loaded in {time.perf_counter() - started:.2f} s")
+    seconds: dict[tuple[str, str], list[float]] = {}
+    texts: dict[tuple[str, str], str] = {}
+    for _ in range(rounds):
+        for page in pages:
+            for name, engine in engines.items():
+                started = time.perf_counter()
+                [result] = engine.generate([page.image], "", mode="gundam", max_tokens=100_000)
+                seconds.setdefault((name, page.kind), []).append(time.perf_counter() - started)
+                texts[name, page.kind] = result.text
+    return [score(name, page.kind, page.truth, texts[name, page.kind],
+                  statistics.median(seconds[name, page.kind]), page.image.size)
+            for name in engines for page in pages]
 
 
 def score(engine: str, page: str, truth: str, text: str, seconds: float, size=None) -> dict:
@@ -318,10 +329,11 @@ def main() -> int:
     parser.add_argument("--daemon", action="store_true", help="also the real scans through `ocrd run`, engine auto")
     parser.add_argument("--real", type=Path, help="a folder of NAME.png + NAME.txt ground truth pages")
     parser.add_argument("--speed", type=int, default=0, help="also time N pages: bare loop vs daemon")
+    parser.add_argument("--rounds", type=int, default=1, help="read each page this many times (median seconds)")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     pages = (textpages.all_pages() if args.synthetic else []) + scan_pages(args.scans) + real_pages(args.real)
-    rows = [row for engine in args.engine or ["rapidocr"] for row in measure(engine, pages)]
+    rows = measure(args.engine or ["rapidocr"], pages, args.rounds)
     if args.daemon:
         with tempfile.TemporaryDirectory(prefix="ocrd-accuracy-") as tmp:
             rows += through_daemon(args.scans, Path(tmp))
