@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .base import PageResult
@@ -88,7 +88,9 @@ def reading_order(boxes: list[Box]) -> list[Box]:
     if not boxes:
         return []
     unit = statistics.median(b.height for b in boxes)
-    return [_turn(box, -angle) if angle else box
+    # back onto the scan as the line's own size about its centre (bounding the tilted quad
+    # instead would make a long line's box tens of pixels too tall for the text layer)
+    return [_turn(replace(box, quad=()), -angle) if angle else box
             for block in _cut(boxes, unit) for line in _lines(block) for box in line]
 
 

@@ -288,9 +288,10 @@ def test_layout_reads_a_tilted_page_in_its_own_frame(degrees: float):
     assert straight.split("\n\n")[1].splitlines()[11] == "left column line 11 runs on"
     # the text layer's boxes stay where the lines are on the page as scanned
     placed = {b.text: b for b in reading_order(boxes)}
-    for box in boxes:
+    for box, upright in zip(boxes, [title, *left, *right]):
         got = placed[box.text]
         assert abs((got.x0 + got.x1) / 2 - (box.x0 + box.x1) / 2) < 1 and abs(got.mid_y - box.mid_y) < 1
+        assert abs(got.height - upright.height) < 1 and abs(got.x1 - got.x0 - (upright.x1 - upright.x0)) < 1
 
 
 def test_layout_leaves_a_flat_page_and_short_boxes_alone():
