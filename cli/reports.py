@@ -21,6 +21,7 @@ from ocrd.daemon.device import (
     plan_for_config,
     recommended_label,
 )
+from ocrd.daemon.engines.base import ENGINE_MODELS, make_engine
 from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.intake.service import INGEST_PROBLEM
 from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine
@@ -56,6 +57,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
     if ledger is None:
         counts = {"jobs": {s.value: 0 for s in JobState}, "pages": {s.value: 0 for s in PageState}}
         workers, rate, model, info, paused, metrics_url, problem = [], {}, None, None, None, None, None
+        reads = None
         api_url = None
         flight: dict[str, Any] = {"pages_in_flight": 0, "tokens_per_s": None}
         busy: list[dict[str, Any]] = []
@@ -65,6 +67,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         counts, workers, rate = report["counts"], report["workers"], report["throughput"]
         flight = report["in_flight"]
         model, info = ledger.model_status(), ledger.daemon_info()
+        reads = ledger.get_meta(ENGINE_MODELS)
         paused, metrics_url = ledger.paused_since(), ledger.get_meta("metrics_url")
         api_url = ledger.get_meta(API_URL_KEY)
         problem = ledger.get_meta(INGEST_PROBLEM)
@@ -87,7 +90,10 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "metrics_url": metrics_url if running else None,   # [metrics] listen
         "api_url": api_url if running else None,           # [api] listen
         "device": device,
-        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
+        # `reads`: the engine's own models where it names them (RapidOCR), else None (DeepSeek-OCR:
+        # path and mode)
+        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text,
+                  "reads": (reads or None) if running else None},
         "engine": _engine_of(info) if running else None,   # the running daemon's engine
         "model_status": model_text,
         "pool": _pool_of(info) if running else None,     # the running daemon's plan
@@ -225,7 +231,8 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     dev = s["device"]
     lines.append(f"device   {dev.get('backend') or '?'}  {dev.get('name') or '?'}  {fmt.size(dev.get('memory_bytes'))}")
     m = s["model"]
-    lines.append(f"model    {m['path']}  mode {m['mode']}  status {_model_label(model)}")
+    named = m.get("reads") or f"{m['path']}  mode {m['mode']}"
+    lines.append(f"model    {named}  status {_model_label(model)}")
     if s.get("engine"):
         lines.append(f"engine   {s['engine']['name']}: {s['engine']['reason']}")
     if s["pool"]:
@@ -348,13 +355,16 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     engine = choose_engine(config.model.engine, info.backend, model_local=lambda: size is not None)
     plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
     warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
+    # a line engine names its own models (built, not loaded: cheap); [model] path is DeepSeek-OCR's
+    reads = getattr(make_engine(engine.factory, config.model), "models", None) \
+        if engine.name in LINE_ENGINES else None
     if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use
         warnings.append(extra)
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
-                  "planned_bytes": size or DEFAULT_MODEL_BYTES},
+                  "planned_bytes": size or DEFAULT_MODEL_BYTES, "reads": reads},
         "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
         "measured_peak_bytes": measured,
         "measured_page_bytes": measured_page,
@@ -384,6 +394,7 @@ def render_device(r: dict[str, Any]) -> str:
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
+             f"model    {m['reads']}" if m.get("reads") else
              f"model    {m['path']}  mode {m['mode']}  "
              + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
                 else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),

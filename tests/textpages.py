@@ -2,7 +2,8 @@
 bench/accuracy.py). Deterministic: the same kind gives the same pixels on every run.
 
 Kinds: clean pages in several fonts and sizes, a slightly rotated page, a noisy low-contrast scan,
-two columns, and a table. Pages are A4 at 144 dpi (the daemon's default PDF resolution).
+two columns (also rotated 1-5 degrees), a table, and French prose with its accents. Pages are A4
+at 144 dpi (the daemon's default PDF resolution).
 """
 
 from __future__ import annotations
@@ -126,6 +127,27 @@ def rotated_page(degrees: float = 2.0) -> TextPage:
     return TextPage(f"rotated-{degrees:g}deg", image, page.truth)
 
 
+def rotated_columns_page(degrees: float = 3.0) -> TextPage:
+    """The two-column page scanned askew: its gutter runs on a slant."""
+    page = two_column_page()
+    image = page.image.rotate(degrees, resample=Image.BICUBIC, expand=True, fillcolor="white")
+    return TextPage(f"two-columns-{degrees:g}deg", image, page.truth)
+
+
+FRENCH = ("Portez ce vieux whisky au juge blond qui fume sur son île intérieure, à côté de l'alcôve "
+          "ovoïde, où les bûches se consument dans l'âtre, ce qui lui permet de penser à la "
+          "cænogénèse de l'être dont il est question dans la cause ambiguë entendue à Moÿ, dans un "
+          "capharnaüm qui, pense-t-il, diminue çà et là la qualité de son œuvre.")
+
+
+def french_page() -> TextPage:
+    """French prose with its accents (the pangram of OCRmyPDF's francais.pdf)."""
+    image = Image.new("L", PAGE, 255)
+    lines, _ = _write(ImageDraw.Draw(image), [FRENCH], font("DejaVuSans.ttf", 24), MARGIN, MARGIN,
+                      PAGE[0] - 2 * MARGIN)
+    return TextPage("french", image.convert("RGB"), "\n".join(lines))
+
+
 def noisy_page(seed: int = 13) -> TextPage:
     """A grey, blurred, speckled, low-contrast scan of a clean page, a little askew."""
     page = prose_page()
@@ -151,4 +173,6 @@ def all_pages() -> list[TextPage]:
         noisy_page(),
         two_column_page(),
         table_page(),
+        french_page(),
+        *(rotated_columns_page(d) for d in (1, 2, 3, 4, 5)),
     ]

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_ENGINE = "ocrd.daemon.engines.mlxvlm:MlxVlmEngine"   # the factory string workers get by default
+# Ledger meta key: what the workers read with, where an engine says (`models`: RapidOCR's
+# models); empty for DeepSeek-OCR, which [model] path and mode name. `ocrd status` shows it.
+ENGINE_MODELS = "engine_models"
 
 # Repetition guard. A looping page otherwise burns max_tokens (8192 by default: minutes of
 # decode). Thresholds are generous because OCR output repeats legitimately (table rules, dot

@@ -29,7 +29,7 @@ FACTORIES = {
     "rapidocr": "ocrd.daemon.engines.rapidocr:RapidOcrEngine",
     "vision": "ocrd.daemon.engines.vision:VisionEngine",
 }
-MODULES = {"rapidocr": "rapidocr_onnxruntime", "vision": "ocrmac"}   # what each optional engine imports
+MODULES = {"rapidocr": "rapidocr", "vision": "ocrmac"}   # what each optional engine imports
 LINE_ENGINES = ("rapidocr", "vision")   # small CPU/ANE models: no DeepSeek memory plan, one page a step
 LINE_ENGINE_BYTES = {"rapidocr": 800 * 10**6, "vision": 400 * 10**6}   # a worker's memory, with a page
 FORCE_DEEPSEEK = 'set [model] engine = "mlx-vlm" to run DeepSeek-OCR on the CPU anyway (minutes a page)'

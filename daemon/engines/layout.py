@@ -1,6 +1,11 @@
 """Text boxes to markdown in reading order, for engines that find lines rather than write markdown
 (RapidOCR, Apple Vision).
 
+A page scanned askew is laid out in its own frame: the skew is the median slope of the long
+lines' quadrilaterals (engines that give them: RapidOCR), and every box is turned by it before
+the cut, so a tilted page's columns keep their gutter (issue 24: OCRmyPDF's skew.pdf, ~1.8
+degrees, was read across its columns line by line).
+
 A recursive XY-cut: a region is cut down a vertical gutter (columns, left to right) that leaves
 every part wide enough to be a text column, else across horizontal whitespace (blocks, top to
 bottom). Where full-width text above or below the columns leaves no such gutter, or the gutter is
@@ -14,9 +19,10 @@ from one another is written as a markdown table. Blocks are separated by a blank
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .base import PageResult
@@ -33,6 +39,9 @@ CELL_GAP = 1.5          # x the line height: whitespace between two cells of one
 SAME_LINE = 0.5         # centres closer than this x the line height share a line
 BAND_LINES = 3          # whole boxes on each side of a gutter before a band counts as two columns
 BAND_GAP = 0.5          # x the median line height: the narrowest gutter in a band
+SKEW_MIN = 0.2          # degrees: a flatter page is laid out as it is
+SKEW_MAX = 10.0         # degrees: steeper lines are not text lines of a page scanned askew
+SLOPE_LINE = 4          # a line's width over its height: shorter boxes say too little of the slope
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Box:
     y1: float
     text: str
     words: tuple[Box, ...] = ()     # the words' own boxes where the engine gives them (RapidOCR)
+    quad: tuple[tuple[float, float], ...] = ()   # the detector's polygon, clockwise from top left
 
     @property
     def height(self) -> float:
@@ -54,15 +64,16 @@ class Box:
         return (self.y0 + self.y1) / 2
 
 
-def box_from_quad(quad: list[list[float]], text: str) -> Box:
-    """A Box bounding a detector's four-point polygon."""
-    xs, ys = [p[0] for p in quad], [p[1] for p in quad]
-    return Box(min(xs), min(ys), max(xs), max(ys), text)
+def box_from_quad(quad, text: str, words: tuple[Box, ...] = ()) -> Box:
+    """A Box bounding a detector's four-point polygon (kept: its slope is the page's skew)."""
+    points = tuple((float(p[0]), float(p[1])) for p in quad)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return Box(min(xs), min(ys), max(xs), max(ys), text, words, points)
 
 
 def to_markdown(boxes: list[Box]) -> str:
     """The page's text as markdown: blocks in reading order, a blank line between blocks."""
-    boxes = [b for b in boxes if b.text.strip()]
+    boxes, _ = straighten([b for b in boxes if b.text.strip()])
     if not boxes:
         return ""
     unit = statistics.median(b.height for b in boxes)
@@ -71,12 +82,56 @@ def to_markdown(boxes: list[Box]) -> str:
 
 def reading_order(boxes: list[Box]) -> list[Box]:
     """The boxes in the order to_markdown reads them (blocks, then lines top to bottom, left to
-    right): the searchable PDF's text layer extracts in the markdown's order."""
-    boxes = [b for b in boxes if b.text.strip()]
+    right), placed on the page as scanned: the searchable PDF's text layer extracts in the
+    markdown's order."""
+    boxes, angle = straighten([b for b in boxes if b.text.strip()])
     if not boxes:
         return []
     unit = statistics.median(b.height for b in boxes)
-    return [box for block in _cut(boxes, unit) for line in _lines(block) for box in line]
+    # back onto the scan as the line's own size about its centre (bounding the tilted quad
+    # instead would make a long line's box tens of pixels too tall for the text layer)
+    return [_turn(replace(box, quad=()), -angle) if angle else box
+            for block in _cut(boxes, unit) for line in _lines(block) for box in line]
+
+
+def page_skew(boxes: list[Box]) -> float:
+    """The page's skew in radians (positive: lines run down to the right): the median slope of
+    the long lines' quadrilaterals; 0 where there are none or the page is flat enough."""
+    slopes = []
+    for box in boxes:
+        if len(box.quad) != 4:
+            continue
+        (ax, ay), (bx, by), (cx, cy), (dx, dy) = box.quad
+        width, height = math.hypot(bx - ax, by - ay), math.hypot(dx - ax, dy - ay)
+        if width >= SLOPE_LINE * max(height, 1.0):
+            slope = (math.atan2(by - ay, bx - ax) + math.atan2(cy - dy, cx - dx)) / 2
+            if abs(slope) <= math.radians(SKEW_MAX):
+                slopes.append(slope)
+    angle = statistics.median(slopes) if slopes else 0.0
+    return angle if abs(angle) >= math.radians(SKEW_MIN) else 0.0
+
+
+def straighten(boxes: list[Box]) -> tuple[list[Box], float]:
+    """The boxes turned into the frame of the page's lines (page_skew), and the angle turned."""
+    angle = page_skew(boxes)
+    return ([_turn(b, angle) for b in boxes] if angle else boxes), angle
+
+
+def _turn(box: Box, angle: float) -> Box:
+    """`box` (and its words) rotated by -angle about the origin. A box with a quad is bounded
+    tightly in the new frame; one without keeps its size about its turned centre (how a laid-out
+    box goes back onto the page as scanned)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+
+    def turn(x: float, y: float) -> tuple[float, float]:
+        return x * cos + y * sin, -x * sin + y * cos
+
+    words = tuple(_turn(w, angle) for w in box.words)
+    if box.quad:
+        return box_from_quad([turn(x, y) for x, y in box.quad], box.text, words)
+    cx, cy = turn((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+    w, h = (box.x1 - box.x0) / 2, (box.y1 - box.y0) / 2
+    return Box(cx - w, cy - h, cx + w, cy + h, box.text, words)
 
 
 def _cut(boxes: list[Box], unit: float) -> list[list[Box]]:

@@ -22,6 +22,14 @@ CPU_EXTRA_FIX = ".venv/bin/pip install -e '.[cpu]'"
 THREADS_PER_WORKER = 4        # device.CPU_CORES_PER_WORKER: the pool gives each worker this many cores
 
 
+# The models inside the `rapidocr` wheel (no download at run time): PP-OCRv6's small detector and
+# its small multilingual recogniser (Latin with accents, spaces between words, CJK). Measured
+# against rapidocr-onnxruntime 1.4's PP-OCRv4 (English/Chinese, no accents, spaces dropped) in
+# bench/results/accuracy-*.json and README's accuracy table.
+MODELS = {"Det.ocr_version": "PP-OCRv6", "Det.model_type": "small",
+          "Rec.ocr_version": "PP-OCRv6", "Rec.model_type": "small"}
+
+
 class RapidOcrEngine(LineEngine):
     """RapidOCR loaded once per worker; each image read to markdown (layout.LineEngine)."""
 
@@ -32,43 +40,53 @@ class RapidOcrEngine(LineEngine):
         self.threads = threads or max(1, min(os.cpu_count() or 1, THREADS_PER_WORKER))
         self.ocr: Any = None
 
+    @property
+    def models(self) -> str:
+        """What reads, for the `model_loaded` log line and `ocrd status`."""
+        return (f"RapidOCR {_version()}: {MODELS['Det.ocr_version']} det {MODELS['Det.model_type']} + "
+                f"rec {MODELS['Rec.model_type']} (onnxruntime)")
+
     def load(self) -> None:
         """Build the ONNX sessions once (idempotent); ModelUnavailable when the extra is missing."""
         if self.ocr is not None:
             return
         try:
-            from rapidocr_onnxruntime import RapidOCR
+            from rapidocr import ModelType, OCRVersion, RapidOCR
         except ImportError:
             raise ModelUnavailable(f"RapidOCR is not installed (the `cpu` extra): {CPU_EXTRA_FIX}") from None
+        models = {k: (OCRVersion if k.endswith("version") else ModelType)(v) for k, v in MODELS.items()}
+        params = {**models, "Global.log_level": "warning", "Global.use_cls": False,
+                  "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
+                  "EngineConfig.onnxruntime.inter_op_num_threads": 1}
         try:
-            self.ocr = RapidOCR(intra_op_num_threads=self.threads, inter_op_num_threads=1)
+            self.ocr = RapidOCR(params=params)
         except Exception as exc:
             raise ModelUnavailable(f"RapidOCR cannot be loaded: {first_line(exc, with_type=True)}") from None
 
     def find_boxes(self, image: Image.Image) -> list[Box]:
         import numpy as np
+        from PIL import ImageOps
 
-        # RapidOCR takes OpenCV's BGR order for arrays
-        pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        # Contrast stretched first: on a grey, blurred scan the recogniser ran words together
+        # (tests/textpages.py's noisy page: WER 14.8% as is, 1.3% stretched; clean pages and
+        # OCRmyPDF's scans unchanged). Grey, so RapidOCR's BGR order does not matter.
+        grey = np.asarray(ImageOps.autocontrast(image.convert("L"), cutoff=1))
+        pixels = np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
         # No 180-degree line classifier: on upright pages it turned whole lines upside down
         # (a clean sans page lost a line to it: CER 12.5% with it, 2.2% without).
         # Word boxes let layout split a line the detector joined across a narrow column gutter.
-        found, _ = self.ocr(pixels, use_cls=False, return_word_box=True)
-        return [_box(item) for item in found or []]
+        found = self.ocr(pixels, use_cls=False, return_word_box=True)
+        if found.boxes is None:
+            return []
+        words = found.word_results or [()] * len(found.boxes)
+        return [box_from_quad(quad, text, tuple(box_from_quad(q, t) for t, _, q in line if t.strip()))
+                for quad, text, line in zip(found.boxes, found.txts, words)]
 
 
-def _box(item: list[Any]) -> Box:
-    """A detection (quad, text, score[, piece quads, piece texts, ...]) as a layout Box with its
-    words: RapidOCR places Latin text a character at a time, spaces included."""
-    line = box_from_quad(item[0], item[1])
-    if len(item) < 5 or not item[3] or len(item[3]) != len(item[4]):
-        return line
-    words: list[list[Box]] = [[]]
-    for quad, piece in zip(item[3], item[4]):
-        if piece.strip():
-            words[-1].append(box_from_quad(quad, piece))
-        elif words[-1]:
-            words.append([])
-    joined = tuple(Box(min(c.x0 for c in w), min(c.y0 for c in w), max(c.x1 for c in w),
-                       max(c.y1 for c in w), "".join(c.text for c in w)) for w in words if w)
-    return Box(line.x0, line.y0, line.x1, line.y1, line.text, joined)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rapidocr")
+    except PackageNotFoundError:
+        return "?"

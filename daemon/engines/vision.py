@@ -47,6 +47,7 @@ class VisionEngine(LineEngine):
     """Vision loaded once per worker (the recogniser); each image read to markdown (layout.LineEngine)."""
 
     name = "Vision"
+    models = "Apple Vision (VNRecognizeTextRequest, accurate level)"
 
     def __init__(self, model: ModelConfig, *, recognizer: Callable[[], Recognizer] = ocrmac_recognizer) -> None:
         self.config = model

@@ -30,7 +30,7 @@ from ocrd.ledger import ClaimedPage, Ledger, LedgerCorrupt, WorkerState
 
 from ..config import ConfigError, load_config
 from ..device import detect_device, performance_cores
-from ..engines.base import Engine, Finished, Session, make_engine, open_session
+from ..engines.base import ENGINE_MODELS, Engine, Finished, Session, make_engine, open_session
 from ..engines.choice import name_of
 from ..engines.mlxvlm import memory_stats, take_peak_memory
 from ..errors import ModelUnavailable, OcrdError, first_line
@@ -111,7 +111,10 @@ class Worker:
         seconds = time.monotonic() - started
         self.ledger.add_event(None, "model_loaded",
                               f"worker={self.ctx.worker_id} pid={os.getpid()} seconds={seconds:.2f}")
-        self.log.info("model_loaded", seconds=round(seconds, 2), model=self.config.model.path,
+        # a line engine names its own models (RapidOCR's); [model] path and mode are DeepSeek-OCR's
+        reads = getattr(self.engine, "models", "")
+        self.ledger.set_meta(ENGINE_MODELS, reads)
+        self.log.info("model_loaded", seconds=round(seconds, 2), model=reads or self.config.model.path,
                       backend=device.backend, batch=self.tuner.limit, batch_cap=self.tuner.cap,
                       tuning=not self.tuner.settled, front_threads=threads)
         self.ledger.set_worker_state(self.ctx.worker_id, WorkerState.IDLE)

@@ -29,7 +29,7 @@ def plain(text: str) -> str:
 
 @pytest.fixture(scope="session")
 def rapidocr() -> RapidOcrEngine:
-    pytest.importorskip("rapidocr_onnxruntime")
+    pytest.importorskip("rapidocr")
     engine = RapidOcrEngine(ModelConfig())
     engine.load()                         # once for the session: the ONNX sessions take ~1 s
     return engine
@@ -216,7 +216,7 @@ def test_choose_engine_auto_by_device_and_what_is_installed():
 
 def test_auto_reads_with_vision_while_the_model_downloads_on_a_mac():
     yes = lambda m: True                                             # noqa: E731
-    only_rapid = lambda m: m == "rapidocr_onnxruntime"               # noqa: E731
+    only_rapid = lambda m: m == "rapidocr"               # noqa: E731
     meanwhile = choose_engine("auto", "metal", installed=yes, model_local=lambda: False)
     assert (meanwhile.name, meanwhile.factory, meanwhile.interim) == ("vision", FACTORIES["vision"], True)
     assert "downloads" in meanwhile.reason and "DeepSeek-OCR takes over" in meanwhile.reason
@@ -258,3 +258,70 @@ def test_line_engine_pool_is_sized_by_cores_and_memory(tmp_path):
     small = DeviceInfo("cpu", "x86", 2 * 10**9, 2 * 10**9, 16)   # 1.2 GB budget: one 0.8 GB worker
     assert plan_for_config(small, config, engine="rapidocr").count == 1
     assert plan_for_config(cpu16, config).footprint_bytes > plan.footprint_bytes * 5   # DeepSeek
+
+
+# -- skew and French (issue 24) -------------------------------------------------------------------
+
+def tilted(boxes: list[Box], degrees: float) -> list[Box]:
+    """Boxes as a detector finds them on the page turned `degrees` (down to the right): quads."""
+    import math
+
+    from ocrd.daemon.engines.layout import box_from_quad
+    a = math.radians(degrees)
+
+    def turn(x: float, y: float) -> tuple[float, float]:
+        return x * math.cos(a) - y * math.sin(a), x * math.sin(a) + y * math.cos(a)
+    return [box_from_quad([turn(b.x0, b.y0), turn(b.x1, b.y0), turn(b.x1, b.y1), turn(b.x0, b.y1)],
+                          b.text, tuple(tilted(list(b.words), degrees))) for b in boxes]
+
+
+@pytest.mark.parametrize("degrees", [-5, -3, 1, 3, 5])
+def test_layout_reads_a_tilted_page_in_its_own_frame(degrees: float):
+    from ocrd.daemon.engines.layout import page_skew, reading_order
+    title = Box(100, 50, 900, 80, "Title over both columns")
+    left = [line_box(["left", "column", "line", str(n), "runs", "on"], 100, 120 + 30 * n) for n in range(12)]
+    right = [line_box(["right", "column", "line", str(n), "runs", "on"], 540, 120 + 30 * n) for n in range(12)]
+    straight = to_markdown([title, *left, *right])
+    boxes = tilted([title, *left, *right], degrees)
+    assert abs(page_skew(boxes) - __import__("math").radians(degrees)) < 1e-6
+    assert to_markdown(boxes) == straight
+    assert straight.split("\n\n")[1].splitlines()[11] == "left column line 11 runs on"
+    # the text layer's boxes stay where the lines are on the page as scanned
+    placed = {b.text: b for b in reading_order(boxes)}
+    for box, upright in zip(boxes, [title, *left, *right]):
+        got = placed[box.text]
+        assert abs((got.x0 + got.x1) / 2 - (box.x0 + box.x1) / 2) < 1 and abs(got.mid_y - box.mid_y) < 1
+        assert abs(got.height - upright.height) < 1 and abs(got.x1 - got.x0 - (upright.x1 - upright.x0)) < 1
+
+
+def test_layout_leaves_a_flat_page_and_short_boxes_alone():
+    from ocrd.daemon.engines.layout import page_skew
+    flat = tilted([line_box(["a", "long", "line", "of", "words", "here"], 100, 100 + 30 * n) for n in range(5)], 0.1)
+    assert page_skew(flat) == 0.0
+    stubby = tilted([Box(100, 100 + 30 * n, 140, 120 + 30 * n, "ab") for n in range(5)], 4)
+    assert page_skew(stubby) == 0.0 and page_skew(word_boxes(["no", "quads"], 0, 0)) == 0.0
+
+
+def test_rapidocr_reads_a_tilted_two_column_page_in_column_order(rapidocr: RapidOcrEngine):
+    page = textpages.rotated_columns_page(3)
+    [result] = rapidocr.generate([page.image], "", mode="gundam", max_tokens=8192)
+    got = plain(result.text)
+    assert jiwer.cer(plain(page.truth), got) <= 0.05, result.text
+    at = [got.find(line) for line in page.truth.splitlines()]   # every line whole, in order
+    assert all(a >= 0 for a in at) and at == sorted(at), result.text
+
+
+def test_rapidocr_keeps_french_accents_and_word_spaces(rapidocr: RapidOcrEngine):
+    page = textpages.french_page()
+    [result] = rapidocr.generate([page.image], "", mode="gundam", max_tokens=8192)
+    got = plain(result.text)
+    assert jiwer.cer(plain(page.truth), got) <= 0.02 and jiwer.wer(plain(page.truth), got) <= 0.06, got
+    for phrase in ("son île intérieure, à côté de l'alcôve", "où les bûches", "çà et là la qualité"):
+        assert phrase in got, got
+    assert "PP-OCRv6" in rapidocr.models
+
+
+def test_rapidocr_keeps_word_spaces_on_a_grey_blurred_scan(rapidocr: RapidOcrEngine):
+    page = textpages.noisy_page()      # read as it was, the recogniser ran words together (WER 15%)
+    [result] = rapidocr.generate([page.image], "", mode="gundam", max_tokens=8192)
+    assert jiwer.wer(plain(page.truth), plain(result.text)) <= 0.05, result.text

@@ -33,7 +33,7 @@ def outputs(d, stem: str) -> list[str]:
 
 
 def test_rapidocr_scans_become_searchable_pdfs_whose_words_lie_in_their_boxes(make_daemon) -> None:
-    pytest.importorskip("rapidocr_onnxruntime")
+    pytest.importorskip("rapidocr")
     jiwer = pytest.importorskip("jiwer")
     d = make_daemon(engine="rapidocr", max_tokens=8192, page_timeout_s=240,
                     tables={"output": {"formats": ALL}})
@@ -70,7 +70,7 @@ def test_rapidocr_scans_become_searchable_pdfs_whose_words_lie_in_their_boxes(ma
 
 
 def test_a_born_digital_pdf_keeps_its_pages_and_gains_the_layer(make_daemon, tmp_path: Path) -> None:
-    pytest.importorskip("rapidocr_onnxruntime")
+    pytest.importorskip("rapidocr")
     d = make_daemon(engine="rapidocr", max_tokens=8192, page_timeout_s=240,
                     inbox_keys={"formats": ["pdf", "md"]})
     source = vector_pdf(tmp_path / "letter.pdf")

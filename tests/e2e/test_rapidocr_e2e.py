@@ -9,7 +9,7 @@ import pytest
 
 import textpages
 
-pytest.importorskip("rapidocr_onnxruntime")
+pytest.importorskip("rapidocr")
 jiwer = pytest.importorskip("jiwer")
 
 
@@ -37,4 +37,35 @@ def test_scan_through_the_daemon_with_rapidocr(make_daemon) -> None:
     status = d.status()
     assert status["engine"]["name"] == "rapidocr" and status["engine"]["reason"]
     assert not any("CPU mode" in w for w in status["warnings"])
+    assert d.stop() == 0
+
+
+def test_auto_on_the_cpu_reads_a_skewed_two_column_page_and_french(make_daemon) -> None:
+    """Issue 24 through the real daemon with `engine = "auto"`: a two-column page scanned 3 degrees
+    askew is read column by column, French keeps its accents and spaces, and the log and
+    `ocrd status` name what reads (RapidOCR's models, not DeepSeek-OCR's path and mode)."""
+    from ocrd.daemon.device import detect_device
+    from ocrd.daemon.engines.choice import choose_engine
+
+    if choose_engine("auto", detect_device().backend).name != "rapidocr":
+        pytest.skip("engine = auto picks DeepSeek-OCR on this host (a GPU)")
+    d = make_daemon(engine="auto", max_tokens=8192, page_timeout_s=120)
+    columns, french = textpages.rotated_columns_page(3), textpages.french_page()
+    d.start()
+    columns.image.save(d.inbox / "columns.png")
+    french.image.save(d.inbox / "french.png")
+    assert d.wait_settled(2, timeout=240) == {"columns.png": "done", "french.png": "done"}
+    text = " ".join(words((d.outbox / "columns.md").read_text()))
+    assert jiwer.cer(" ".join(columns.truth.split()), text) <= 0.05, text
+    at = [text.find(line) for line in columns.truth.splitlines()]   # every line whole, in order
+    assert all(a >= 0 for a in at) and at == sorted(at), text
+    got = " ".join(words((d.outbox / "french.md").read_text()))
+    assert jiwer.cer(" ".join(french.truth.split()), got) <= 0.02, got
+    assert "son île intérieure, à côté de l'alcôve" in got, got
+    status = d.status()
+    assert status["engine"]["name"] == "rapidocr"
+    assert "PP-OCRv6" in status["model"]["reads"], status["model"]
+    assert "PP-OCRv6" in d.cli("status").stdout and "gundam" not in d.cli("status").stdout
+    loaded = [ln for ln in d.log.read_text().splitlines() if "model_loaded" in ln]
+    assert loaded and all("PP-OCRv6" in ln and "DeepSeek" not in ln for ln in loaded), loaded
     assert d.stop() == 0

@@ -50,7 +50,7 @@ def ledger(request: pytest.FixtureRequest) -> tuple[dict[str, Any], str | None]:
 
 def test_search_finds_a_word_on_page_two_and_nothing_for_an_absent_one(ledger, make_daemon,
                                                                         tmp_path: Path) -> None:
-    pytest.importorskip("rapidocr_onnxruntime")
+    pytest.importorskip("rapidocr")
     tables, dsn = ledger
     d = make_daemon(engine="rapidocr", max_tokens=8192, page_timeout_s=240, pg_dsn=dsn,
                     tables={**tables, "api": {"listen": "127.0.0.1:0", "auth": "none"}})
