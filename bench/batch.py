@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import sqlite3
@@ -42,7 +41,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
-from procs import git  # noqa: E402
+from procs import git, machine  # noqa: E402
 from workers import _quiet_stdout as _quiet  # noqa: E402  (bench/workers.py: the processor's prints)
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
@@ -329,7 +328,7 @@ def _show(row: dict) -> dict:
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
-    from ocrd.daemon.device import describe, detect_device
+    from ocrd.daemon.device import detect_device
 
     device = detect_device()
     label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
@@ -348,8 +347,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "device": describe(device)},
+        "machine": machine(device=True),
         "model": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens,
         "pages": args.pages, "page_size": args.page_size, "guard": not args.no_guard,
         "runs": rows, "ratios": ratios, "commit": git("rev-parse", "--short", "HEAD")}, indent=2) + "\n")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from ocrd.daemon.output.blocks import Block  # noqa: E402
 from ocrd.daemon.output.formats import PageRecord, to_json, to_text  # noqa: E402
 from ocrd.daemon.output.pdf import PageLayer, write_searchable_pdf  # noqa: E402
-from procs import git  # noqa: E402
+from procs import git, machine  # noqa: E402
 
 A4_300 = (2480, 3508)
 WORDS = "the quarterly report lists every shipment invoice total weight driver signed".split()
@@ -124,8 +122,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count()},
+        "machine": machine(),
         "libraries": _versions("pikepdf", "fpdf2", "img2pdf", "fonttools", "pillow"),
         "reps": args.reps, "page": "A4 at 300 dpi, 2480x3508 px, 50 lines", "runs": rows,
         "commit": git("rev-parse", "--short", "HEAD"),

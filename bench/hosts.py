@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -55,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests")]
 
 from PIL import Image, ImageDraw  # noqa: E402
-from procs import run_together  # noqa: E402  (bench/procs.py)
+from procs import machine, run_together  # noqa: E402  (bench/procs.py)
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
 RESULTS = ROOT / "bench" / "results" / "hosts.json"
@@ -494,15 +493,13 @@ def main() -> int:
     if args.batch != "auto":
         args.batch = int(args.batch)
 
-    from ocrd.daemon.device import describe, detect_device
 
     started = time.monotonic()
     result: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     pg = Pg()
     try:
-        result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                             "cpus": os.cpu_count(), "device": describe(detect_device()),
+        result["machine"] = {**machine(device=True),
                              "postgresql": pg.version,
                              "postgresql_settings": "unix socket; fsync, full_page_writes, "
                                                     "synchronous_commit off (tests/pgserver.py)"}

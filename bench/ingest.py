@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,11 +21,12 @@ from pathlib import Path
 import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from ingest_runner import make_config, png_bytes  # noqa: E402
 from ocrd.daemon.intake.service import IngestService  # noqa: E402
 from ocrd.ledger.store import Ledger  # noqa: E402
+from procs import machine  # noqa: E402
 
 
 def _quiet_logs() -> None:
@@ -117,8 +117,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = ap.parse_args()
     _quiet_logs()
-    results: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                 "cpus": os.cpu_count()},
+    results: dict = {"machine": machine(),
                      "latency": [], "bulk": None}
     with tempfile.TemporaryDirectory(prefix="ocrd-bench-") as tmp:
         for i, stable in enumerate(args.stable):

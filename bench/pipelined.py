@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ from ocrd.daemon.config import ModelConfig  # noqa: E402
 from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
 from ocrd.daemon.worker.feeder import AHEAD, front_threads  # noqa: E402
-from procs import git  # noqa: E402
+from procs import git, machine  # noqa: E402
 
 
 class GpuBusy:
@@ -178,7 +177,7 @@ def _show(row: dict) -> dict:
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
-    from ocrd.daemon.device import describe, detect_device
+    from ocrd.daemon.device import detect_device
 
     device = detect_device()
     label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
@@ -194,8 +193,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "device": describe(device)},
+        "machine": machine(device=True),
         "model": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens, "pages": args.pages,
         "page_size": args.page_size, "guard": not args.no_guard, "batch": args.batch,
         "bare_batch": args.bare_batch, "mixed": args.mixed, "runs": rows, "summary": summary,

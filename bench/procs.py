@@ -1,5 +1,6 @@
 """What the bench scripts share: start N bench processes together and collect what each reports
-(bench/ledger.py, bench/hosts.py), and `git` in the checkout (the commit a result was measured on).
+(bench/ledger.py, bench/hosts.py), `git` in the checkout (the commit a result was measured on) and
+`machine()` (what a result was measured on).
 
 Each child runs `target(*args, ready, start, done)`: it sets itself up, puts anything on `ready`,
 waits for `start`, works, and puts its report on `done`. A child that dies is an error at once,
@@ -9,6 +10,8 @@ not a hang.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import platform
 import queue
 import subprocess
 import time
@@ -54,3 +57,13 @@ def git(*args: str) -> str | None:
                               capture_output=True, text=True, timeout=10).stdout.strip() or None
     except OSError:
         return None
+
+
+def machine(device: bool = False) -> dict:
+    """The machine a result was measured on; `device` adds ocrd's description of its accelerator."""
+    found = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    if device:
+        from ocrd.daemon.device import describe, detect_device
+
+        found["device"] = describe(detect_device())
+    return found

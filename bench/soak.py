@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from configs import config_dict, to_toml  # noqa: E402
-from procs import git  # noqa: E402
+from procs import git, machine  # noqa: E402
 from samples import page_image, write_image  # noqa: E402
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
@@ -496,7 +495,7 @@ def _write(args: argparse.Namespace, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "when": now_text(),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "commit": git("rev-parse", "--short", "HEAD"),
         "parameters": {k: getattr(args, k) for k in ("minutes", "ledger", "every_s", "kill_worker_s",
                                                      "kill_daemon_s", "restart_server_s", "max_tokens",

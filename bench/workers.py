@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,11 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from PIL import Image, ImageDraw  # noqa: E402
 
 from ocrd.daemon.modes import MODES  # noqa: E402
+from procs import machine  # noqa: E402
 from tinymodel import build_tiny_deepseekocr  # noqa: E402
 
 ROUNDS = 5                     # interleaved rounds of (a), (b), (d); each keeps its best
@@ -257,11 +257,9 @@ def main() -> int:
               f"{r['s_per_page']:>7.3f} {r['generation_tokens']:>6}")
     print("ratios (pages/s against a): " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
 
-    from ocrd.daemon.device import describe, detect_device
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "device": describe(detect_device())},
+        "machine": machine(device=True),
         "model": "tiny random-weight deepseekocr (tests/tinymodel.py)",
         "mode": args.mode, "max_tokens": args.max_tokens, "pages": args.pages,
         "runs": rows, "ratios": ratios,
