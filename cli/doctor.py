@@ -20,6 +20,7 @@ import click
 from ocrd.daemon.config import Config
 from ocrd.daemon.device import CPU_WARNING, detect_device, gpu_advice
 from ocrd.daemon.engines.weights import model_size_bytes
+from ocrd.daemon.engines.openai import server_report
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.intake.rules import permission_fix
 from ocrd.daemon.lockfile import running_pid
@@ -67,7 +68,7 @@ def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
     if not config.ledger_url:
         checks.append(check_folder("state_dir", config.state_dir, platform=platform))
     checks.append(check_free_space(config))
-    checks.append(check_model(config.model.path))
+    checks.append(check_server(config) if config.model.engine == "openai" else check_model(config.model.path))
     checks.append(check_ledger(config))
     checks.append(check_daemon(config))
     checks.append(check_device())
@@ -143,6 +144,18 @@ def _user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except (ImportError, KeyError):
         return str(os.getuid())
+
+
+def check_server(config: Config) -> Check:
+    """engine = "openai": the server answers GET /models with the key, and lists the model."""
+    r = server_report(config.model)
+    if not r["reachable"]:
+        return Check("server", False, f"{r['url']}: {r['error']}",
+                     "start the server, or fix [model] url / api_key_file")
+    if not r["serves_name"]:
+        return Check("server", True, f"{r['url']} answers, but does not list {r['name']!r} "
+                     f"(it lists {', '.join(r['models']) or 'none'})", warn=True)
+    return Check("server", True, f"{r['url']} serves {r['name']}")
 
 
 def check_model(model_path: str) -> Check:

@@ -23,7 +23,8 @@ from ocrd.daemon.device import (
 )
 from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.intake.service import INGEST_PROBLEM
-from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine
+from ocrd.daemon.engines.choice import choose_engine, warns_on_cpu
+from ocrd.daemon.engines.openai import server_report
 from ocrd.daemon.lockfile import running_pid
 from ocrd.daemon.output.outbox import relative_source
 from ocrd.ledger import DaemonInfo, Ledger
@@ -89,6 +90,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "device": device,
         "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
         "engine": _engine_of(info) if running else None,   # the running daemon's engine
+        "server": server_of(config),                       # engine = "openai": the server's answer
         "model_status": model_text,
         "pool": _pool_of(info) if running else None,     # the running daemon's plan
         "jobs": counts["jobs"],
@@ -174,7 +176,7 @@ def _engine_of(info: DaemonInfo | None) -> dict[str, Any] | None:
 def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running: bool,
                      waiting: int, workers: list[dict[str, Any]], *, engine: str | None = None) -> list[str]:
     warnings = []
-    if device.get("backend") == "cpu" and engine not in LINE_ENGINES:   # RapidOCR is meant for the CPU
+    if device.get("backend") == "cpu" and warns_on_cpu(engine or "mlx-vlm"):   # RapidOCR is meant for the CPU
         warnings.append(CPU_WARNING)
     if model is not None and model.state == ModelState.UNAVAILABLE:
         warnings.append(f"model {model.describe()}")
@@ -228,6 +230,7 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     lines.append(f"model    {m['path']}  mode {m['mode']}  status {_model_label(model)}")
     if s.get("engine"):
         lines.append(f"engine   {s['engine']['name']}: {s['engine']['reason']}")
+    lines += server_lines(s.get("server"))
     if s["pool"]:
         lines += _pool_lines(s["pool"])
     if s.get("metrics_url"):
@@ -347,7 +350,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
         measured_page = _meta_int(ledger, page_key(config.model))
     engine = choose_engine(config.model.engine, info.backend, model_local=lambda: size is not None)
     plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
-    warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
+    warnings = [CPU_WARNING] if info.backend == "cpu" and warns_on_cpu(engine.name) else []
     if extra := missing_gpu_extra(info):      # nvidia-smi sees a GPU that MLX does not use
         warnings.append(extra)
     return {
@@ -356,6 +359,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
         "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
                   "planned_bytes": size or DEFAULT_MODEL_BYTES},
         "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
+        "server": server_of(config),
         "measured_peak_bytes": measured,
         "measured_page_bytes": measured_page,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
@@ -365,6 +369,23 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
                  "recycle_bytes": plan.recycle_bytes, "recycle_reason": plan.recycle_reason},
         "warnings": warnings,
     }
+
+
+def server_of(config: Config) -> dict[str, Any] | None:
+    """engine = "openai": the server's URL, whether it answers, the models it lists."""
+    if config.model.engine != "openai":
+        return None
+    return server_report(config.model)
+
+
+def server_lines(server: dict[str, Any] | None) -> list[str]:
+    if server is None:
+        return []
+    if not server["reachable"]:
+        return [f"server   {server['url']}: not reachable: {server['error']}"]
+    listed = ", ".join(server["models"]) or "none"
+    note = "" if server["serves_name"] else f"  ({server['name']!r} is not listed)"
+    return [f"server   {server['url']}: reachable; models {listed}{note}"]
 
 
 def _meta_int(ledger: Ledger, key: str) -> int | None:
@@ -384,6 +405,7 @@ def render_device(r: dict[str, Any]) -> str:
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
+             *server_lines(r.get("server")),
              f"model    {m['path']}  mode {m['mode']}  "
              + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
                 else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),

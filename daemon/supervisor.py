@@ -31,7 +31,7 @@ from .config import Config, ConfigError, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
 from .engines.weights import model_size_bytes
-from .engines.choice import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
+from .engines.choice import EngineChoice, choose_engine, fetch_model, name_of, warns_on_cpu
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
 from .hooks import HookRunner
@@ -124,7 +124,7 @@ class Supervisor:
         log.info("engine_chosen", engine=engine.name, reason=engine.reason, factory=engine.factory)
         if engine.interim:   # tick() rolls the workers over to DeepSeek-OCR once it is here
             fetch_model(self.config.model.path, self._model_fetched)
-        if device.backend == "cpu" and engine.name not in LINE_ENGINES:
+        if device.backend == "cpu" and warns_on_cpu(engine.name):
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
         plan = self.plan = plan_for_config(device, self.config, *self._measured(), engine=engine.name)
         self.recycle_bytes = plan.recycle_bytes
@@ -316,9 +316,10 @@ class Supervisor:
         if ended.timed_out:
             limit = self.config.model.page_timeout_s
             self._fail_held_pages(ended.worker_id, PageTimeout(f"page timed out after {limit:g} s"))
-        elif ended.code == EXIT_MODEL_UNAVAILABLE:
+        elif ended.code == EXIT_MODEL_UNAVAILABLE:   # the worker gave its pages back, uncharged
             self._model_unavailable(ended.load_error or "model could not be loaded", now)
             self.ledger.forget_worker(ended.worker_id)   # the model status tells it; no dead rows
+            self._admitted.pop(ended.worker_id, None)
             return
         elif ended.code != 0:
             delay = self.pool.crashed(now)
