@@ -77,7 +77,8 @@ class OpenAiEngine:
         except ModelUnavailable:
             raise
         except OcrdError as exc:
-            raise ModelUnavailable(f"server {self.where} fails even a blank page: {exc}") from None
+            raise ModelUnavailable(f"server {self.where} fails even a blank page (check [model] name, url, "
+                                   f"extra_body): {exc}") from None
 
     def preprocess(self, image: Image.Image, prompt: str, mode: str) -> str:
         """The page as a data URL, on the worker's front threads (PNG: lossless, and small for text)."""
