@@ -20,6 +20,7 @@ import click
 from ocrd.daemon.config import Config
 from ocrd.daemon.device import CPU_WARNING, detect_device, gpu_advice
 from ocrd.daemon.engines.weights import model_size_bytes
+from ocrd.daemon.engines.choice import warns_on_cpu
 from ocrd.daemon.engines.openai import server_report
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.intake.rules import permission_fix
@@ -71,7 +72,7 @@ def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
     checks.append(check_server(config) if config.model.engine == "openai" else check_model(config.model.path))
     checks.append(check_ledger(config))
     checks.append(check_daemon(config))
-    checks.append(check_device())
+    checks.append(check_device(cpu_matters=warns_on_cpu(config.model.engine)))
     return checks
 
 
@@ -220,14 +221,15 @@ def check_daemon(config: Config) -> Check:
     return Check("daemon", True, "not running", "start it with `ocrd run` or `ocrd service install`", warn=True)
 
 
-def check_device(nvidia_smi: str = "nvidia-smi") -> Check:
-    """MLX's backend; in CPU mode, whether nvidia-smi sees a GPU that MLX leaves unused and why."""
+def check_device(nvidia_smi: str = "nvidia-smi", *, cpu_matters: bool = True) -> Check:
+    """MLX's backend; in CPU mode, whether nvidia-smi sees a GPU that MLX leaves unused and why
+    (`cpu_matters` False: a server engine decodes elsewhere, so the CPU is no warning)."""
     try:
         device = detect_device()
     except Exception as exc:
         return Check("device", False, f"cannot detect the device: {exc}", mlx_fix(str(exc)))
     detail = f"{device.backend} ({device.name})"
-    if device.backend != "cpu":
+    if device.backend != "cpu" or not cpu_matters:
         return Check("device", True, detail)
     advice = gpu_advice(device, nvidia_smi)
     if advice:

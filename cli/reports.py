@@ -88,7 +88,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "metrics_url": metrics_url if running else None,   # [metrics] listen
         "api_url": api_url if running else None,           # [api] listen
         "device": device,
-        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text},
+        "model": {"path": _model_of(config), "mode": config.model.mode, "status": model_text},
         "engine": _engine_of(info) if running else None,   # the running daemon's engine
         "server": server_of(config),                       # engine = "openai": the server's answer
         "model_status": model_text,
@@ -108,7 +108,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "eta_s": rate.get("eta_s") if running else None,
         "running_jobs": _running_jobs(config, busy, ppm if running else None, live=running),
         "warnings": _status_warnings(device, model, running, waiting, workers,
-                                     engine=info.engine if running and info is not None else None)
+                                     engine=info.engine if running and info is not None else config.model.engine)
                     + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name)
                     + ([full] if full else []),
         "state_dir": str(config.state_dir),
@@ -356,7 +356,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
-        "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
+        "model": {"path": _model_of(config), "mode": config.model.mode, "size_bytes": size,
                   "planned_bytes": size or DEFAULT_MODEL_BYTES},
         "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
         "server": server_of(config),
@@ -369,6 +369,13 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
                  "recycle_bytes": plan.recycle_bytes, "recycle_reason": plan.recycle_reason},
         "warnings": warnings,
     }
+
+
+def _model_of(config: Config) -> str:
+    """The model that reads the pages: the served one for engine = "openai"."""
+    if config.model.engine == "openai":
+        return f"{config.model.name} (served)"
+    return config.model.path
 
 
 def server_of(config: Config) -> dict[str, Any] | None:
@@ -405,14 +412,18 @@ def render_device(r: dict[str, Any]) -> str:
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
-             *server_lines(r.get("server")),
-             f"model    {m['path']}  mode {m['mode']}  "
-             + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
-                else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
-             f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}",
-             f"         footprint {fmt.size(p['footprint_bytes'])} each"
-             + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")
-             + f", budget {fmt.size(p['budget_bytes'])}, cap {p['cap']}"]
+             *server_lines(r.get("server"))]
+    if r.get("server"):   # engine = "openai": no model memory here, nothing to plan against the device
+        lines += [f"model    {m['path']}  (mode not sent: the server reads pages in its own resolution)",
+                  f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}"]
+    else:
+        lines += [f"model    {m['path']}  mode {m['mode']}  "
+                  + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
+                     else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
+                  f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}",
+                  f"         footprint {fmt.size(p['footprint_bytes'])} each"
+                  + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")
+                  + f", budget {fmt.size(p['budget_bytes'])}, cap {p['cap']}"]
     lines += _batch_lines(r)
     lines += [click.style(f"WARNING  {w}", fg="red", bold=True) for w in r["warnings"]]
     return "\n".join(lines)

@@ -36,7 +36,9 @@ def served_daemon(make_daemon, server: MlxVlmServer, tiny_model: Path, tmp_path:
         key_file.write_text(key + "\n")
         keys = {"url": server.url, "name": str(tiny_model), "api_key_file": str(key_file),
                 "concurrency": 4, **model_keys}
-        return make_daemon(engine="openai", max_tokens=12, model_keys=keys)
+        daemon = make_daemon(engine="openai", max_tokens=12, model_keys=keys)
+        daemon.config_url, daemon.served = keys["url"], keys["name"]
+        return daemon
     return make
 
 
@@ -63,8 +65,10 @@ def test_documents_go_through_the_server_to_the_outbox_once(served_daemon) -> No
     assert status["server"]["reachable"] and status["server"]["serves_name"]
     assert not any("CPU mode" in w for w in status["warnings"])
     device = d.cli("device").stdout
-    assert f"server   {status['server']['url']}: reachable" in device
-    assert "server" in d.cli("doctor", check=False).stdout
+    assert f"server   {d.config_url}: reachable; models {d.served}" in device
+    assert "CPU mode" not in device
+    doctor = d.cli("doctor", check=False).stdout
+    assert f"server            {d.config_url} serves {d.served}" in doctor and "CPU mode" not in doctor
     assert d.stop() == 0
 
 
