@@ -95,7 +95,7 @@ def test_server_killed_mid_run_pages_wait_uncharged_then_all_finish(served_daemo
 
 @pytest.mark.parametrize("wrong, said", [
     ({"key": "not-the-key"}, "refused the API key"),
-    ({"name": "no-such/model"}, "fails even a blank page: 400"),
+    ({"name": "no-such/model"}, "fails even a blank page (check [model] name, url, extra_body): 400"),
 ])
 def test_a_wrong_key_or_model_id_is_one_clear_line_and_pages_wait(served_daemon, wrong, said) -> None:
     d = served_daemon(**wrong)
@@ -119,6 +119,7 @@ def test_a_page_the_server_rejects_fails_alone(served_daemon) -> None:
     assert d.wait_settled(2, timeout=120) == {"good.png": "done", "strip.png": "failed"}
     [(error, attempts)] = d.query("SELECT error, attempts FROM pages WHERE state = 'failed'")
     assert error.startswith("server rejected this page: 400") and attempts == 1, error
-    assert (d.outbox / "good.md").exists() and (d.failed / "strip.png").exists()
+    assert (d.outbox / "good.md").exists()
+    wait_for(lambda: (d.failed / "strip.png").exists(), 30, 0.1, "the refused original in failed/")
     assert d.status()["model_status"] == "ok"
     assert d.stop() == 0
