@@ -14,7 +14,8 @@ Whose fault is an error decides what happens to the page (errors.py):
   If that fails too, every page would (a wrong model id is a fast 400 for every page): the
   server's configuration, said once, pages kept queued. If it passes, the page alone fails:
   a 4xx for good (InputError), a 5xx retried (EngineError);
-- past page_timeout_s: PageTimeout for that page; a looping answer is cut by the repetition guard
+- past page_timeout_s: PageTimeout for that page, once the blank page has passed (a hung server
+  is ModelUnavailable, as above); a looping answer is cut by the repetition guard
   (finish_reason "repetition"), as the in-process engine does.
 
 httpx rather than the `openai` package: one small dependency (already the tests' HTTP client),
@@ -105,6 +106,8 @@ class OpenAiEngine:
         except httpx.ConnectTimeout as exc:
             raise ModelUnavailable(f"server {self.where} unreachable: {first_line(exc, with_type=True)}") from None
         except httpx.TimeoutException:
+            if not probing:
+                self.probe()   # a hung server times out a blank page too: not this page's fault
             raise PageTimeout(f"page timed out after {time.perf_counter() - started:.0f} s "
                               f"(page_timeout_s {self.config.page_timeout_s:g}) at {self.where}") from None
         except httpx.HTTPError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +21,7 @@ from ocrd.daemon.config import ConfigError, parse_config
 from ocrd.daemon.device import DeviceInfo, plan_for_config
 from ocrd.daemon.engines.choice import choose_engine
 from ocrd.daemon.engines.openai import OpenAiEngine, server_report
-from ocrd.daemon.errors import EngineError, InputError, ModelUnavailable
+from ocrd.daemon.errors import EngineError, InputError, ModelUnavailable, PageTimeout
 
 INBOX = '[[inbox]]\npath = "/srv/in"\noutbox = "/srv/out"\nfailed = "/srv/failed"\n'
 SERVED = '[model]\nengine = "openai"\nurl = "http://gpu-box:8000/v1/"\nname = "deepseek-ai/DeepSeek-OCR"\n'
@@ -77,11 +78,14 @@ class Stub:
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass     # the client gave up (a timeout test)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -117,7 +121,7 @@ def engine_for(server: Stub, tmp_path: Path, extra: str = "") -> OpenAiEngine:
 
 def big(body: dict) -> bool:
     """The stub's test pages are larger than the 64x64 probe page."""
-    return len(body["messages"][0]["content"][0]["image_url"]["url"]) > 600
+    return len(body["messages"][0]["content"][0]["image_url"]["url"]) > 400   # the probe page is ~230
 
 
 def test_request_shape_and_a_looping_answer_cut(stub, tmp_path: Path) -> None:
@@ -162,6 +166,22 @@ def test_an_answer_one_page_gets_fails_that_page_alone(stub, tmp_path: Path, sta
     session.close()
     [bad] = finished
     assert bad.key == "bad" and type(bad.error) is error and "nope" in str(bad.error)
+
+
+@pytest.mark.parametrize("blank_too, error", [(False, PageTimeout), (True, ModelUnavailable)])
+def test_a_page_past_its_time_budget_fails_alone_unless_the_server_hangs(stub, tmp_path: Path,
+                                                                         blank_too, error) -> None:
+    def slow(body: dict) -> tuple[int, dict]:
+        if big(body) or (blank_too and len(stub_bodies) > 1):
+            time.sleep(1.6)
+        return answer("ok")
+
+    server = stub(slow)
+    stub_bodies = server.bodies
+    engine = engine_for(server, tmp_path, "page_timeout_s = 1\n")
+    engine.load()                        # the first blank page is quick either way
+    with pytest.raises(error):
+        engine.read(engine.preprocess(Image.new("RGB", (300, 400)), "p", "gundam"), "p", max_tokens=5)
 
 
 def test_server_report_lists_models_and_says_when_unreachable(stub, tmp_path: Path) -> None:
