@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import base64
 import io
+import queue
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable
 
@@ -150,12 +152,16 @@ class OpenAiEngine:
 
 
 class OpenAiSession:
-    """Pages in flight to the server: one request each, on a pool of `capacity` threads. `step`
-    returns the pages answered within STEP_WAIT_S (or at once when some are)."""
+    """Pages in flight to the server: one request each, on up to `capacity` threads. `step`
+    returns the pages answered within STEP_WAIT_S (or at once when some are). The threads are
+    daemon threads: a worker that stops (its pages given back) exits at once, not after the
+    requests still in flight (ThreadPoolExecutor's threads are joined at exit)."""
 
     def __init__(self, engine: OpenAiEngine, *, capacity: int) -> None:
         self.engine = engine
-        self._pool = ThreadPoolExecutor(max_workers=max(capacity, 1), thread_name_prefix="openai")
+        self.capacity = max(capacity, 1)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._pages: dict[Future, Hashable] = {}
         self.generated = 0
 
@@ -165,8 +171,24 @@ class OpenAiSession:
     def add(self, key: Hashable, image: Image.Image | str, *, prompt: str, mode: str,
             max_tokens: int) -> Finished | None:
         page = image if isinstance(image, str) else encode_page(image)
-        self._pages[self._pool.submit(self.engine.read, page, prompt, max_tokens=max_tokens)] = key
+        future: Future = Future()
+        self._pages[future] = key
+        self._queue.put((future, page, prompt, max_tokens))
+        if len(self._threads) < min(self.capacity, len(self._pages)):
+            thread = threading.Thread(target=self._serve, name=f"openai-{len(self._threads)}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return None
+
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, page, prompt, max_tokens = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.engine.read(page, prompt, max_tokens=max_tokens))
+            except BaseException as exc:   # handed to step(), which decides
+                future.set_exception(exc)
 
     def step(self, wait_s: float = STEP_WAIT_S) -> list[Finished]:
         done, _ = wait(list(self._pages), timeout=wait_s, return_when=FIRST_COMPLETED)
@@ -192,8 +214,11 @@ class OpenAiSession:
                 del self._pages[future]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for future in self._pages:
+            future.cancel()
         self._pages.clear()
+        for _ in self._threads:
+            self._queue.put(None)
 
 
 def make_client(model: ModelConfig) -> httpx.Client:

@@ -184,6 +184,18 @@ def test_a_page_past_its_time_budget_fails_alone_unless_the_server_hangs(stub, t
         engine.read(engine.preprocess(Image.new("RGB", (300, 400)), "p", "gundam"), "p", max_tokens=5)
 
 
+def test_a_stopping_worker_waits_for_no_request_in_flight(stub, tmp_path: Path) -> None:
+    """close() gives the pages up at once; the request threads are daemon threads, so the worker
+    process exits without joining a request still waiting on the server."""
+    server = stub(lambda body: (time.sleep(1.5), answer("late"))[1] if big(body) else answer("ok"))
+    session = engine_for(server, tmp_path).open_session(capacity=4)
+    session.add("slow", Image.new("RGB", (300, 400), "white"), prompt="p", mode="gundam", max_tokens=5)
+    assert session.step(wait_s=0.1) == []
+    session.close()
+    assert len(session) == 0
+    assert [t for t in threading.enumerate() if t.name.startswith("openai") and not t.daemon] == []
+
+
 def test_server_report_lists_models_and_says_when_unreachable(stub, tmp_path: Path) -> None:
     server = stub(lambda body: answer("ok"))
     report = server_report(engine_for(server, tmp_path).config)
