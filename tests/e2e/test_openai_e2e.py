@@ -5,6 +5,8 @@ a real page-specific refusal."""
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -109,6 +111,21 @@ def test_a_wrong_key_or_model_id_is_one_clear_line_and_pages_wait(served_daemon,
     lines = [e for e in d.events() if e.get("event") == "model_unavailable"]
     assert len({e["reason"] for e in lines}) == 1, lines      # one reason, said once per change
     assert d.query("SELECT state, attempts FROM pages") == [("queued", 0)]
+
+
+def test_a_wrong_model_id_fixed_by_a_sighup_reads_the_waiting_page(served_daemon, tiny_model: Path) -> None:
+    d = served_daemon(name="no-such/model")
+    d.start()
+    a4(d.inbox / "page.png")
+    wait_for(lambda: ((s := d.status())["model_status"] or "").startswith("unavailable") and s,
+             60, 0.3, "model unavailable in status")
+    d.config.write_text(d.config.read_text().replace('"no-such/model"', json.dumps(str(tiny_model))))
+    d.proc.send_signal(signal.SIGHUP)
+    assert d.wait_settled(1, timeout=60) == {"page.png": "done"}
+    assert d.query("SELECT attempts FROM pages") == [(1,)]
+    assert d.stop() == 0
+    # the served model's id is part of what a worker loads: the change rolled the workers over
+    assert [e["served"] for e in d.events() if e.get("event") == "model_changed"] == [str(tiny_model)]
 
 
 def test_a_page_the_server_rejects_fails_alone(served_daemon) -> None:
