@@ -20,6 +20,8 @@ import click
 from ocrd.daemon.config import Config
 from ocrd.daemon.device import CPU_WARNING, detect_device, gpu_advice
 from ocrd.daemon.engines.weights import model_size_bytes
+from ocrd.daemon.engines.choice import warns_on_cpu
+from ocrd.daemon.engines.openai import server_report
 from ocrd.daemon.errors import first_line
 from ocrd.daemon.intake.rules import permission_fix
 from ocrd.daemon.lockfile import running_pid
@@ -67,10 +69,10 @@ def run_checks(config: Config, *, platform: str | None = None) -> list[Check]:
     if not config.ledger_url:
         checks.append(check_folder("state_dir", config.state_dir, platform=platform))
     checks.append(check_free_space(config))
-    checks.append(check_model(config.model.path))
+    checks.append(check_server(config) if config.model.engine == "openai" else check_model(config.model.path))
     checks.append(check_ledger(config))
     checks.append(check_daemon(config))
-    checks.append(check_device())
+    checks.append(check_device(cpu_matters=warns_on_cpu(config.model.engine)))
     return checks
 
 
@@ -145,6 +147,18 @@ def _user() -> str:
         return str(os.getuid())
 
 
+def check_server(config: Config) -> Check:
+    """engine = "openai": the server answers GET /models with the key, and lists the model."""
+    r = server_report(config.model)
+    if not r["reachable"]:
+        return Check("server", False, f"{r['url']}: {r['error']}",
+                     "start the server, or fix [model] url / api_key_file")
+    if not r["serves_name"]:
+        return Check("server", True, f"{r['url']} answers, but does not list {r['name']!r} "
+                     f"(it lists {', '.join(r['models']) or 'none'})", warn=True)
+    return Check("server", True, f"{r['url']} serves {r['name']}")
+
+
 def check_model(model_path: str) -> Check:
     """A local model folder with config.json and weights, or a Hugging Face id in the local cache."""
     local = Path(model_path).expanduser()
@@ -207,14 +221,15 @@ def check_daemon(config: Config) -> Check:
     return Check("daemon", True, "not running", "start it with `ocrd run` or `ocrd service install`", warn=True)
 
 
-def check_device(nvidia_smi: str = "nvidia-smi") -> Check:
-    """MLX's backend; in CPU mode, whether nvidia-smi sees a GPU that MLX leaves unused and why."""
+def check_device(nvidia_smi: str = "nvidia-smi", *, cpu_matters: bool = True) -> Check:
+    """MLX's backend; in CPU mode, whether nvidia-smi sees a GPU that MLX leaves unused and why
+    (`cpu_matters` False: a server engine decodes elsewhere, so the CPU is no warning)."""
     try:
         device = detect_device()
     except Exception as exc:
         return Check("device", False, f"cannot detect the device: {exc}", mlx_fix(str(exc)))
     detail = f"{device.backend} ({device.name})"
-    if device.backend != "cpu":
+    if device.backend != "cpu" or not cpu_matters:
         return Check("device", True, detail)
     advice = gpu_advice(device, nvidia_smi)
     if advice:

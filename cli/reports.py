@@ -24,7 +24,8 @@ from ocrd.daemon.device import (
 from ocrd.daemon.engines.base import ENGINE_MODELS, make_engine
 from ocrd.daemon.engines.weights import model_size_bytes
 from ocrd.daemon.intake.service import INGEST_PROBLEM
-from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine
+from ocrd.daemon.engines.choice import LINE_ENGINES, choose_engine, warns_on_cpu
+from ocrd.daemon.engines.openai import server_report
 from ocrd.daemon.lockfile import running_pid
 from ocrd.daemon.output.outbox import relative_source
 from ocrd.ledger import DaemonInfo, Ledger
@@ -92,9 +93,10 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "device": device,
         # `reads`: the engine's own models where it names them (RapidOCR), else None (DeepSeek-OCR:
         # path and mode)
-        "model": {"path": config.model.path, "mode": config.model.mode, "status": model_text,
+        "model": {"path": _model_of(config), "mode": config.model.mode, "status": model_text,
                   "reads": (reads or None) if running else None},
         "engine": _engine_of(info) if running else None,   # the running daemon's engine
+        "server": server_of(config),                       # engine = "openai": the server's answer
         "model_status": model_text,
         "pool": _pool_of(info) if running else None,     # the running daemon's plan
         "jobs": counts["jobs"],
@@ -112,7 +114,7 @@ def status_report(config: Config, ledger: Ledger | None) -> tuple[dict[str, Any]
         "eta_s": rate.get("eta_s") if running else None,
         "running_jobs": _running_jobs(config, busy, ppm if running else None, live=running),
         "warnings": _status_warnings(device, model, running, waiting, workers,
-                                     engine=info.engine if running and info is not None else None)
+                                     engine=info.engine if running and info is not None else config.model.engine)
                     + (_ingest_warning(problem) if running else []) + _host_warnings(hosts, config.host_name)
                     + ([full] if full else []),
         "state_dir": str(config.state_dir),
@@ -180,7 +182,7 @@ def _engine_of(info: DaemonInfo | None) -> dict[str, Any] | None:
 def _status_warnings(device: dict[str, Any], model: ModelStatus | None, running: bool,
                      waiting: int, workers: list[dict[str, Any]], *, engine: str | None = None) -> list[str]:
     warnings = []
-    if device.get("backend") == "cpu" and engine not in LINE_ENGINES:   # RapidOCR is meant for the CPU
+    if device.get("backend") == "cpu" and warns_on_cpu(engine or "mlx-vlm"):   # RapidOCR is meant for the CPU
         warnings.append(CPU_WARNING)
     if model is not None and model.state == ModelState.UNAVAILABLE:
         warnings.append(f"model {model.describe()}")
@@ -235,6 +237,7 @@ def render_status(s: dict[str, Any], model: ModelStatus | None) -> str:
     lines.append(f"model    {named}  status {_model_label(model)}")
     if s.get("engine"):
         lines.append(f"engine   {s['engine']['name']}: {s['engine']['reason']}")
+    lines += server_lines(s.get("server"))
     if s["pool"]:
         lines += _pool_lines(s["pool"])
     if s.get("metrics_url"):
@@ -354,7 +357,7 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
         measured_page = _meta_int(ledger, page_key(config.model))
     engine = choose_engine(config.model.engine, info.backend, model_local=lambda: size is not None)
     plan = plan_for_config(info, config, measured, measured_page, engine=engine.name)
-    warnings = [CPU_WARNING] if info.backend == "cpu" and engine.name not in LINE_ENGINES else []
+    warnings = [CPU_WARNING] if info.backend == "cpu" and warns_on_cpu(engine.name) else []
     # a line engine names its own models (built, not loaded: cheap); [model] path is DeepSeek-OCR's
     reads = getattr(make_engine(engine.factory, config.model), "models", None) \
         if engine.name in LINE_ENGINES else None
@@ -363,9 +366,10 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
     return {
         "device": {"backend": info.backend, "name": info.name, "memory_bytes": info.memory_bytes,
                    "recommended_bytes": info.recommended_bytes, "cores": info.cores, "gpus": info.gpus},
-        "model": {"path": config.model.path, "mode": config.model.mode, "size_bytes": size,
+        "model": {"path": _model_of(config), "mode": config.model.mode, "size_bytes": size,
                   "planned_bytes": size or DEFAULT_MODEL_BYTES, "reads": reads},
         "engine": {"name": engine.name, "configured": config.model.engine, "reason": engine.reason},
+        "server": server_of(config),
         "measured_peak_bytes": measured,
         "measured_page_bytes": measured_page,
         "pool": {"count": plan.count, "footprint_bytes": plan.footprint_bytes,
@@ -375,6 +379,30 @@ def device_report(config: Config, ledger: Ledger | None) -> dict[str, Any]:
                  "recycle_bytes": plan.recycle_bytes, "recycle_reason": plan.recycle_reason},
         "warnings": warnings,
     }
+
+
+def _model_of(config: Config) -> str:
+    """The model that reads the pages: the served one for engine = "openai"."""
+    if config.model.engine == "openai":
+        return f"{config.model.name} (served)"
+    return config.model.path
+
+
+def server_of(config: Config) -> dict[str, Any] | None:
+    """engine = "openai": the server's URL, whether it answers, the models it lists."""
+    if config.model.engine != "openai":
+        return None
+    return server_report(config.model)
+
+
+def server_lines(server: dict[str, Any] | None) -> list[str]:
+    if server is None:
+        return []
+    if not server["reachable"]:
+        return [f"server   {server['url']}: not reachable: {server['error']}"]
+    listed = ", ".join(server["models"]) or "none"
+    note = "" if server["serves_name"] else f"  ({server['name']!r} is not listed)"
+    return [f"server   {server['url']}: reachable; models {listed}{note}"]
 
 
 def _meta_int(ledger: Ledger, key: str) -> int | None:
@@ -394,14 +422,19 @@ def render_device(r: dict[str, Any]) -> str:
                 else ""),
              f"cores    {d['cores']}" + (f"  gpus {d['gpus']}" if d.get("gpus") else ""),
              *([f"engine   {r['engine']['name']}: {r['engine']['reason']}"] if r.get("engine") else []),
-             f"model    {m['reads']}" if m.get("reads") else
-             f"model    {m['path']}  mode {m['mode']}  "
-             + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
-                else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
-             f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}",
-             f"         footprint {fmt.size(p['footprint_bytes'])} each"
-             + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")
-             + f", budget {fmt.size(p['budget_bytes'])}, cap {p['cap']}"]
+             *server_lines(r.get("server"))]
+    if r.get("server"):   # engine = "openai": no model memory here, nothing to plan against the device
+        lines += [f"model    {m['path']}  (mode not sent: the server reads pages in its own resolution)",
+                  f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}"]
+    else:
+        lines += [f"model    {m['reads']}" if m.get("reads") else
+                  f"model    {m['path']}  mode {m['mode']}  "
+                  + (fmt.size(m["size_bytes"]) if m["size_bytes"] is not None
+                     else f"size unknown (not on disk; assuming {fmt.size(m['planned_bytes'])})"),
+                  f"pool     {p['count']} worker{'s' if p['count'] != 1 else ''}: {p['reason']}",
+                  f"         footprint {fmt.size(p['footprint_bytes'])} each"
+                  + (" (measured)" if r["measured_peak_bytes"] else " (estimated)")
+                  + f", budget {fmt.size(p['budget_bytes'])}, cap {p['cap']}"]
     lines += _batch_lines(r)
     lines += [click.style(f"WARNING  {w}", fg="red", bold=True) for w in r["warnings"]]
     return "\n".join(lines)

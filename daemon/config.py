@@ -19,7 +19,7 @@ from typing import Any
 from ..ledger.states import OnDuplicate
 from .modes import MODES
 
-ENGINE_CHOICES = ("auto", "mlx-vlm", "rapidocr", "vision")   # engines/choice.py CHOICES (it imports this module)
+ENGINE_CHOICES = ("auto", "mlx-vlm", "rapidocr", "vision", "openai")   # engines/choice.py CHOICES (it imports this module)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ocrd.toml"
 MIN_BUDGET_BYTES = 10**6
@@ -41,7 +41,13 @@ class ModelConfig:
     mode: str = "gundam"
     max_tokens: int = 8192
     page_timeout_s: float = 300.0
-    engine: str = "auto"     # auto | mlx-vlm | rapidocr | vision (daemon/engines/choice.py)
+    engine: str = "auto"     # auto | mlx-vlm | rapidocr | vision | openai (daemon/engines/choice.py)
+    # engine = "openai" (engines/openai.py): an OpenAI-compatible server reads the pages
+    url: str = ""            # its base URL, e.g. http://gpu-box:8000/v1
+    name: str = ""           # the model id it serves
+    api_key_file: Path | None = None   # a file holding the key (never the key in the config)
+    concurrency: int | None = None     # pages in flight to the server; None: "auto" (measured)
+    extra_body: dict[str, Any] = field(default_factory=dict, hash=False)   # merged into each request
 
 
 @dataclass(frozen=True)
@@ -261,6 +267,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         max_tokens=model.int("max_tokens", ModelConfig.max_tokens, low=1),
         page_timeout_s=model.num("page_timeout_s", ModelConfig.page_timeout_s, low=1),
         engine=model.choice("engine", ModelConfig.engine, ENGINE_CHOICES),
+        **_server_keys(model),
     )
     model.done()
     workers_cfg = WorkersConfig(
@@ -412,6 +419,26 @@ def _check_overlaps(inboxes: tuple[InboxConfig, ...], state_dir: Path) -> None:
                                   "(the daemon would ingest its own files)")
             if inbox.path.is_relative_to(folder):
                 raise ConfigError(f"inbox[{n}].path: {inbox.path} must not be inside {key} {folder}")
+
+
+def _server_keys(model: _Reader) -> dict[str, Any]:
+    """`[model]` keys of engine = "openai": url and name are required there (and only read there:
+    they mean nothing to a local engine)."""
+    served = model.raw.get("engine") == "openai"
+    url = model.str("url", "", nonempty=served, required=served)
+    if url and not url.startswith(("http://", "https://")):
+        raise model.fail("url", "must start with http:// or https://", url)
+    key_file = model.str("api_key_file", None, nonempty=True)
+    concurrency = model.get("concurrency", "auto")
+    if concurrency != "auto" and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                  or concurrency < 1):
+        raise model.fail("concurrency", 'must be "auto" or an integer of at least 1', concurrency)
+    extra = model.get("extra_body", {})
+    if not isinstance(extra, dict):
+        raise model.fail("extra_body", "must be a table", extra)
+    return dict(url=url.rstrip("/"), name=model.str("name", "", nonempty=served, required=served),
+                api_key_file=Path(key_file).expanduser() if key_file else None,
+                concurrency=None if concurrency == "auto" else concurrency, extra_body=extra)
 
 
 def _auto_or_positive(workers: _Reader, key: str, low: int = 1) -> int | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import structlog
 
 from .engines.weights import model_size_bytes
-from .engines.choice import LINE_ENGINE_BYTES
+from .engines.choice import LINE_ENGINE_BYTES, SERVER_ENGINES
 from .lifeline import child_argv
 from .modes import MODES
 
@@ -351,6 +351,8 @@ def plan_for_config(device: DeviceInfo, config: Config, measured_peak_bytes: int
     `plan_line_pool` for an engine that is not DeepSeek-OCR (engines.LINE_ENGINES)."""
     if engine in LINE_ENGINE_BYTES:
         return plan_line_pool(device, config, engine, LINE_ENGINE_BYTES[engine])
+    if engine in SERVER_ENGINES:
+        return plan_server_pool(config)
     return plan_pool(device, model_bytes=model_size_bytes(config.model.path) or DEFAULT_MODEL_BYTES,
                      mode=config.model.mode, count=config.workers.count,
                      budget=config.workers.memory_budget, measured_peak_bytes=measured_peak_bytes,
@@ -377,6 +379,25 @@ def plan_line_pool(device: DeviceInfo, config: Config, engine: str, footprint: i
                     batch_reason=f"{batch}: {engine} reads one page at a time; the next waits rendered",
                     recycle_bytes=0, recycle_reason=f"{engine}: by page count only",
                     page_bytes=0, batch_start=batch, tune_batch=False)
+
+
+SERVER_START = 4        # concurrency "auto" starts here and doubles while throughput rises...
+SERVER_CAP = 128        # ...up to here (SGLang's DeepSeek-OCR figure was measured at 100 in flight)
+
+
+def plan_server_pool(config: Config) -> PoolPlan:
+    """engine = "openai": no model here, so no memory plan. One worker (or [workers] count) keeps
+    `[model] concurrency` requests in flight; "auto" tunes it like the batch: doubling from
+    SERVER_START while measured tokens/s rises (worker/tuner.py)."""
+    count = config.workers.count if config.workers.count is not None else 1
+    fixed = config.model.concurrency
+    batch = fixed or SERVER_CAP
+    why = (f"{fixed} as configured ([model] concurrency)" if fixed else
+           f"auto: from {SERVER_START}, doubled while the server's tokens/s rises, up to {SERVER_CAP}")
+    return PoolPlan(count, 0, 0, count, f"{count}: the server {config.model.url} decodes; "
+                    "a worker only keeps requests in flight", batch=batch, batch_reason=why,
+                    recycle_bytes=0, recycle_reason="server engine: by page count only",
+                    batch_start=fixed or SERVER_START, tune_batch=fixed is None)
 
 
 def _gb(n: int) -> str:

@@ -27,11 +27,11 @@ from ocrd.ledger import (BACKOFF_BASE_S, DaemonInfo, Ledger, LedgerCorrupt, Ledg
                          ModelStatus, WorkerState)
 from ocrd.ledger.hosts import HostNameTaken
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, ModelConfig, load_config
 from .device import (CPU_WARNING, DeviceInfo, PoolPlan, footprint_key, page_key, plan_for_config,
                      probe_device)
 from .engines.weights import model_size_bytes
-from .engines.choice import LINE_ENGINES, EngineChoice, choose_engine, fetch_model, name_of
+from .engines.choice import EngineChoice, choose_engine, fetch_model, name_of, warns_on_cpu
 from .errors import OcrdError, PageTimeout, WorkerDied
 from .files import make_private_dir
 from .hooks import HookRunner
@@ -124,7 +124,7 @@ class Supervisor:
         log.info("engine_chosen", engine=engine.name, reason=engine.reason, factory=engine.factory)
         if engine.interim:   # tick() rolls the workers over to DeepSeek-OCR once it is here
             fetch_model(self.config.model.path, self._model_fetched)
-        if device.backend == "cpu" and engine.name not in LINE_ENGINES:
+        if device.backend == "cpu" and warns_on_cpu(engine.name):
             log.warning("cpu_mode", warning=CPU_WARNING, device=device.name)
         plan = self.plan = plan_for_config(device, self.config, *self._measured(), engine=engine.name)
         self.recycle_bytes = plan.recycle_bytes
@@ -262,15 +262,17 @@ class Supervisor:
         if self.api is not None:
             self.api.reload(config)
         log.info("config_reloaded", inboxes=[str(i.path) for i in config.inboxes])
-        if (config.model.path, config.model.engine) == (old.path, old.engine):
+        if _model_of(config.model) == _model_of(old):
             self.pool.signal_all(signal.SIGHUP)
             return
         log.warning("model_changed", old=old.path, new=config.model.path, engine=config.model.engine,
+                    served=config.model.name or None,
                     note="workers finish their pages in flight, then restart with the new model")
         self.engine = self._choose_engine(self.device)
         self.plan = plan_for_config(self.device, config, *self._measured(), engine=self.engine.name)
         self.recycle_bytes = self.plan.recycle_bytes   # the new model's bound, not the old one's
         self.model_ok = None               # one probe worker first, as at start
+        self.pool.model_backoff.reset()    # a fixed model (or server) is tried at once
         self.ledger.set_model_status(ModelStatus(ModelState.LOADING))
         self.pool.signal_all(signal.SIGTERM)
 
@@ -316,9 +318,10 @@ class Supervisor:
         if ended.timed_out:
             limit = self.config.model.page_timeout_s
             self._fail_held_pages(ended.worker_id, PageTimeout(f"page timed out after {limit:g} s"))
-        elif ended.code == EXIT_MODEL_UNAVAILABLE:
+        elif ended.code == EXIT_MODEL_UNAVAILABLE:   # the worker gave its pages back, uncharged
             self._model_unavailable(ended.load_error or "model could not be loaded", now)
             self.ledger.forget_worker(ended.worker_id)   # the model status tells it; no dead rows
+            self._admitted.pop(ended.worker_id, None)
             return
         elif ended.code != 0:
             delay = self.pool.crashed(now)
@@ -432,6 +435,13 @@ class Supervisor:
                 gpu=self.pool.free_gpu(self.device.gpus if self.device.backend == "cuda" else 0))
             pid = self.pool.start_worker(ctx)
             log.info("worker_started", worker_id=ctx.worker_id, pid=pid)
+
+
+def _model_of(model: ModelConfig) -> tuple:
+    """What a worker loads: a change rolls the workers over (a server engine's server, key and
+    concurrency too; mode, prompt and max_tokens apply to the next page)."""
+    return (model.path, model.engine, model.url, model.name, model.api_key_file, model.concurrency,
+            repr(model.extra_body))
 
 
 def sd_notify(message: str) -> None:

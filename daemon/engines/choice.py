@@ -1,4 +1,4 @@
-"""Which engine reads the pages: `[model] engine = "auto" | "mlx-vlm" | "rapidocr" | "vision"`.
+"""Which engine reads the pages: `[model] engine = "auto" | "mlx-vlm" | "rapidocr" | "vision" | "openai"`.
 
 `auto` is DeepSeek-OCR through mlx-vlm on Metal or CUDA. On a CPU-only machine DeepSeek-OCR
 takes minutes a page (README, "Engines"), so `auto` picks RapidOCR there when the `cpu` extra is
@@ -28,11 +28,19 @@ FACTORIES = {
     "mlx-vlm": DEFAULT_ENGINE,
     "rapidocr": "ocrd.daemon.engines.rapidocr:RapidOcrEngine",
     "vision": "ocrd.daemon.engines.vision:VisionEngine",
+    "openai": "ocrd.daemon.engines.openai:OpenAiEngine",
 }
 MODULES = {"rapidocr": "rapidocr", "vision": "ocrmac"}   # what each optional engine imports
 LINE_ENGINES = ("rapidocr", "vision")   # small CPU/ANE models: no DeepSeek memory plan, one page a step
+SERVER_ENGINES = ("openai",)   # a server elsewhere reads the pages: no local model, no device plan
 LINE_ENGINE_BYTES = {"rapidocr": 800 * 10**6, "vision": 400 * 10**6}   # a worker's memory, with a page
 FORCE_DEEPSEEK = 'set [model] engine = "mlx-vlm" to run DeepSeek-OCR on the CPU anyway (minutes a page)'
+
+
+def warns_on_cpu(engine: str) -> bool:
+    """Whether a CPU-only device makes this engine crawl (DeepSeek-OCR in-process does; a line
+    engine is meant for the CPU, and a server engine decodes elsewhere)."""
+    return engine not in LINE_ENGINES and engine not in SERVER_ENGINES
 
 
 @dataclass(frozen=True)

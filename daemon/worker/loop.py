@@ -70,6 +70,7 @@ class Worker:
                                    ctx.batch_size, fixed=not ctx.tune_batch)
         self.outage = Outage(self.log)
         self.exit_reason: str | None = None
+        self.unavailable: str | None = None     # the model went away mid-run (a server engine's server)
         self.current_page: str | None = None    # plain attributes the heartbeat reads
         self.in_flight = 0
         self.peak_bytes = 0                     # the most memory any stretch of decoding took
@@ -136,6 +137,8 @@ class Worker:
     def tick(self) -> bool:
         """Admit prepared pages to free slots, keep the feeder claiming ahead, decode one step.
         False: time to exit."""
+        if self.unavailable is not None:
+            return False
         if self.reload.is_set():
             self._reload_config()
         feeder = self.feeder
@@ -260,6 +263,9 @@ class Worker:
     def _finish(self, finished: Finished) -> None:
         page = self._held.pop(finished.key)
         size = self._sizes.pop(finished.key)
+        if isinstance(finished.error, ModelUnavailable):
+            self._lose_model(str(finished.error))   # not the page's fault: stop() gives it back
+            return
         if finished.error is not None:
             self.recorder.fail(page, finished.error)
             return
@@ -269,6 +275,15 @@ class Worker:
         self.peak_bytes = max(self.peak_bytes, peak)
         self._most_in_flight = len(self.session)
         self.recorder.stored(page, finished.result, size, peak, max(most, 1))
+
+    def _lose_model(self, reason: str) -> None:
+        """The model went away mid-run (engine = "openai": the server is down, or refuses every
+        page). Exit as a worker whose model would not load: stop() gives every page in hand back
+        uncharged, and the supervisor shows the reason and probes again with backoff."""
+        if self.unavailable is None:
+            self.unavailable = reason
+            self.log.info("model_lost", reason=reason, in_flight=len(self.session))
+            self.send(Message(WorkerEvent.LOAD_FAILED, reason=reason))
 
     def _check_memory(self) -> None:
         limit = self.ctx.recycle_memory_bytes
@@ -326,6 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_MODEL_UNAVAILABLE
         while worker.tick():   # a SIGTERM winds the batch down; tick() says when it is done
             pass
-        return 0
+        return EXIT_MODEL_UNAVAILABLE if worker.unavailable is not None else 0
     finally:
         worker.stop()

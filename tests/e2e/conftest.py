@@ -40,8 +40,8 @@ class Daemon:
                  max_attempts: int = 3, max_tokens: int = 12, inbox_keys: dict[str, Any] | None = None,
                  state_dir: Path | None = None, tables: dict[str, Any] | None = None,
                  engine: str = "mlx-vlm", has_inbox: bool = True, env: dict[str, str] | None = None,
-                 pg_dsn: str | None = None) -> None:
-        """`has_inbox` False: a worker-only host (no [[inbox]], no inbox folder made); `env`: extra
+                 pg_dsn: str | None = None, model_keys: dict[str, Any] | None = None) -> None:
+        """`model_keys`: more [model] keys (engine = "openai": url, name, ...); `has_inbox` False: a worker-only host (no [[inbox]], no inbox folder made); `env`: extra
         environment of `ocrd run` (test seams); `pg_dsn`: the PostgreSQL ledger that `query`
         reads (its URL goes in tables={"ledger": {...}})."""
         self.root = root
@@ -56,7 +56,7 @@ class Daemon:
             root, state_dir=self.state,
             # engine "mlx-vlm": the tiny model, even where `auto` would pick RapidOCR (a CPU-only host)
             model={"path": model, "mode": "tiny", "max_tokens": max_tokens, "page_timeout_s": page_timeout_s,
-                   "engine": engine},
+                   "engine": engine, **(model_keys or {})},
             workers={"count": workers, "max_attempts": max_attempts},
             pdf={"dpi": 72},
             inbox={"stable_for_s": 0.3, **(inbox_keys or {})}, **(tables or {}))
