@@ -57,14 +57,15 @@ def _every_document_once(d: Any, names: set[str]) -> None:
     assert d.scalar("SELECT COUNT(*) FROM pages WHERE state <> 'done'") == 0
 
 
-def test_a_server_stopped_mid_run_strands_nothing_and_charges_no_attempt(own_pg, make_daemon) -> None:
+@pytest.mark.parametrize("stop", ["fast", "immediate"])   # a clean shutdown; a crash (recovery on start)
+def test_a_server_stopped_mid_run_strands_nothing_and_charges_no_attempt(own_pg, make_daemon, stop) -> None:
     server, url, dsn = own_pg
     d = make_daemon(workers=1, pg_dsn=dsn, env=LEASE, max_tokens=40, tables={"ledger": {"url": url}})
     d.start()
     before = _drop(d, "a", 9)
     wait_for(lambda: d.scalar("SELECT COUNT(*) FROM pages WHERE state = 'done'") >= 2, 120,
              message="the first pages done")
-    server.stop("fast")
+    server.stop(stop)
     during = _drop(d, "b", 6, first=9)
     # ingest meets the outage with a file dropped meanwhile, after the 10 s a transaction
     # retries a lost connection: by then the worker's claims and stores have met it too
