@@ -337,35 +337,58 @@ class Ledger(Transactions, WorkerBook, Reports, HostBook, Search):
 
     # -- pages ----------------------------------------------------------------------------------
     def claim_pages(self, worker_id: str, n: int = 1, lease_s: float = 60.0,
-                    now: datetime | None = None) -> list[ClaimedPage]:
+                    now: datetime | None = None,
+                    adopt: Collection[tuple[int, int]] | None = None) -> list[ClaimedPage]:
         """Atomically claim up to n queued pages whose run_after has passed (oldest job first,
         priority desc, then page_no): page -> running, lease_owner = worker_id,
         lease_expires_at = now + lease_s, attempts += 1; their jobs queued -> running;
         workers.current_page set. SQLite: BEGIN IMMEDIATE; UPDATE ... WHERE rowid IN (SELECT ...
-        LIMIT n) RETURNING. PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED."""
+        LIMIT n) RETURNING. PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED.
+
+        A claim whose answer was lost (the server went after its commit) left pages running under
+        this worker that it never heard of. They come back first, charged once only: in the
+        transaction's own retry (pages started at this call's stamp), and in the next call when
+        the worker says so with `adopt`, the (job_id, page_no) pairs it does hold."""
         if n < 1:
             return []
         now = self.clock(now)
         stamp = to_text(now)
-        # Walks ix_pages_claim in this order, so the claim costs the same with a million pages.
-        pick = (select(pages.c.id)
-                .where(pages.c.state == PageState.QUEUED,
-                       or_(pages.c.run_after.is_(None), pages.c.run_after <= stamp))
-                .order_by(pages.c.priority.desc(), pages.c.job_id, pages.c.page_no)
-                .limit(n))
-        if not self._sqlite:
-            # SQLite needs nothing more: BEGIN IMMEDIATE already made this the only writer.
+        tries = 0
+
+        def pick(k: int):
+            # Walks ix_pages_claim in this order, so the claim costs the same with a million pages.
+            picked = (select(pages.c.id)
+                      .where(pages.c.state == PageState.QUEUED,
+                             or_(pages.c.run_after.is_(None), pages.c.run_after <= stamp))
+                      .order_by(pages.c.priority.desc(), pages.c.job_id, pages.c.page_no)
+                      .limit(k))
+            if self._sqlite:   # BEGIN IMMEDIATE already made this the only writer
+                return picked
             # Concurrent claimers skip each other's rows instead of queueing on them; a
             # MATERIALIZED CTE runs the locking pick once (an IN (subquery) may be re-run).
-            pick = select(pick.with_for_update(key_share=True, skip_locked=True).cte("picked")
+            return select(picked.with_for_update(key_share=True, skip_locked=True).cte("picked")
                           .prefix_with("MATERIALIZED").c.id)
 
         def tx(conn: Connection) -> list[ClaimedPage]:
-            claimed = transition_page(
+            nonlocal tries
+            tries += 1
+            lost = []
+            if adopt is not None or tries > 1:
+                mine = (select(pages.c.id, pages.c.job_id, pages.c.page_no, pages.c.attempts)
+                        .where(pages.c.state == PageState.RUNNING, pages.c.lease_owner == worker_id))
+                if adopt is None:
+                    mine = mine.where(pages.c.started_at == stamp)
+                known = set(adopt or ())
+                lost = [r for r in conn.execute(mine) if (r.job_id, r.page_no) not in known]
+                if lost:
+                    conn.execute(update(pages).where(pages.c.id.in_([r.id for r in lost])).values(
+                        lease_expires_at=to_text(now + timedelta(seconds=lease_s))))
+            claimed = lost + (transition_page(
                 conn, PageState.QUEUED, PageState.RUNNING, now,
-                where=pages.c.id.in_(pick), detail=f"worker {worker_id}",
+                where=pages.c.id.in_(pick(n - len(lost))), detail=f"worker {worker_id}",
                 values=dict(lease_owner=worker_id, lease_expires_at=to_text(now + timedelta(seconds=lease_s)),
                             attempts=pages.c.attempts + 1, started_at=stamp, run_after=None))
+                if n > len(lost) else [])
             if not claimed:
                 return []
             job_ids = sorted({r.job_id for r in claimed})

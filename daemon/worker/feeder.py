@@ -67,6 +67,7 @@ class Feeder:
         self.config, self.prompt_and_mode, self.lease_s = config, prompt_and_mode, lease_s
         self.outage, self.log = outage, log
         self.claimed = 0               # pages claimed, against max_pages_per_worker
+        self.claim_lost = False        # the last claim met an outage: its answer may be lost
         self.ready: deque[Preparing] = deque()
         self._claim: Future[list[Preparing]] | None = None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="front")
@@ -96,7 +97,7 @@ class Feeder:
         budget = self.config().workers.max_pages_per_worker - self.claimed
         want = min(free + min(limit, AHEAD) - len(self.ready), budget, CLAIM_MAX)
         if want > 0:
-            self._claim = self._pool.submit(self._claim_and_prepare, want)
+            self._claim = self._pool.submit(self._claim_and_prepare, want, self.claim_lost)
 
     def collect(self, *, wait_for_it: bool) -> None:
         """Take in the claim if it came back (or wait for it)."""
@@ -108,8 +109,10 @@ class Feeder:
         except LedgerUnreachable as exc:   # a server restarting: not the pages' fault, nor ours
             self.outage.down(exc)
             self.claim_after = time.monotonic() + LEDGER_RETRY_S
+            self.claim_lost = True        # it may have committed: the next claim adopts its pages
             return
         self.outage.up()
+        self.claim_lost = False
         self.ready.extend(got)
         if got:
             self._idle_s, self.claim_after = IDLE_WAIT_S[0], 0.0
@@ -152,8 +155,9 @@ class Feeder:
         return self._paused[1]
 
     # -- on the front pool ------------------------------------------------------------------------
-    def _claim_and_prepare(self, n: int) -> list[Preparing]:
-        pages = self.ledger.claim_pages(self.worker_id, n=n, lease_s=self.lease_s)
+    def _claim_and_prepare(self, n: int, after_lost: bool) -> list[Preparing]:
+        adopt = self.recorder.held() if after_lost else None   # ledger.claim_pages: a lost answer
+        pages = self.ledger.claim_pages(self.worker_id, n=n, lease_s=self.lease_s, adopt=adopt)
         self.recorder.lease(pages)
         self.claimed += len(pages)
         return [self._pool.submit(self._prepare, page) for page in pages]

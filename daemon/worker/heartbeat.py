@@ -35,7 +35,7 @@ class Snapshot:
 
 class Heartbeat:
     def __init__(self, *, worker_id: str, ledger: Ledger, backend: str, every_s: float, lease_s: float,
-                 snapshot: Callable[[], Snapshot], held: Callable[[], list[tuple[int, int]]],
+                 snapshot: Callable[[], Snapshot], held: Callable[[], list[tuple[int, int]] | None],
                  outage: Outage, log: Any) -> None:
         self.worker_id, self.ledger, self.backend = worker_id, ledger, backend
         self.every_s, self.lease_s = every_s, lease_s

@@ -130,7 +130,7 @@ class Worker:
                              threads=threads, **common)
         self.heartbeat = Heartbeat(backend=device.backend, every_s=self.ctx.heartbeat_s,
                                    lease_s=self.ctx.lease_s, snapshot=self._snapshot,
-                                   held=self.recorder.held, **common)
+                                   held=self._leases, **common)
         self.heartbeat.start()
         return True
 
@@ -210,6 +210,12 @@ class Worker:
             if refused is not None:
                 self._finish(refused)
         self._show_in_flight()
+
+    def _leases(self) -> list[tuple[int, int]] | None:
+        """What a heartbeat renews: the pages held; or, while a claim's answer may have been lost
+        to an outage, every page leased to this worker (None), so that the lost claim's pages
+        don't run out before the next claim adopts them (ledger.claim_pages)."""
+        return None if self.feeder.claim_lost else self.recorder.held()
 
     def _prompt_and_mode(self, page: ClaimedPage) -> tuple[str, str]:
         """The job's own (an API upload's choice), else its inbox's prompt and mode: from this

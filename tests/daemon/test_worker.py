@@ -153,6 +153,34 @@ def test_the_last_page_finishes_the_document(harness) -> None:
     assert (inbox.archive / "two.pdf").exists() and not list(h.config.spool_dir.glob("two*"))
 
 
+def test_a_claim_whose_answer_was_lost_is_adopted_not_charged_again(harness, monkeypatch) -> None:
+    """The server went after a claim's commit (PostgreSQL stopped -m immediate): the worker heard
+    LedgerUnreachable, and the pages stayed running under it. Its heartbeats keep their leases
+    (the supervisor's rescue runs throughout) until a claim gets through and takes them back."""
+    from ocrd.ledger import LedgerUnreachable
+
+    h = harness()
+    job = h.add("three.pdf", pages=3)
+    worker = h.worker(batch_size=4, lease_s=1.0)
+    assert worker.start()
+    ledger, lost, back_at = worker.feeder.ledger, [], []
+    claim = ledger.claim_pages
+
+    def answer_lost_then_unreachable(*args, **kwargs):
+        if not lost:
+            lost.extend(claim(*args, **kwargs))
+            back_at.append(time.monotonic() + 3)      # claims keep failing three lease lengths
+        if time.monotonic() < back_at[0]:
+            raise LedgerUnreachable("the ledger's server is unreachable: server closed the connection")
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "claim_pages", answer_lost_then_unreachable)
+    wait_for(lambda: worker.tick() and h.ledger.rescue_expired() >= 0 and h.job_state(job) == "done",
+             20, 0.02, "the job done")
+    assert lost, "the first claim took pages"
+    assert [p[3] for p in h.pages()] == [1, 1, 1], h.pages()   # attempts: none charged twice
+
+
 def test_recycles_after_its_page_budget(harness) -> None:
     h = harness(max_pages_per_worker=2)
     jobs = [h.add(f"p{n}.png") for n in range(3)]

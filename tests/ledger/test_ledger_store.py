@@ -155,6 +155,31 @@ def test_a_heartbeat_renews_only_the_pages_its_worker_still_holds(ledger: Ledger
     assert ledger.renew_leases("w", lease_s=60, now=T0 + 62 * S) == 2   # no list: all it owns
 
 
+def test_a_claim_retried_after_its_commit_gets_its_own_pages_again(ledger: Ledger, monkeypatch) -> None:
+    """The server went after the claim's commit, before its answer: the transaction runs again
+    (ledger/_engine.py) and must answer with the pages it took, not take more."""
+    job_id = add(ledger, "a", 4)
+    write = ledger._write
+    monkeypatch.setattr(ledger, "_write", lambda fn: (write(fn), write(fn))[1])
+    got = ledger.claim_pages("w", n=2, lease_s=60, now=T0)
+    monkeypatch.undo()
+    assert [(p.page_no, p.attempts) for p in got] == [(1, 1), (2, 1)]
+    assert [p[:2] for p in _pages(ledger, job_id)] == [(1, "running"), (2, "running"), (3, "queued"), (4, "queued")]
+
+
+def test_the_claim_after_a_lost_answer_adopts_its_pages_uncharged(ledger: Ledger) -> None:
+    """A claim that raised LedgerUnreachable may have committed: the worker's next claim says
+    what it holds (`adopt`) and gets the pages it never heard of, charged once, their leases new."""
+    job_id = add(ledger, "a", 5)
+    ledger.claim_pages("w", n=2, lease_s=60, now=T0)          # its answer lost
+    ledger.claim_pages("v", n=1, lease_s=60, now=T0)          # another worker's page is not adopted
+    got = ledger.claim_pages("w", n=1, lease_s=60, now=T0 + 30 * S, adopt=[])
+    assert [(p.page_no, p.attempts) for p in got] == [(1, 1), (2, 1)]
+    assert ledger.rescue_expired(now=T0 + 61 * S) == 1        # v's; w's leases run from T0 + 30 s
+    got = ledger.claim_pages("w", n=2, lease_s=60, now=T0 + 31 * S, adopt=[(job_id, 1), (job_id, 2)])
+    assert [(p.page_no, p.attempts) for p in got] == [(3, 2), (4, 1)]   # what it holds is not returned
+
+
 def test_lease_expiry_through_the_now_seam(ledger: Ledger) -> None:
     job_id = add(ledger, "a", 2)
     ledger.claim_pages("w", n=1, lease_s=60, now=T0)
