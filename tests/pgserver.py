@@ -3,7 +3,9 @@ socket only, stop and delete everything afterwards.
 
 The server runs as the calling user, or as `nobody` when that is root (initdb refuses root);
 subprocess's user/group switch needs no runuser/setpriv. Durability is off (fsync, full page
-writes, synchronous commit): a crash loses a database the tests throw away anyway.
+writes, synchronous commit): a crash loses a database the tests throw away anyway; a server a test
+crashes on purpose (`durable=True`) keeps it on, as a user's does, or it loses commits ocrd was told
+of (a page stored before `pg_ctl stop -m immediate` came back running).
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from typing import Any
 
 SUPERUSER = "postgres"
 PORT = 5432                     # names the socket file only: listen_addresses is empty (no TCP)
+UNSAFE = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
 SETTINGS = {
     "listen_addresses": "''",
-    "fsync": "off",
-    "full_page_writes": "off",
-    "synchronous_commit": "off",
     "max_connections": "60",
     "shared_buffers": "32MB",
     "log_min_messages": "warning",
@@ -56,6 +56,7 @@ class PgServer:
     bin_dir: Path
     root: Path                  # the temp dir: data/, sock/, server.log
     run_as: dict[str, Any]      # subprocess user/group switch ({} when not root)
+    durable: bool = False       # fsync and synchronous commit on: for a test that crashes it
 
     @property
     def socket_dir(self) -> Path:
@@ -80,7 +81,7 @@ class PgServer:
         data = self.root / "data"
         self._run("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
                   "--no-instructions", "--encoding=UTF8", "--locale=C")
-        settings = {**SETTINGS, "unix_socket_directories": f"'{self.socket_dir}'", "port": str(PORT)}
+        settings = {**SETTINGS, **({} if self.durable else UNSAFE), "unix_socket_directories": f"'{self.socket_dir}'", "port": str(PORT)}
         with open(data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
         self.resume()
@@ -98,11 +99,11 @@ class PgServer:
                       "-D", str(self.root / "data"))
 
 
-def start_server(bin_dir: Path) -> PgServer:
+def start_server(bin_dir: Path, durable: bool = False) -> PgServer:
     """initdb + pg_ctl start in a fresh temp dir; on failure nothing is left behind."""
     # a short base: a unix socket path must fit in ~100 bytes (macOS's $TMPDIR is long)
     root = Path(tempfile.mkdtemp(prefix="ocrd-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    server = PgServer(bin_dir, root, {})
+    server = PgServer(bin_dir, root, {}, durable)
     try:
         (root / "sock").mkdir()
         if os.geteuid() == 0:

@@ -27,7 +27,7 @@ def own_pg() -> Iterator[tuple[Any, str, str]]:
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries not found")
     psycopg = pytest.importorskip("psycopg")
-    server = start_server(bin_dir)
+    server = start_server(bin_dir, durable=True)   # stopped -m immediate, it must keep its commits
     try:
         with psycopg.connect(server.dsn("postgres"), autocommit=True) as admin:
             admin.execute("CREATE DATABASE ocrd")
