@@ -34,10 +34,11 @@ class Snapshot:
 
 
 class Heartbeat:
-    def __init__(self, *, worker_id: str, ledger: Ledger, backend: str, every_s: float, lease_s: float,
-                 snapshot: Callable[[], Snapshot], held: Callable[[], list[tuple[int, int]] | None],
+    def __init__(self, *, worker_id: str, ledger: Ledger, backend: str, slow_on_cpu: bool, every_s: float,
+                 lease_s: float, snapshot: Callable[[], Snapshot], held: Callable[[], list[tuple[int, int]] | None],
                  outage: Outage, log: Any) -> None:
         self.worker_id, self.ledger, self.backend = worker_id, ledger, backend
+        self.warning = CPU_WARNING if backend == "cpu" and slow_on_cpu else None   # on every beat
         self.every_s, self.lease_s = every_s, lease_s
         self.snapshot, self.held, self.outage, self.log = snapshot, held, outage, log
         self.tokens_per_s = 0.0
@@ -98,7 +99,7 @@ class Heartbeat:
             self.outage.down(exc)
         except Exception as exc:  # a missed beat must not kill the worker; the next one retries
             self.log.warning("heartbeat_failed", error=str(exc))
-        extra = {"warning": CPU_WARNING} if self.backend == "cpu" else {}
+        extra = {"warning": self.warning} if self.warning else {}
         self.log.info("device_heartbeat", backend=self.backend, pages_done=s.pages_done,
                       tokens_per_s=round(self.tokens_per_s, 1), current_page=s.current_page,
                       batch=s.batch, pages_in_flight=s.in_flight, **stats, **extra)

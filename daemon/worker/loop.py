@@ -31,7 +31,7 @@ from ocrd.ledger import ClaimedPage, Ledger, LedgerCorrupt, WorkerState
 from ..config import ConfigError, load_config
 from ..device import detect_device, performance_cores
 from ..engines.base import ENGINE_MODELS, Engine, Finished, Session, make_engine, open_session
-from ..engines.choice import name_of
+from ..engines.choice import name_of, warns_on_cpu
 from ..engines.mlxvlm import memory_stats, take_peak_memory
 from ..errors import ModelUnavailable, OcrdError, first_line
 from ..logs import Outage, configure_worker_logging
@@ -129,6 +129,7 @@ class Worker:
                              prompt_and_mode=self._prompt_and_mode, lease_s=self.ctx.lease_s,
                              threads=threads, **common)
         self.heartbeat = Heartbeat(backend=device.backend, every_s=self.ctx.heartbeat_s,
+                                   slow_on_cpu=warns_on_cpu(name_of(self.ctx.engine_factory)),
                                    lease_s=self.ctx.lease_s, snapshot=self._snapshot,
                                    held=self._leases, **common)
         self.heartbeat.start()

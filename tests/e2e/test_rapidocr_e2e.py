@@ -68,4 +68,6 @@ def test_auto_on_the_cpu_reads_a_skewed_two_column_page_and_french(make_daemon) 
     assert "PP-OCRv6" in d.cli("status").stdout and "gundam" not in d.cli("status").stdout
     loaded = [ln for ln in d.log.read_text().splitlines() if "model_loaded" in ln]
     assert loaded and all("PP-OCRv6" in ln and "DeepSeek" not in ln for ln in loaded), loaded
+    beats = [e for e in d.events() if e.get("event") == "device_heartbeat"]
+    assert beats and not [e for e in beats if "warning" in e], beats[0]   # "minutes a page" is DeepSeek's
     assert d.stop() == 0
