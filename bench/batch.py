@@ -214,7 +214,7 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
     ledger = root / "state" / "ledger.db"
     try:
         _wait(lambda: ledger.exists() and _meta(ledger, "model_status") == "ok", 900, "model loaded", proc)
-        started = time.perf_counter()
+        started, dropped_at = time.perf_counter(), time.time()
         for png in pngs:   # written elsewhere, moved in: a finished file appears at once
             staged = root / png.name
             shutil.copyfile(png, staged)
@@ -227,6 +227,7 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         tokens = con.execute("SELECT SUM(generation_tokens) FROM pages").fetchone()[0] or 0
         limits = sorted({b for (b,) in con.execute("SELECT DISTINCT batch FROM heartbeats") if b})
         in_flight = _mean_in_flight(con)
+        first, last = _decode_window(con, dropped_at)
         con.close()
         peak = _peak_heartbeat(ledger)
     finally:
@@ -235,15 +236,30 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         log.close()
     return _row("whole daemon (drop -> outbox)", batch, len(pngs), seconds, tokens,
                 peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight,
+                first_decode_s=first, last_stored_s=last,
                 **({"gpu_busy": gpu.mean((started, ended))} if gpu else {}))
 
 
-def _mean_in_flight(con: sqlite3.Connection) -> float:
-    """Pages decoding at once, on average from the first page's start to the last page's end
-    (a page decoded from its store time less its decode seconds): how full the batch was kept."""
+def _spans(con: sqlite3.Connection) -> list[tuple[float, float]]:
+    """Each done page's decode (start, end) in epoch seconds: its store time less its decode seconds."""
     ends = [(datetime.fromisoformat(f).timestamp(), s)
             for f, s in con.execute("SELECT finished_at, seconds FROM pages WHERE state = 'done'")]
-    spans = [(end - seconds, end) for end, seconds in ends]
+    return [(end - seconds, end) for end, seconds in ends]
+
+
+def _decode_window(con: sqlite3.Connection, dropped_at: float) -> tuple[float, float]:
+    """Seconds from the drop to the first page's decode start and to the last page's store:
+    what the daemon's run spent before decoding and after it (delivery) shows beside `seconds`."""
+    spans = _spans(con)
+    if not spans:
+        return 0.0, 0.0
+    return round(min(a for a, _ in spans) - dropped_at, 2), round(max(b for _, b in spans) - dropped_at, 2)
+
+
+def _mean_in_flight(con: sqlite3.Connection) -> float:
+    """Pages decoding at once, on average from the first page's start to the last page's end:
+    how full the batch was kept."""
+    spans = _spans(con)
     if not spans:
         return 0.0
     wall = max(end for _, end in spans) - min(start for start, _ in spans)

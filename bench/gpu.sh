@@ -4,7 +4,7 @@
 #           where DAEMON_WHEELS lists what the daemon imports beyond stage.sh's set (the daemon stops at once
 #           without them, and a bench waiting on it learns that only from its log): pikepdf img2pdf fpdf2
 #           fonttools defusedxml lxml fastapi starlette pydantic pydantic-core annotated-types typing-inspection
-#           anyio sniffio idna python-multipart uvicorn h11 (wheels for CPython 3.12, as stage.sh fetches)
+#           anyio sniffio idna python-multipart uvicorn h11 httpx httpcore certifi prometheus-client (wheels for CPython 3.12, as stage.sh fetches)
 #   there:  bash .stage/p1/device.sh stage1            (carry .stage/p1)
 #           bash /tmp/stage/device.sh stage2 && bash bench/gpu.sh small ctx   (carry .stage/p2)
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
@@ -30,7 +30,7 @@ for step in "$@"; do
            bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
     q8)    q8
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
-    pipe-small)  pipe "$MODEL" --mode small --pairs 3 --no-guard --label h200-small ;;
+    pipe-small)  pipe "$MODEL" --mode small --pairs 3 --no-guard --compare-plain --label h200-small ;;
     pipe-gundam) pipe "$MODEL" --mode gundam --pairs 3 --no-guard --label h200-gundam ;;
     pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs 2 --no-guard --label h200-gundam-q8 ;;
     realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label h200-realistic ;;

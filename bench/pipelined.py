@@ -3,15 +3,18 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--mixed] [--label NAME]
+        [--mixed] [--compare-plain] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
-          (MlxVlmEngine.preprocess) on a thread pool, at most --bare-batch + 8 pages ahead, while
-          the decode thread admits them to one MlxSession as slots free and steps it. No ledger, no
-          files written: the ceiling for these engine parts.
+          (MlxVlmEngine.preprocess) on a thread pool, ahead of the decoder, while the decode thread
+          adds them to one MlxSession (up to --bare-batch decoding and the session's `ahead` more,
+          encoded on the device meanwhile) and steps it. No ledger, no files written: the ceiling
+          for these engine parts. --compare-plain adds, each round, the same loop without pages
+          encoded ahead (a page joins when a slot frees and is encoded then: the loop before).
   daemon: the whole daemon (bench/batch.py: files dropped into the inbox once the model is loaded,
           timed until every outbox file exists), `[workers] batch = --batch`. With --mixed the same
-          pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop).
+          pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop). Its row also
+          says when, from the drop, the first page began decoding and the last was stored.
 On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
 each run (the daemon's from the drop to its last outbox file, not its model load). Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
 (../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
@@ -46,6 +49,7 @@ from ocrd.daemon.config import ModelConfig  # noqa: E402
 from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
 from ocrd.daemon.worker.feeder import AHEAD, front_threads  # noqa: E402
+from ocrd.daemon.worker.loop import GIL_SWITCH_S  # noqa: E402
 from procs import git, machine  # noqa: E402
 
 
@@ -96,8 +100,13 @@ def mixed_drop(folder: Path, pngs: list[Path]) -> list[Path]:
     return files
 
 
-def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int) -> dict:
-    """The engine parts the worker uses, fed from a preprocessing pool as slots free."""
+def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int, *,
+                   ahead: bool = True) -> dict:
+    """The engine parts the worker uses, fed from a preprocessing pool as slots free; the session
+    takes its `ahead` pages beyond the batch (encoded while the others decode) unless `ahead` is
+    False (the loop before that: a page joins when a slot frees and is encoded then). Also
+    reports the decode thread's seconds in `add` (a page's inputs and embedding graph) and in
+    `step` (decode and prefill), and the steps taken."""
     import mlx.core as mx
 
     def front(path: Path):
@@ -107,23 +116,32 @@ def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: 
 
     pool = ThreadPoolExecutor(front_threads(os.cpu_count() or 1))
     session = engine.open_session(capacity=batch, page_budget_s=None)
-    waiting, ahead, tokens = deque(pngs), deque(), 0
+    session.limit = batch
+    room = batch + (session.ahead if ahead else 0)
+    waiting, ready, tokens = deque(pngs), deque(), 0
+    add_s = step_s = 0.0
+    steps = 0
     busy = GpuBusy()
     mx.reset_peak_memory()
     started = time.perf_counter()
-    while waiting or ahead or len(session):
-        while waiting and len(ahead) < batch - len(session) + min(batch, AHEAD):
-            ahead.append(pool.submit(front, waiting.popleft()))
-        while ahead and len(session) < batch and (ahead[0].done() or not len(session)):
-            session.add(len(ahead), ahead.popleft().result(), prompt=PROMPT, mode=mode, max_tokens=max_tokens)
+    while waiting or ready or len(session):
+        while waiting and len(ready) < room - len(session) + min(batch, AHEAD):
+            ready.append(pool.submit(front, waiting.popleft()))
+        t = time.perf_counter()
+        while ready and len(session) < room and (ready[0].done() or not len(session)):
+            session.add(len(ready), ready.popleft().result(), prompt=PROMPT, mode=mode, max_tokens=max_tokens)
+        t2 = time.perf_counter()
         before = session.generated
         session.step()
         tokens += session.generated - before
+        add_s, step_s, steps = add_s + t2 - t, step_s + time.perf_counter() - t2, steps + 1
     seconds = time.perf_counter() - started
     session.close()
     pool.shutdown()
-    return _row("pipelined bare loop", batch, len(pngs), seconds, tokens, gpu_busy=busy.mean(),
-                peak_memory_bytes=int(mx.get_peak_memory()))
+    name = "pipelined bare loop" if ahead else "bare loop, encoded on joining"
+    return _row(name, batch, len(pngs), seconds, tokens, gpu_busy=busy.mean(),
+                peak_memory_bytes=int(mx.get_peak_memory()), add_s=round(add_s, 2),
+                step_s=round(step_s, 2), steps=steps)
 
 
 def main() -> int:
@@ -139,6 +157,8 @@ def main() -> int:
     parser.add_argument("--no-guard", action="store_true", help="the repetition guard off (random weights loop)")
     parser.add_argument("--mixed", action="store_true", help="drop PNGs and multi-page PDFs")
     parser.add_argument("--label", default=None)
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="each round also runs the bare loop without pages encoded ahead")
     args = parser.parse_args()
 
     import structlog
@@ -160,8 +180,12 @@ def main() -> int:
         config = {"model": {"path": str(args.model), "mode": args.mode, "max_tokens": args.max_tokens,
                             "page_timeout_s": 3600}, "pdf": {"dpi": 72}}
         factory = UNGUARDED if args.no_guard else ENGINE
+        sys.setswitchinterval(GIL_SWITCH_S)   # as the worker does
         for n in range(args.pairs):
             rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens)))
+            if args.compare_plain:
+                rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens,
+                                                 ahead=False)))
             row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}", gpu=GpuBusy())
             pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
             rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s}))
@@ -172,7 +196,10 @@ def main() -> int:
 def _show(row: dict) -> dict:
     print(f"{row['name']:32} {str(row['batch']):>5} {row['pages']:>5} {row['seconds']:>8.2f} s "
           f"{row['pages_per_s']:>7.2f} p/s {row['tokens_per_s']:>9.1f} tok/s  busy {row.get('gpu_busy')} %  "
-          f"in flight {row.get('mean_in_flight', '')} {row.get('limits') or ''}", flush=True)
+          f"in flight {row.get('mean_in_flight', '')} {row.get('limits') or ''}"
+          + (f"  add {row['add_s']} s, step {row['steps']} x {row['step_s'] / max(row['steps'], 1) * 1e3:.1f} ms"
+             if "steps" in row else f"  decode {row.get('first_decode_s')}..{row.get('last_stored_s')} s"),
+          flush=True)
     return row
 
 
@@ -182,11 +209,14 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     device = detect_device()
     label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
     bare = [r["pages_per_s"] for r in rows if r["name"].startswith("pipelined")]
+    plain = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoded")]
     daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole")]
     pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
     summary = {"bare_median_pages_per_s": statistics.median(bare),
                "daemon_median_pages_per_s": statistics.median(daemon),
                "daemon_over_bare_per_pair": pairs, "daemon_over_bare_median": statistics.median(pairs)}
+    if plain:
+        summary["ahead_over_plain_per_round"] = [round(b / p, 3) for b, p in zip(bare, plain)]
     print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "
           "daemon/bare per pair {daemon_over_bare_per_pair}, median {daemon_over_bare_median}".format(**summary))
     out = ROOT / "bench" / "results" / f"pipelined-{label}.json"

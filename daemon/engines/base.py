@@ -58,8 +58,12 @@ class Finished:
 
 class Session(Protocol):
     """Pages decoding together: add pages, step until they finish (`open_session`).
-    `generated` counts the tokens generated so far (aggregate tokens/s, tuning)."""
+    `generated` counts the tokens generated so far (aggregate tokens/s, tuning). The worker sets
+    `limit`, the most pages decoding at once (its tuner's); a session may take `ahead` pages
+    beyond it, to start their work on the device while the others decode."""
     generated: int
+    limit: int
+    ahead: int
 
     def __len__(self) -> int: ...
 
@@ -147,10 +151,13 @@ class SerialSession:
     """Any Engine, one page per step: test engines (fake, crashing, hanging) and engines that
     can't batch. The supervisor's page timeout covers a step that hangs."""
 
+    ahead = 0
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._pages: deque[tuple[Hashable, Image.Image, str, str, int]] = deque()
         self.generated = 0
+        self.limit = 1
 
     def __len__(self) -> int:
         return len(self._pages)

@@ -157,9 +157,11 @@ class OpenAiSession:
     daemon threads: a worker that stops (its pages given back) exits at once, not after the
     requests still in flight (ThreadPoolExecutor's threads are joined at exit)."""
 
+    ahead = 0
+
     def __init__(self, engine: OpenAiEngine, *, capacity: int) -> None:
         self.engine = engine
-        self.capacity = max(capacity, 1)
+        self.capacity = self.limit = max(capacity, 1)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._pages: dict[Future, Hashable] = {}

@@ -44,6 +44,8 @@ from .tuner import InFlightTuner
 
 BUSY_EVERY_S = 1.0         # while decoding, BUSY restarts the supervisor's page timeout this often
 WARM_FINISH_S = 20.0       # a warm stop lets pages in flight finish this long (supervisor: 25 s)
+GIL_SWITCH_S = 0.001       # the decode thread, back from a device step, waits at most this for the
+                           # GIL held by a front thread (Python's default, 5 ms, is most of a step)
 
 
 class Worker:
@@ -190,13 +192,18 @@ class Worker:
         os._exit(EXIT_LEDGER_CORRUPT)
 
     # -- admit and decode ---------------------------------------------------------------------------
+    def _room(self) -> int:
+        """Pages the session takes: the in-flight limit and the few it starts ahead (`ahead`)."""
+        return self.tuner.limit + self.session.ahead
+
     def _fill(self) -> None:
-        self.feeder.fill(self.tuner.limit - len(self.session), self.tuner.limit)
+        self.feeder.fill(self._room() - len(self.session), self.tuner.limit)
 
     def _admit(self) -> None:
-        """Prepared pages join the session while it has free slots (waiting for the next one's
+        """Prepared pages join the session while it has room (waiting for the next one's
         preparation only when nothing is decoding)."""
-        while len(self.session) < self.tuner.limit:
+        self.session.limit = self.tuner.limit
+        while len(self.session) < self._room():
             prepared = self.feeder.take(block=not len(self.session))
             if prepared is None:
                 break
@@ -258,7 +265,7 @@ class Worker:
             self.session.close()
             self.session = self._open_session()
         self._generated += produced
-        self.tuner.observe(produced, in_flight)
+        self.tuner.observe(produced, min(in_flight, self.tuner.limit))
         for f in finished:
             self._finish(f)
         self._show_in_flight()
@@ -335,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     _worker_id, control_fd, log_fd = argv[1:4]
     ctx = read_context(sys.stdin.buffer)
+    sys.setswitchinterval(GIL_SWITCH_S)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # warm stop: finish the page in hand

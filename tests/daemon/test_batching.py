@@ -137,6 +137,36 @@ def test_a_freed_slot_is_refilled_while_others_decode(engine) -> None:
         session.close()
 
 
+def test_pages_taken_ahead_wait_encoded_and_never_decode_beyond_the_limit(engine) -> None:
+    """The worker hands the session its limit and `ahead` pages more (encoded on the device while
+    the others decode): at most `limit` pages generate a token in any step, and every page reads
+    as it does alone."""
+    pages = {f"p{n}": {"max_tokens": 6 + n % 3} for n in range(6)}
+    alone = engine.open_session(capacity=1)
+    try:
+        expected = {k: f.result.text for k, f in run(alone, pages).items()}
+    finally:
+        alone.close()
+    session = engine.open_session(capacity=16)
+    session.limit = 4
+    assert session.ahead == prefill_group(16) == 2
+    widest, texts = 0, {}
+    try:
+        for n, (key, kw) in enumerate(pages.items()):   # limit + ahead pages, all at once
+            assert session.add(key, samples.page_image(n + 1, (900, 1200)), prompt=PROMPT, mode="tiny", **kw) is None
+        while len(session):
+            before = session.generated
+            texts.update((f.key, f.result.text) for f in session.step())
+            widest = max(widest, session.generated - before)
+    finally:
+        session.close()
+    assert widest == 4 and texts == expected
+    session = engine.open_session(capacity=16)
+    session.limit = 1                  # never under a prefill group: a group must fit to join
+    assert session.limit == 2
+    session.close()
+
+
 def test_engines_without_a_session_run_one_page_per_step() -> None:
     fake = open_session(FakeEngine(ModelConfig(path="fake")), capacity=8)
     assert isinstance(fake, SerialSession)
