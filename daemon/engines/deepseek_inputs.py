@@ -12,6 +12,11 @@ no Stream(gpu, N) in current thread"). So the work is split:
 
 Together they give exactly what the processor gives (mlx-vlm 0.7.10's `tokenize_with_images` and
 `process_one` for one image; tests/daemon/test_deepseek_inputs.py compares them).
+
+`embed` then encodes the page as the model's `get_input_embeddings` does, without its host syncs:
+that one asks the device whether the pixels sum to zero (`.item()`) and where the image tokens are
+(`np.where`), which waits for every page encoded before it on the stream, so a page added while
+others are still being encoded would stop the decode thread until they are done.
 """
 
 from __future__ import annotations
@@ -104,3 +109,39 @@ def model_inputs(views: PageViews, processor: Any) -> dict[str, Any]:
         "images_seq_mask": mx.array(views.image_mask)[None],
         "images_spatial_crop": mx.array([list(views.crop)]),
     }
+
+
+def embed(model: Any, views: PageViews, inputs: dict[str, Any]) -> Any:
+    """The page's `inputs_embeds` (1, tokens, dim), lazily: DeepSeek-OCR's
+    `get_input_embeddings` for one page (the same operations, so the same numbers), with the
+    image token positions taken from the views instead of read back from the device."""
+    import mlx.core as mx
+
+    def encoded(images: mx.array) -> mx.array:       # (n, 3, S, S) -> (n, h * w, dim)
+        nhwc = images.transpose(0, 2, 3, 1)
+        sam = model.sam_model(nhwc)
+        clip = model.vision_model(nhwc, sam)
+        return model.projector(mx.concatenate((clip[:, 1:], sam.flatten(start_axis=1, end_axis=2)), axis=-1))
+
+    def with_newlines(grid: mx.array) -> mx.array:  # (h, w, dim): a newline token ends each row
+        h, _, dim = grid.shape
+        newline = mx.broadcast_to(model.image_newline[None, None, :], (h, 1, dim))
+        return mx.concatenate([grid, newline], axis=1).reshape(-1, dim)
+
+    embeds = model.language_model.model.embed_tokens(inputs["input_ids"])
+    if model.sam_model is None:                       # a model without the image encoder
+        return embeds
+    crops, whole = inputs["pixel_values"]
+    glob = encoded(whole)[0]
+    side = int(glob.shape[0] ** 0.5)
+    parts = [with_newlines(glob.reshape(side, side, -1)), model.view_separator[None, :]]
+    across, down = views.crop
+    if views.tiles is not None and (across > 1 or down > 1):
+        local = encoded(crops)
+        tile = int(local.shape[1] ** 0.5)
+        grid = (local.reshape(down, across, tile, tile, -1).transpose(0, 2, 1, 3, 4)
+                .reshape(down * tile, across * tile, -1))
+        parts.insert(0, with_newlines(grid))
+    positions = [n for n, is_image in enumerate(views.image_mask) if is_image]
+    embeds[0, positions] = mx.concatenate(parts, axis=0)
+    return embeds

@@ -12,7 +12,7 @@ import structlog
 
 from ..config import ModelConfig
 from ..errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
-from .deepseek_inputs import PageViews, model_inputs, page_views
+from .deepseek_inputs import PageViews, embed, model_inputs, page_views
 from .base import REPEAT_CHECK_EVERY, REPEAT_MIN_TOKENS, Finished, PageResult, find_repetition
 from .weights import resolve_model_path
 
@@ -128,15 +128,15 @@ class MlxVlmEngine:
         what `preprocess` made of it, or a raw image (preprocessed here, then)."""
         if not isinstance(page, (PageViews, WholePage)):
             page = self.preprocess(page, prompt, mode)
-        if isinstance(page, PageViews):
+        if isinstance(page, PageViews):   # DeepSeek-OCR: encoded without waiting on the device
             inputs = model_inputs(page, self.processor)
-        else:
-            from mlx_vlm.utils import prepare_inputs
+            return page.ids, {"inputs_embeds": embed(self.model, page, inputs)}
+        from mlx_vlm.utils import prepare_inputs
 
-            with library_prints():
-                inputs = prepare_inputs(self.processor, images=[page.image], prompts=page.prompt,
-                                        image_token_index=getattr(self.model.config, "image_token_index", None),
-                                        add_special_tokens=False)
+        with library_prints():
+            inputs = prepare_inputs(self.processor, images=[page.image], prompts=page.prompt,
+                                    image_token_index=getattr(self.model.config, "image_token_index", None),
+                                    add_special_tokens=False)
         ids, pixels, mask = inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask")
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
         embedded = self.model.get_input_embeddings(ids, pixels, mask=mask, **extra)

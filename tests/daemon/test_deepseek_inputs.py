@@ -60,17 +60,56 @@ def test_the_two_halves_give_what_the_processor_gives(engine, mode, size, color)
         assert mx.array_equal(ours, theirs).item()
 
 
-def test_embeddings_from_views_equal_the_processor_path(engine):
-    image = page((1700, 2200))
-    for mode in ("small", "gundam"):
-        ids, embedded = engine.prepare(page_views(engine.processor, image, PROMPT, mode), PROMPT, mode)
-        want = processor_inputs(engine, image, mode)
-        theirs = engine.model.get_input_embeddings(want["input_ids"], want["pixel_values"],
-                                                   mask=want["attention_mask"],
-                                                   images_seq_mask=want["images_seq_mask"],
-                                                   images_spatial_crop=want["images_spatial_crop"])
-        assert ids == want["input_ids"].squeeze(0).tolist()
-        assert mx.array_equal(embedded["inputs_embeds"], theirs.inputs_embeds).item()
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("size", [(1700, 2200), (3000, 700), (600, 500)])
+def test_embeddings_from_views_equal_the_processor_path(engine, mode, size):
+    """engine.prepare encodes the views without reading back from the device (deepseek_inputs.embed)
+    and gives exactly the model's own get_input_embeddings on the processor's inputs: tiled and
+    untiled pages, wide and small."""
+    image = page(size)
+    ids, embedded = engine.prepare(page_views(engine.processor, image, PROMPT, mode), PROMPT, mode)
+    want = processor_inputs(engine, image, mode)
+    theirs = engine.model.get_input_embeddings(want["input_ids"], want["pixel_values"],
+                                               mask=want["attention_mask"],
+                                               images_seq_mask=want["images_seq_mask"],
+                                               images_spatial_crop=want["images_spatial_crop"])
+    assert ids == want["input_ids"].squeeze(0).tolist()
+    assert mx.array_equal(embedded["inputs_embeds"], theirs.inputs_embeds).item()
+
+
+@pytest.fixture(scope="module")
+def seeing_engine(tiny_model) -> MlxVlmEngine:
+    """The tiny model with DeepSeek-OCR's image encoders (random weights): the checkpoint leaves
+    them out and mlx_vlm.load drops them (TINY_MODELS.md). SAM is cut to 2 narrow layers (SAM-B
+    takes minutes a page on this CPU); its output keeps the 1024 channels CLIP and the projector take."""
+    from mlx_vlm.models.deepseekocr.deepseekocr import VisionModel
+    from mlx_vlm.models.deepseekocr.sam import SAMEncoder
+
+    e = MlxVlmEngine(ModelConfig(path=str(tiny_model)))
+    e.load()
+    mx.random.seed(1)
+    e.model.sam_model = SAMEncoder(img_size=1024, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                                   window_size=14, global_attn_indexes=(1,))
+    e.model.vision_model = VisionModel(e.model.config.vision_config)
+    return e
+
+
+@pytest.mark.parametrize("mode,size", [("small", (1700, 2200)), ("gundam", (1300, 700))])
+def test_pages_encoded_without_device_reads_equal_the_model_s_own_encoding(seeing_engine, mode, size):
+    """With the image encoders in place (a gundam page of 2 x 1 tiles and its global view; a
+    small page), deepseek_inputs.embed gives exactly get_input_embeddings' numbers."""
+    engine, image = seeing_engine, page(size)
+    views = page_views(engine.processor, image, PROMPT, mode)
+    assert (views.tiles is not None) == (mode == "gundam")
+    ids, embedded = engine.prepare(views, PROMPT, mode)
+    want = processor_inputs(engine, image, mode)
+    theirs = engine.model.get_input_embeddings(want["input_ids"], want["pixel_values"],
+                                               images_seq_mask=want["images_seq_mask"],
+                                               images_spatial_crop=want["images_spatial_crop"])
+    image_rows = mx.array([n for n, is_image in enumerate(views.image_mask) if is_image])
+    assert not mx.array_equal(embedded["inputs_embeds"][0, image_rows], engine.model.language_model.model
+                              .embed_tokens(want["input_ids"])[0, image_rows]).item()   # the image is in
+    assert mx.array_equal(embedded["inputs_embeds"], theirs.inputs_embeds).item()
 
 
 def test_views_are_made_off_the_model_thread_and_hold_no_mlx(engine):

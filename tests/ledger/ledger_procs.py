@@ -25,7 +25,7 @@ def claim_and_complete(url: str, worker_id: str, max_batch: int, seed: int, star
     try:
         ledger.register_worker(worker_id, host="test", pid=os.getpid(), backend="cpu",
                                device_name="cpu", state=WorkerState.IDLE)
-        start.wait(60)
+        start.wait(120)                     # a Barrier: every process and the parent
         while True:
             try:
                 # no backoff in play here: an empty claim means nothing is queued any more

@@ -34,14 +34,16 @@ def test_four_processes_claim_every_page_once(ledger: Ledger, db_url: str, db: D
         add(ledger, f"doc{j}", PAGES_PER_JOB)
 
     ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
+    # the race starts when all four have spawned and registered: a slow spawn must not find the
+    # pages already gone (CI saw one process claim nothing when they started on an Event)
+    start, results = ctx.Barrier(PROCS + 1), ctx.Queue()
     procs = [ctx.Process(target=claim_and_complete, args=(db_url, f"w{i}", 4, i, start, results))
              for i in range(PROCS)]
     for p in procs:
         p.start()
     try:
+        start.wait(120)
         started = time.monotonic()
-        start.set()
         reports = [results.get(timeout=120) for _ in procs]
         elapsed = time.monotonic() - started
         for p in procs:
