@@ -30,8 +30,8 @@ for step in "$@"; do
            bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
     q8)    q8
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
-    pipe-small)  pipe "$MODEL" --mode small --pairs 3 --no-guard --compare-plain --label h200-small ;;
-    pipe-gundam) pipe "$MODEL" --mode gundam --pairs 3 --no-guard --label h200-gundam ;;
+    pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label h200-small ;;
+    pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --label h200-gundam ;;
     pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs 2 --no-guard --label h200-gundam-q8 ;;
     realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label h200-realistic ;;
     ctx)   python3 bench/gpu_contexts.py "$MODEL" ;;
