@@ -11,7 +11,9 @@
 # ctx (which processes hold GPU memory while the daemon runs); pipe-small, pipe-gundam, pipe-q8 (bench/pipelined.py:
 # the pipelined bare loop against the daemon, 256 pages, interleaved pairs) and realistic (the default
 # config: gundam, 8-bit, guard on, a mixed drop of PNGs and multi-page PDFs). Pages are 1700x2200, 512 tokens, the
-# repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard).
+# repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard). openai: bench/openai_server.py,
+# mlx-vlm's server (CUDA) at concurrency 16 and 64 on 64 pages and at 1 on 8, against ocrd in-process on the same pages.
+# GPU=h100 labels the results for the card the device lent (default h200); the JSONs this run wrote land in $OUT/r/.
 set -uo pipefail
 source /tmp/stage/device.sh env
 mkdir -p /tmp/src && ln -sfn "$PWD" /tmp/src/ocrd
@@ -19,6 +21,8 @@ export PYTHONPATH=/tmp/src:$PYTHONPATH PYTHONUNBUFFERED=1
 # fail here, not after a bench has waited out its timeouts on a daemon that could not start
 python3 -c "import ocrd.daemon.supervisor, ocrd.daemon.api.server, ocrd.daemon.output.pdf" || exit 1
 MODEL=${MODEL:-/tmp/model}
+GPU=${GPU:-h200}
+touch /tmp/gpu-sh-started
 bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
 pipe() { python3 bench/pipelined.py --model "$1" --pages 256 --max-tokens 512 --page-size 1700x2200 "${@:2}"; }
 q8() { [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1; }
@@ -30,12 +34,15 @@ for step in "$@"; do
            bench "$MODEL" --mode gundam --pages 64 --batches 64,auto --skip-worker --label gpu-gundam-64 ;;
     q8)    q8
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
-    pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label h200-small ;;
-    pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --label h200-gundam ;;
-    pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs 2 --no-guard --label h200-gundam-q8 ;;
-    realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label h200-realistic ;;
+    pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label $GPU-small ;;
+    pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --compare-uncompiled --label $GPU-gundam ;;
+    pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs ${PAIRS:-2} --no-guard --label $GPU-gundam-q8 ;;
+    realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label $GPU-realistic ;;
+    openai) served() { python3 bench/openai_server.py --model "$MODEL" --mode gundam --max-tokens 512 --page-size 1700x2200 --no-guard --pairs 1 "$@"; }
+            served --pages 64 --concurrency 16,64 --label $GPU-gundam
+            served --pages 8 --concurrency 1 --label $GPU-gundam-c1 ;;
     ctx)   python3 bench/gpu_contexts.py "$MODEL" ;;
   esac
 done
-cp bench/results/batch-gpu-*.json bench/results/gpu-*.json bench/results/pipelined-h200-*.json "$OUT/" 2>/dev/null
+mkdir -p "$OUT/r" && find bench/results -name '*.json' -newer /tmp/gpu-sh-started -exec cp {} "$OUT/r/" \;
 true

@@ -102,10 +102,10 @@ def main() -> int:
                               "pdf": {"dpi": 72}}
                     rows.append(_show(run(served, pngs, level, SERVER_ENGINE, root / f"server-{level}-{n}",
                                           f"server c={level}")))
+                _write(args, rows)   # after every round: a run cut off by a time limit keeps what it measured
         finally:
             if server is not None:
                 server.kill()
-    _write(args, rows)
     return 0
 
 

@@ -3,14 +3,16 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--mixed] [--compare-plain] [--label NAME]
+        [--mixed] [--compare-plain] [--compare-uncompiled] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
           (MlxVlmEngine.preprocess) on a thread pool, ahead of the decoder, while the decode thread
           adds them to one MlxSession (up to --bare-batch decoding and the session's `ahead` more,
           encoded on the device meanwhile) and steps it. No ledger, no files written: the ceiling
           for these engine parts. --compare-plain adds, each round, the same loop without pages
-          encoded ahead (a page joins when a slot frees and is encoded then: the loop before).
+          encoded ahead (a page joins when a slot frees and is encoded then: the loop before);
+          --compare-uncompiled the same loop with DeepSeek-OCR's image encoders not compiled
+          (deepseek_inputs.image_encoder).
   daemon: the whole daemon (bench/batch.py: files dropped into the inbox once the model is loaded,
           timed until every outbox file exists), `[workers] batch = --batch`. With --mixed the same
           pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop). Its row also
@@ -46,6 +48,7 @@ from PIL import Image  # noqa: E402
 
 from batch import ENGINE, PROMPT, UNGUARDED, UnguardedEngine, _row, daemon_batch, make_pages  # noqa: E402
 from ocrd.daemon.config import ModelConfig  # noqa: E402
+from ocrd.daemon.engines.deepseek_inputs import image_encoder  # noqa: E402
 from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
 from ocrd.daemon.worker.feeder import AHEAD, front_threads  # noqa: E402
@@ -101,10 +104,11 @@ def mixed_drop(folder: Path, pngs: list[Path]) -> list[Path]:
 
 
 def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int, *,
-                   ahead: bool = True) -> dict:
+                   ahead: bool = True, compiled: bool = True) -> dict:
     """The engine parts the worker uses, fed from a preprocessing pool as slots free; the session
     takes its `ahead` pages beyond the batch (encoded while the others decode) unless `ahead` is
-    False (the loop before that: a page joins when a slot frees and is encoded then). Also
+    False (the loop before that: a page joins when a slot frees and is encoded then), with the
+    image encoders compiled or not (`compiled`, DeepSeek-OCR). Also
     reports the decode thread's seconds in `add` (a page's inputs and embedding graph) and in
     `step` (decode and prefill), and the steps taken."""
     import mlx.core as mx
@@ -115,6 +119,9 @@ def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: 
         return engine.preprocess(image, PROMPT, mode)
 
     pool = ThreadPoolExecutor(front_threads(os.cpu_count() or 1))
+    encoders = engine.encode_images
+    if not compiled and encoders is not None:
+        engine.encode_images = image_encoder(engine.model, compiled=False)
     session = engine.open_session(capacity=batch, page_budget_s=None)
     session.limit = batch
     room = batch + (session.ahead if ahead else 0)
@@ -138,7 +145,9 @@ def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: 
     seconds = time.perf_counter() - started
     session.close()
     pool.shutdown()
-    name = "pipelined bare loop" if ahead else "bare loop, encoded on joining"
+    engine.encode_images = encoders
+    name = ("pipelined bare loop" if ahead and compiled else "bare loop, encoders uncompiled" if ahead
+            else "bare loop, encoded on joining")
     return _row(name, batch, len(pngs), seconds, tokens, gpu_busy=busy.mean(),
                 peak_memory_bytes=int(mx.get_peak_memory()), add_s=round(add_s, 2),
                 step_s=round(step_s, 2), steps=steps)
@@ -159,6 +168,8 @@ def main() -> int:
     parser.add_argument("--label", default=None)
     parser.add_argument("--compare-plain", action="store_true",
                         help="each round also runs the bare loop without pages encoded ahead")
+    parser.add_argument("--compare-uncompiled", action="store_true",
+                        help="each round also runs the bare loop with the image encoders uncompiled")
     args = parser.parse_args()
 
     import structlog
@@ -186,6 +197,9 @@ def main() -> int:
             if args.compare_plain:
                 rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens,
                                                  ahead=False)))
+            if args.compare_uncompiled:
+                rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens,
+                                                 compiled=False)))
             row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}", gpu=GpuBusy())
             pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
             rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s}))
@@ -210,6 +224,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     label = args.label or f"{device.backend}-{args.mode}-{Path(args.model).name}"
     bare = [r["pages_per_s"] for r in rows if r["name"].startswith("pipelined")]
     plain = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoded")]
+    uncompiled = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoders")]
     daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole")]
     pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
     summary = {"bare_median_pages_per_s": statistics.median(bare),
@@ -217,6 +232,8 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
                "daemon_over_bare_per_pair": pairs, "daemon_over_bare_median": statistics.median(pairs)}
     if plain:
         summary["ahead_over_plain_per_round"] = [round(b / p, 3) for b, p in zip(bare, plain)]
+    if uncompiled:
+        summary["compiled_over_uncompiled_per_round"] = [round(b / u, 3) for b, u in zip(bare, uncompiled)]
     print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "
           "daemon/bare per pair {daemon_over_bare_per_pair}, median {daemon_over_bare_median}".format(**summary))
     out = ROOT / "bench" / "results" / f"pipelined-{label}.json"

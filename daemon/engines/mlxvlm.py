@@ -12,7 +12,7 @@ import structlog
 
 from ..config import ModelConfig
 from ..errors import EngineError, ModelUnavailable, OcrdError, PageTimeout, first_line
-from .deepseek_inputs import PageViews, embed, model_inputs, page_views
+from .deepseek_inputs import PageViews, embed, image_encoder, model_inputs, page_views
 from .base import REPEAT_CHECK_EVERY, REPEAT_MIN_TOKENS, Finished, PageResult, find_repetition
 from .weights import resolve_model_path
 
@@ -66,6 +66,7 @@ class MlxVlmEngine:
         self.repeat_min_tokens = repeat_min_tokens
         self.model: Any = None
         self.processor: Any = None
+        self.encode_images: Any = None   # DeepSeek-OCR's compiled image encoders (deepseek_inputs.py)
 
     def load(self) -> None:
         """Load the model once (idempotent). Raises ModelUnavailable with one clear line."""
@@ -80,6 +81,8 @@ class MlxVlmEngine:
         except Exception as exc:
             reason = first_line(exc, with_type=True)
             raise ModelUnavailable(f"model {self.config.path} cannot be loaded: {reason}") from None
+        if self.model_type == "deepseekocr":
+            self.encode_images = image_encoder(self.model)
 
     @property
     def model_type(self) -> str:
@@ -130,7 +133,7 @@ class MlxVlmEngine:
             page = self.preprocess(page, prompt, mode)
         if isinstance(page, PageViews):   # DeepSeek-OCR: encoded without waiting on the device
             inputs = model_inputs(page, self.processor)
-            return page.ids, {"inputs_embeds": embed(self.model, page, inputs)}
+            return page.ids, {"inputs_embeds": embed(self.model, page, inputs, self.encode_images)}
         from mlx_vlm.utils import prepare_inputs
 
         with library_prints():
