@@ -19,7 +19,7 @@ that one asks the device whether the pixels sum to zero (`.item()`) and where th
 others are still being encoded would stop the decode thread until they are done. Its image
 encoders run compiled (`image_encoder`): the decode thread builds and launches each page's vision
 graph while every other page waits, and compiled that graph is built in C++ with its elementwise
-chains fused (about a third fewer operations to launch).
+chains fused (a 6-tile gundam page: 4,450 graph nodes -> 2,700).
 """
 
 from __future__ import annotations
