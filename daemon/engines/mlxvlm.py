@@ -6,7 +6,7 @@ import contextlib
 import io
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
 
 import structlog
 
@@ -66,7 +66,7 @@ class MlxVlmEngine:
         self.repeat_min_tokens = repeat_min_tokens
         self.model: Any = None
         self.processor: Any = None
-        self.encode_images: Any = None   # DeepSeek-OCR's compiled image encoders (deepseek_inputs.py)
+        self.encode_images: Callable[[Any], Any] | None = None   # DeepSeek-OCR's compiled image encoders (deepseek_inputs.py)
 
     def load(self) -> None:
         """Load the model once (idempotent). Raises ModelUnavailable with one clear line."""
