@@ -102,7 +102,11 @@ def test_500_files_at_once_become_500_jobs_and_same_bytes_one_duplicate(config, 
     dup = next(j for j in jobs if j["state"] == JobState.DUPLICATE)
     first = next(j for j in jobs if j["id"] == dup["duplicate_of"])
     assert {Path(dup["source_path"]).name, Path(first["source_path"]).name} == {"f007.png", "copy-of-7.png"}
-    assert Path(dup["spool_path"]).parent == inbox.archive and Path(dup["spool_path"]).exists()
+    # the row lands before the copy is shelved in archive/: wait for the move to be recorded
+    dup = wait_for(lambda: next((j for j in all_jobs(ledger) if j["id"] == dup["id"]
+                                 and Path(j["spool_path"]).parent == inbox.archive), None),
+                   timeout=10, message="duplicate shelved in archive/")
+    assert Path(dup["spool_path"]).exists()
     # the intent is dropped just after the job row lands: wait for the service to get there
     wait_for(lambda: intents(config) == [], timeout=10, message="intents dropped")
     assert len(spool_files(config)) == 500

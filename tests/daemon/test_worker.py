@@ -286,10 +286,13 @@ def test_a_page_whose_preprocessing_fails_fails_alone_off_the_decode_thread(harn
     assert worker.start()
     wait_for(lambda: worker.tick() and h.job_state(mixed) == "failed" and h.job_state(image) == "done",
              30, 0.01, "the refused page failed its document, the other job read")
-    pages = {p[1]: p[2] for p in h.pages() if p[0] == mixed}
-    assert pages == {1: "done", 2: "failed", 3: "done"}
-    reason = h.ledger.show_job(mixed)["pages"][1]["error"]
-    assert "cannot prepare page: ValueError: tall pages are refused" in reason
+    pages = {p["page_no"]: p for p in h.ledger.show_job(mixed)["pages"]}
+    assert pages[2]["state"] == "failed"
+    assert "cannot prepare page: ValueError: tall pages are refused" in pages[2]["error"]
+    # its neighbours are read, or (on a slow machine, when page 2's retries ran out first) failed
+    # with the document, never for a fault of their own
+    for no in (1, 3):
+        assert pages[no]["state"] == "done" or pages[no]["error"].startswith("job failed: page 2:"), pages[no]
     assert worker.engine.threads and all(t.startswith("front") for t in worker.engine.threads)
 
 
