@@ -14,7 +14,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import samples
 from helpers import process_state, wait_for
@@ -34,11 +34,11 @@ def _host(pg_ledger: tuple[str, str], make_daemon: Any, name: str, *, workers: i
                        tables={"ledger": {"url": url, "host": name}}, max_tokens=max_tokens)
 
 
-def _drop(d: Any, count: int, pdf_pages: int = 2) -> dict[str, int]:
-    """`count` documents in d's inbox, every third one a PDF of `pdf_pages` pages, the rest
-    PNGs; returns name -> pages."""
+def _drop(d: Any, count: int, pdf_pages: int = 2, first: int = 0) -> dict[str, int]:
+    """`count` documents in d's inbox (doc<first>...), every third one a PDF of `pdf_pages`
+    pages, the rest PNGs; returns name -> pages."""
     docs = {}
-    for n in range(count):
+    for n in range(first, first + count):
         if n % 3 == 2:
             samples.write_pdf(d.inbox / f"doc{n:02}.pdf", pdf_pages)
             docs[f"doc{n:02}.pdf"] = pdf_pages
@@ -196,14 +196,24 @@ def test_a_host_killed_mid_run_its_pages_are_finished_by_the_other(pg_ledger, ma
     assert a.stop() == 0
 
 
-def _sleep_between_transactions(d: Any, pid: int, worker_id: str) -> set[tuple[int, int]]:
+def _sleep_between_transactions(d: Any, pid: int, worker_id: str,
+                                refill: Callable[[], Any]) -> set[tuple[int, int]]:
     """SIGSTOP a worker at a moment it holds pages but no transaction open, and return its pages.
     (Asleep inside a transaction, its session is ended by the server after busy_timeout (30 s)
     and the worker, awake, may die of its dropped connection and be restarted: that case is
-    tests/ledger's test_a_host_asleep_inside_a_write_does_not_wedge_the_others.)"""
+    tests/ledger's test_a_host_asleep_inside_a_write_does_not_wedge_the_others.)
+    `refill()` drops more documents when the drop was all read (or held by the other host)
+    before the worker was caught: on a slow machine a few tries can outlast it."""
+    def holding() -> set[tuple[int, int]]:
+        held = _held_by(d, worker_id)
+        if not held and not any(d.inbox.iterdir()) and not d.query(
+                "SELECT 1 FROM pages WHERE state = 'queued' LIMIT 1"):
+            refill()
+        return held
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        wait_for(lambda: _held_by(d, worker_id), 60, 0.02, f"{worker_id} to hold pages")
+        wait_for(holding, 60, 0.02, f"{worker_id} to hold pages")
         os.kill(pid, signal.SIGSTOP)
         wait_for(lambda: process_state(pid) == "T", 10, 0.01, f"{worker_id} to stop")
         since, held = _server_now(d), _held_by(d, worker_id)
@@ -263,7 +273,8 @@ def test_a_sleeping_host_s_late_results_are_refused(pg_ledger, make_daemon) -> N
     (b_worker, b_pid) = b.query("SELECT id, pid FROM workers WHERE host = ?", B)[0]
     docs = _drop(a, 15, pdf_pages=3)
     wait_for(lambda: _done_by(a, B), 120, 0.05, "host-b to store a page")
-    held = _sleep_between_transactions(a, b_pid, b_worker)
+    held = _sleep_between_transactions(a, b_pid, b_worker,
+                                       lambda: docs.update(_drop(a, 6, pdf_pages=3, first=len(docs))))
     asleep = _server_now(a)
     try:
         # past their leases, A's worker takes those pages (a page B claimed ahead later may
