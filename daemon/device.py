@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
@@ -93,6 +97,36 @@ def detect_device(mx_module: Any = None) -> DeviceInfo:
     ram = _physical_ram()
     name = str(info.get("device_name") or platform.processor() or platform.machine() or "cpu")
     return DeviceInfo("cpu", name, ram, ram, cores, gpus=0)
+
+
+PTX_CACHE_ENV = "MLX_PTX_CACHE_DIR"
+
+
+def keep_compiled_kernels(state_dir: Path, device: DeviceInfo, *, mlx_version: str | None = None,
+                          environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """CUDA: MLX compiles its kernels at run time (NVRTC) and caches them in /tmp/mlx/<version>/ptx,
+    which a reboot clears; a worker's first pages then wait a minute or more for the compiler.
+    Keep them in <state_dir>/cache/mlx-ptx/<MLX version>/<GPU model> instead (a cache of another
+    GPU architecture's kernels aborts), dropping older versions' folders. A user's own
+    MLX_PTX_CACHE_DIR wins. Call before the first kernel runs (MLX reads it once)."""
+    if device.backend != "cuda" or environ.get(PTX_CACHE_ENV):
+        return None
+    if mlx_version is None:
+        import mlx.core as mx
+        mlx_version = mx.__version__
+    root = state_dir / "cache" / "mlx-ptx"
+    gpu = re.sub(r"[^a-z0-9]+", "-", device.name.lower()).strip("-") or "gpu"
+    path = root / mlx_version / gpu
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # MLX's default then; slower after a reboot, never wrong
+        log.warning("kernel_cache_unavailable", path=str(path), reason=str(exc))
+        return None
+    for old in root.iterdir():
+        if old.name != mlx_version:
+            shutil.rmtree(old, ignore_errors=True)
+    environ[PTX_CACHE_ENV] = str(path)
+    return path
 
 
 def performance_cores(*, platform_name: str = sys.platform,

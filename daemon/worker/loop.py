@@ -29,7 +29,7 @@ import structlog
 from ocrd.ledger import ClaimedPage, Ledger, LedgerCorrupt, WorkerState
 
 from ..config import ConfigError, load_config
-from ..device import detect_device, performance_cores
+from ..device import detect_device, keep_compiled_kernels, performance_cores
 from ..engines.base import ENGINE_MODELS, Engine, Finished, Session, make_engine, open_session
 from ..engines.choice import name_of, warns_on_cpu
 from ..engines.mlxvlm import memory_stats, take_peak_memory
@@ -92,6 +92,7 @@ class Worker:
     def start(self) -> bool:
         """Register and load the model; False when it can't be loaded (pages stay queued)."""
         device = detect_device()
+        keep_compiled_kernels(self.config.state_dir, device)
         threads = front_threads(performance_cores())
         self.ledger = Ledger(self.config.db_url, backoff_base_s=self.ctx.backoff_base_s,
                              host=self.config.host_name, pool_size=threads + 1,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from ocrd.daemon.device import (CPU_WARNING, GB, DeviceInfo, PoolPlan, describe, detect_device, plan_pool,
-                                recommended_label)
+                                keep_compiled_kernels, recommended_label)
 from ocrd.daemon.engines.weights import model_size_bytes
 
 
@@ -218,3 +218,33 @@ def test_measured_page_memory_replaces_the_estimate():
 def test_no_room_for_a_second_page_means_one():
     p = plan_pool(mac(8, 5.3), model_bytes=4 * GB, mode="gundam")
     assert p.batch == 1 and p.batch_start == 1
+
+
+# -- CUDA's run-time compiled kernels kept in the state dir --------------------------------------
+
+def test_cuda_kernels_are_cached_in_the_state_dir_per_mlx_version_and_gpu_model(tmp_path) -> None:
+    h100 = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 80 * GB, 79 * GB, 16, gpus=1)
+    old = tmp_path / "cache" / "mlx-ptx" / "0.29.0" / "nvidia-h100-80gb-hbm3"
+    old.mkdir(parents=True)
+    environ: dict[str, str] = {}
+    path = keep_compiled_kernels(tmp_path, h100, mlx_version="0.32.4", environ=environ)
+    assert path == tmp_path / "cache" / "mlx-ptx" / "0.32.4" / "nvidia-h100-80gb-hbm3" and path.is_dir()
+    assert environ == {"MLX_PTX_CACHE_DIR": str(path)}
+    assert not old.parent.exists()                     # an older MLX's kernels are dropped
+    h200 = DeviceInfo("cuda", "NVIDIA H200", 141 * GB, 140 * GB, 16, gpus=1)
+    other: dict[str, str] = {}
+    assert keep_compiled_kernels(tmp_path, h200, mlx_version="0.32.4", environ=other).name == "nvidia-h200"
+    assert path.is_dir()                               # another GPU model's folder beside it stays
+
+
+def test_kernel_cache_leaves_metal_cpu_and_a_user_s_own_setting_alone(tmp_path) -> None:
+    for device in (DeviceInfo("metal", "Apple M3 Max", 64 * GB, 48 * GB, 16, gpus=1), cpu_box(2, 8)):
+        environ: dict[str, str] = {}
+        assert keep_compiled_kernels(tmp_path, device, mlx_version="0.32.4", environ=environ) is None
+        assert environ == {}
+    h100 = DeviceInfo("cuda", "NVIDIA H100", 80 * GB, 79 * GB, 16, gpus=1)
+    mine = {"MLX_PTX_CACHE_DIR": "/data/ptx"}
+    assert keep_compiled_kernels(tmp_path, h100, mlx_version="0.32.4", environ=mine) is None
+    assert mine == {"MLX_PTX_CACHE_DIR": "/data/ptx"} and not (tmp_path / "cache").exists()
+    (tmp_path / "file").write_text("")                 # a state dir it can't make folders in: MLX's default
+    assert keep_compiled_kernels(tmp_path / "file", h100, mlx_version="0.32.4", environ={}) is None
