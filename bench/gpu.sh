@@ -36,7 +36,7 @@ for step in "$@"; do
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
     pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label $GPU-small ;;
     pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --compare-uncompiled --label $GPU-gundam ;;
-    pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs ${PAIRS:-2} --no-guard --label $GPU-gundam-q8 ;;
+    pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs ${PAIRS:-2} --no-guard --compare-quantized --label $GPU-gundam-q8 ;;
     realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label $GPU-realistic ;;
     openai) served() { python3 bench/openai_server.py --model "$MODEL" --mode gundam --max-tokens 512 --page-size 1700x2200 --no-guard --pairs 1 "$@"; }
             served --pages 64 --concurrency 16,64 --label $GPU-gundam

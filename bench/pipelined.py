@@ -104,7 +104,7 @@ def mixed_drop(folder: Path, pngs: list[Path]) -> list[Path]:
 
 
 def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: int, *,
-                   ahead: bool = True, compiled: bool = True) -> dict:
+                   ahead: bool = True, compiled: bool = True, name: str | None = None) -> dict:
     """The engine parts the worker uses, fed from a preprocessing pool as slots free; the session
     takes its `ahead` pages beyond the batch (encoded while the others decode) unless `ahead` is
     False (the loop before that: a page joins when a slot frees and is encoded then), with the
@@ -146,8 +146,8 @@ def bare_pipelined(engine, pngs: list[Path], batch: int, mode: str, max_tokens: 
     session.close()
     pool.shutdown()
     engine.encode_images = encoders
-    name = ("pipelined bare loop" if ahead and compiled else "bare loop, encoders uncompiled" if ahead
-            else "bare loop, encoded on joining")
+    name = name or ("pipelined bare loop" if ahead and compiled else "bare loop, encoders uncompiled" if ahead
+                    else "bare loop, encoded on joining")
     return _row(name, batch, len(pngs), seconds, tokens, gpu_busy=busy.mean(),
                 peak_memory_bytes=int(mx.get_peak_memory()), add_s=round(add_s, 2),
                 step_s=round(step_s, 2), steps=steps)
@@ -170,6 +170,9 @@ def main() -> int:
                         help="each round also runs the bare loop without pages encoded ahead")
     parser.add_argument("--compare-uncompiled", action="store_true",
                         help="each round also runs the bare loop with the image encoders uncompiled")
+    parser.add_argument("--compare-quantized", action="store_true",
+                        help="each round also runs the bare loop with a quantized model kept quantized "
+                             "(on CUDA the engine runs it dense)")
     args = parser.parse_args()
 
     import structlog
@@ -192,6 +195,7 @@ def main() -> int:
                             "page_timeout_s": 3600}, "pdf": {"dpi": 72}}
         factory = UNGUARDED if args.no_guard else ENGINE
         sys.setswitchinterval(GIL_SWITCH_S)   # as the worker does
+        quantized = None
         for n in range(args.pairs):
             rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens)))
             if args.compare_plain:
@@ -200,11 +204,26 @@ def main() -> int:
             if args.compare_uncompiled:
                 rows.append(_show(bare_pipelined(engine, pngs, args.bare_batch, args.mode, args.max_tokens,
                                                  compiled=False)))
+            if args.compare_quantized:
+                quantized = quantized or kept_quantized(type(engine), model)
+                rows.append(_show(bare_pipelined(quantized, pngs, args.bare_batch, args.mode, args.max_tokens,
+                                                 name="bare loop, kept quantized")))
             row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}", gpu=GpuBusy())
             pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
             rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s}))
             _write(args, rows)   # after every round: a run cut off by a time limit keeps what it measured
     return 0
+
+
+def kept_quantized(engine_class: type, model: ModelConfig):
+    """The same engine, loaded with a quantized model kept quantized (on CUDA it runs dense)."""
+    class KeptQuantized(engine_class):
+        def _dense_on_cuda(self) -> None:
+            pass
+
+    engine = KeptQuantized(model)
+    engine.load()
+    return engine
 
 
 def _show(row: dict) -> dict:
@@ -225,6 +244,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     bare = [r["pages_per_s"] for r in rows if r["name"].startswith("pipelined")]
     plain = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoded")]
     uncompiled = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoders")]
+    quantized = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, kept")]
     daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole")]
     pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
     summary = {"bare_median_pages_per_s": statistics.median(bare),
@@ -234,6 +254,8 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
         summary["ahead_over_plain_per_round"] = [round(b / p, 3) for b, p in zip(bare, plain)]
     if uncompiled:
         summary["compiled_over_uncompiled_per_round"] = [round(b / u, 3) for b, u in zip(bare, uncompiled)]
+    if quantized:
+        summary["engine_over_kept_quantized_per_round"] = [round(b / q, 3) for b, q in zip(bare, quantized)]
     print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "
           "daemon/bare per pair {daemon_over_bare_per_pair}, median {daemon_over_bare_median}".format(**summary))
     out = ROOT / "bench" / "results" / f"pipelined-{label}.json"

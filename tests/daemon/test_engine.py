@@ -257,3 +257,59 @@ def test_hub_id_is_loaded_from_the_local_cache(tiny_model, tmp_path, monkeypatch
     e = MlxVlmEngine(ModelConfig(path="acme/tiny-ocr"))
     [r] = e.generate([page()], PROMPT, mode="tiny", max_tokens=3)
     assert r.generation_tokens == 3
+
+
+# --- a quantized model runs dense on CUDA ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_q8(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlx_vlm import convert
+
+    out = tmp_path_factory.mktemp("q8") / "tiny-q8"
+    convert(hf_path=str(tiny_model), mlx_path=str(out), quantize=True, q_bits=8, q_group_size=32)
+    return out
+
+
+def test_dequantize_swaps_every_quantized_layer_for_the_values_it_computes_with(tiny_q8) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx_vlm
+    from mlx_vlm.models.switch_layers import SwitchLinear
+
+    from ocrd.daemon.engines.mlxvlm import dense_bytes, dequantize
+
+    model, _ = mlx_vlm.load(str(tiny_q8))
+    lm = model.language_model
+    tokens = mx.array([[5, 17, 42, 99, 7, 300, 12, 64]])
+    before = lm(tokens).logits
+    expected_bytes = dense_bytes(model)
+    assert expected_bytes > 0
+    assert dequantize(model) == 20          # linears, the embedding, and 3 MoE expert stacks
+    assert dense_bytes(model) == 0 and dequantize(model) == 0
+    layers = dict(model.named_modules())
+    assert isinstance(layers["language_model.model.layers.1.mlp.switch_mlp.up_proj"], SwitchLinear)
+    assert type(layers["language_model.model.embed_tokens"]) is nn.Embedding
+    assert type(layers["language_model.lm_head"]) is nn.Linear
+    after = lm(tokens).logits
+    assert mx.allclose(before, after, atol=1e-4).item(), mx.abs(before - after).max().item()
+
+
+def test_a_quantized_model_loads_dense_on_cuda_only_where_it_fits(tiny_q8, monkeypatch) -> None:
+    import mlx.nn as nn
+
+    from ocrd.daemon import device
+    from ocrd.daemon.device import GB, DeviceInfo
+    from ocrd.daemon.engines.mlxvlm import dense_bytes
+
+    def quantized_after_load(info: DeviceInfo) -> bool:
+        monkeypatch.setattr(device, "detect_device", lambda: info)   # the seam: which GPU MLX sees
+        e = MlxVlmEngine(ModelConfig(path=str(tiny_q8), mode="tiny"))
+        e.load()
+        [r] = e.generate([page()], PROMPT, mode="tiny", max_tokens=8)
+        assert r.text and r.generation_tokens > 0
+        return dense_bytes(e.model) > 0 and any(isinstance(m, nn.QuantizedLinear) for m in e.model.modules())
+
+    assert not quantized_after_load(DeviceInfo("cuda", "NVIDIA H100", 80 * GB, 79 * GB, 16, gpus=1))
+    assert quantized_after_load(DeviceInfo("cuda", "tiny GPU", 2 * 1024 * 1024, 1024, 16, gpus=1))
+    assert quantized_after_load(DeviceInfo("metal", "Apple M3 Max", 64 * GB, 48 * GB, 16, gpus=1))
+    assert quantized_after_load(DeviceInfo("cpu", "Xeon", 24 * GB, 24 * GB, 2))
