@@ -236,8 +236,23 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         log.close()
     return _row("whole daemon (drop -> outbox)", batch, len(pngs), seconds, tokens,
                 peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight,
-                first_decode_s=first, last_stored_s=last,
+                first_decode_s=first, last_stored_s=last, **_decode_time(root / "state" / "logs" / "ocrd.log"),
                 **({"gpu_busy": gpu.mean((started, ended))} if gpu else {}))
+
+
+def _decode_time(log_file: Path) -> dict:
+    """The workers' decode threads' seconds in `add` and `step` and the steps taken (their
+    `decode_time` log events, written as they stop), summed."""
+    total: dict = {}
+    for line in log_file.read_text(errors="replace").splitlines() if log_file.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "decode_time":
+            for key in ("add_s", "step_s", "steps"):
+                total[key] = round(total.get(key, 0) + event[key], 3)
+    return total
 
 
 def _spans(con: sqlite3.Connection) -> list[tuple[float, float]]:

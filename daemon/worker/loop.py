@@ -83,6 +83,7 @@ class Worker:
         self._busy_at: float | None = None
         self._winding_since: float | None = None
         self._worked = False           # decoded since it last had nothing in hand
+        self._timed = {"add_s": 0.0, "step_s": 0.0, "steps": 0}   # the decode thread's time in the engine
 
     @property
     def claimed(self) -> int:
@@ -169,6 +170,9 @@ class Worker:
         """Give back what is still held (pages in flight, prepared or claimed ahead: not their
         fault, no attempt counted), let stores in flight finish, mark the worker stopped."""
         self.stopping.set()
+        if self._timed["steps"]:   # where the decode thread's time went (bench/pipelined.py reads it)
+            self.log.info("decode_time", pages=self.recorder.pages_done if self.recorder else 0,
+                          **{k: round(v, 6) for k, v in self._timed.items()})
         for part in (self.feeder, self.session, self.recorder):
             if part is not None:
                 part.close()
@@ -214,8 +218,10 @@ class Worker:
             self._sizes[key] = prepared.size
             # before the engine sees it: a crash while admitting it is this page's too
             self.send(Message(WorkerEvent.ADMITTED, page=f"{page.job_id}:{page.page_no}"))
+            t = time.perf_counter()
             refused = self.session.add(key, prepared.input, prompt=prepared.prompt, mode=prepared.mode,
                                        max_tokens=self.config.model.max_tokens)
+            self._timed["add_s"] += time.perf_counter() - t
             if refused is not None:
                 self._finish(refused)
         self._show_in_flight()
@@ -257,9 +263,12 @@ class Worker:
             self.send(Message(WorkerEvent.BUSY, pages=1))
             self._busy_at = now
         before = self.session.generated
+        t = time.perf_counter()
         try:
             finished = self.session.step()
             produced = self.session.generated - before
+            self._timed["step_s"] += time.perf_counter() - t
+            self._timed["steps"] += 1
         except OcrdError as exc:     # the batch itself failed: each page in it is failed
             self.log.error("batch_failed", error=str(exc), pages=in_flight)
             finished, produced = [Finished(key, error=exc) for key in self._held], 0

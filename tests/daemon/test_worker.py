@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 import samples
 from configs import make_config
@@ -151,6 +152,10 @@ def test_the_last_page_finishes_the_document(harness) -> None:
     text = (inbox.outbox / "two.md").read_text()
     assert "<!-- page 1 of 2 -->" in text and "<!-- page 2 of 2 -->" in text
     assert (inbox.archive / "two.pdf").exists() and not list(h.config.spool_dir.glob("two*"))
+    with capture_logs() as logs:
+        worker.stop()
+    [spent] = [e for e in logs if e["event"] == "decode_time"]   # where the decode thread's time went
+    assert spent["pages"] == 2 and spent["steps"] >= 1 and spent["step_s"] > 0 and spent["add_s"] > 0
 
 
 def test_a_claim_whose_answer_was_lost_is_adopted_not_charged_again(harness, monkeypatch) -> None:
