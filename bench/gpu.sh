@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# The GPU figures (bench/results/batch-gpu-*.json), on the device machine, with THIS checkout's code:
-#   here:   EXTRA_WHEELS="$DAEMON_WHEELS" ../shared/gpu/stage.sh   (once; packs MLX-CUDA, mlx-vlm, the model builder)
-#           where DAEMON_WHEELS lists what the daemon imports beyond stage.sh's set (the daemon stops at once
-#           without them, and a bench waiting on it learns that only from its log): pikepdf img2pdf fpdf2
-#           fonttools defusedxml lxml fastapi starlette pydantic pydantic-core annotated-types typing-inspection
-#           anyio sniffio idna python-multipart uvicorn h11 httpx httpcore certifi prometheus-client (wheels for CPython 3.12, as stage.sh fetches)
-#   there:  bash .stage/p1/device.sh stage1            (carry .stage/p1)
-#           bash /tmp/stage/device.sh stage2 && bash bench/gpu.sh small ctx   (carry .stage/p2)
+# The GPU figures (bench/results/*-gpu-*.json, *-h100-*.json ...), on the device machine, with THIS checkout's code:
+#   here:   bash bench/gpu-stage.sh   (after committing: packs MLX-CUDA, mlx-vlm, the daemon's wheels, the model builder)
+#   there:  see bench/gpu-stage.sh for the two staging calls; then GPU=h100 bash bench/gpu.sh STEPS
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
 # ctx (which processes hold GPU memory while the daemon runs); pipe-small, pipe-gundam, pipe-q8 (bench/pipelined.py:
-# the pipelined bare loop against the daemon, 256 pages, interleaved pairs) and realistic (the default
+# the pipelined bare loop against the daemon, 256 pages, interleaved pairs; pipe-q8 also runs the bare loop with the
+# 8-bit model kept quantized, which on CUDA the engine runs dense) and realistic (the default
 # config: gundam, 8-bit, guard on, a mixed drop of PNGs and multi-page PDFs). Pages are 1700x2200, 512 tokens, the
 # repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard). openai: bench/openai_server.py,
 # mlx-vlm's server (CUDA) at concurrency 16 and 64 on 64 pages and at 1 on 8, against ocrd in-process on the same pages.
