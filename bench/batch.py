@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from ocrd.daemon.engines.mlxvlm import MlxVlmEngine  # noqa: E402
 from ocrd.daemon.modes import MODES  # noqa: E402
-from procs import git, machine  # noqa: E402
+from procs import git, log_entries, machine  # noqa: E402
 from workers import _quiet_stdout as _quiet  # noqa: E402  (bench/workers.py: the processor's prints)
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
@@ -244,11 +244,7 @@ def _decode_time(log_file: Path) -> dict:
     """The workers' decode threads' seconds in `add` and `step` and the steps taken (their
     `decode_time` log events, written as they stop), summed."""
     total: dict = {}
-    for line in log_file.read_text(errors="replace").splitlines() if log_file.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
+    for event in log_entries(log_file):
         if event.get("event") == "decode_time":
             for key in ("add_s", "step_s", "steps"):
                 total[key] = round(total.get(key, 0) + event[key], 3)

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests")]
 
 from PIL import Image, ImageDraw  # noqa: E402
-from procs import machine, run_together  # noqa: E402  (bench/procs.py)
+from procs import log_entries, machine, run_together  # noqa: E402  (bench/procs.py)
 
 OCRD = str(Path(sys.executable).parent / "ocrd")
 RESULTS = ROOT / "bench" / "results" / "hosts.json"
@@ -306,16 +306,10 @@ def _log_summary(path: Path) -> dict:
     """Errors a daemon logged (structlog JSON lines), and the documents its delivery wrote
     (output/outbox.py's job_done: every document, whichever host's worker stored its pages)."""
     errors, delivered = [], 0
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
+    for entry in log_entries(path):
         delivered += entry.get("event") == "job_done"
         if entry.get("level") in ("error", "critical", "exception"):
-            errors.append(line[:500])
+            errors.append(json.dumps(entry)[:500])
     return {"error_lines": len(errors), "errors_first": errors[:5], "jobs_delivered": delivered}
 
 

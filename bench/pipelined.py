@@ -3,7 +3,7 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--mixed] [--compare-plain] [--compare-uncompiled] [--label NAME]
+        [--mixed] [--compare-plain] [--compare-uncompiled] [--compare-quantized] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
           (MlxVlmEngine.preprocess) on a thread pool, ahead of the decoder, while the decode thread

@@ -1,6 +1,6 @@
 """What the bench scripts share: start N bench processes together and collect what each reports
 (bench/ledger.py, bench/hosts.py), `git` in the checkout (the commit a result was measured on) and
-`machine()` (what a result was measured on).
+`machine()` (what a result was measured on), `log_entries` (a daemon's JSON log, entry by entry).
 
 Each child runs `target(*args, ready, start, done)`: it sets itself up, puts anything on `ready`,
 waits for `start`, works, and puts its report on `done`. A child that dies is an error at once,
@@ -14,9 +14,10 @@ import os
 import platform
 import queue
 import subprocess
+import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def run_together(target: Callable[..., None], args: list[tuple], what: str = "bench process") -> tuple[float, list[Any]]:
@@ -67,3 +68,15 @@ def machine(device: bool = False) -> dict:
 
         found["device"] = describe(detect_device())
     return found
+
+
+def log_entries(path: Path) -> Iterator[dict]:
+    """The entries of a daemon's log (structlog JSON lines, `<state_dir>/logs/ocrd.log`); lines
+    that are not a JSON object are skipped, a missing file has none."""
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield entry

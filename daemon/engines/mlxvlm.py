@@ -54,6 +54,7 @@ def take_peak_memory() -> int:
     mx.reset_peak_memory()
     return peak
 
+
 def _quantized(model: Any) -> list[tuple[str, Any]]:
     import mlx.nn as nn
     from mlx_vlm.models.switch_layers import QuantizedSwitchLinear
@@ -136,8 +137,10 @@ class MlxVlmEngine:
         from ..device import detect_device
 
         device = detect_device()
+        if device.backend != "cuda":
+            return
         dense = dense_bytes(self.model)
-        if device.backend != "cuda" or not dense:
+        if not dense:
             return
         if dense > device.memory_bytes // 3:
             _log.info("model_kept_quantized", dense_gb=round(dense / 1e9, 1),
