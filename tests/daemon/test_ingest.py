@@ -130,6 +130,8 @@ def test_existing_nested_moved_and_ignored_files(config, ledger, start_service, 
         (inbox.path / "new" / "sub").mkdir(parents=True)                # a folder made later
         (inbox.path / "new" / "sub" / "late.png").write_bytes(png_bytes(4))
         jobs = wait_jobs(ledger, 4)
+        # a row lands a moment before its job_queued line is logged
+        wait_for(lambda: sum(e["event"] == "job_queued" for e in logs) >= 4, message="4 job_queued")
     rels = sorted(Path(j["source_path"]).relative_to(inbox.path).as_posix() for j in jobs)
     assert rels == ["a/b/deep.png", "a/moved.png", "before.png", "new/sub/late.png"]
     assert sorted(p.name for p in inbox.path.iterdir() if p.is_file()) == sorted(ignored)
