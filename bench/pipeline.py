@@ -68,6 +68,8 @@ class PacedEngine:
 
 
 class PacedSession:
+    ahead = 0      # takes no pages beyond its limit (engines/base.py Session)
+
     def __init__(self, capacity: int, *, step_s: float, prefill_s: float) -> None:
         self.capacity, self.step_s, self.prefill_s = capacity, step_s, prefill_s
         self._waiting: list[tuple[Hashable, int]] = []

@@ -110,7 +110,8 @@ class WorkerPool:
         return now < self.model_backoff.next_at
 
     def crashed(self, now: float) -> float:
-        """A worker died: its replacement waits (2 s, doubling per crash in a row, up to 60 s),
+        """A worker died: its replacement waits (2 s, doubling per crash with no page stored
+        between, up to 60 s: a worker that loads and dies at once does not loop every 2 s),
         the other workers' places are not held up by it. Returns the wait."""
         delay = self.crash_backoff.failed(now)
         self._replacements.append(now + delay)

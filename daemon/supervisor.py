@@ -287,12 +287,13 @@ class Supervisor:
                 self.model_ok = True
                 self.pool.model_backoff.reset()
                 self.ledger.set_model_status(ModelStatus(ModelState.OK))
-            self.pool.crash_backoff.reset()
             self.ready.set()
             self.weights_bytes = max(self.weights_bytes, message.weights_bytes)
         elif message.event == WorkerEvent.ADMITTED:
             self._admitted.setdefault(worker_id, set()).add(message.page)
         elif message.event == WorkerEvent.PAGE_STORED:
+            # a worker that works ends a run of crashes (one that loads, then dies, does not)
+            self.pool.crash_backoff.reset()
             self._admitted.get(worker_id, set()).discard(message.page)
             if message.peak_memory_bytes:
                 self._measure(message.peak_memory_bytes, max(message.pages, 1))

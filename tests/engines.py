@@ -58,6 +58,13 @@ class CrashingEngine(FakeEngine):
         raise EngineError("crashing engine: generate always fails")
 
 
+class DyingEngine(FakeEngine):
+    """Loads fine; every generate ends the process at once (a native crash: a segfault in a kernel)."""
+
+    def generate(self, images, prompt, *, mode, max_tokens):
+        os._exit(1)
+
+
 class HangingEngine(FakeEngine):
     """Loads fine; generate never returns (a sleep loop, so signals still get through)."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 import configs
 import samples
@@ -110,6 +111,20 @@ def test_crashing_engine_retries_with_backoff_then_fails(running) -> None:
     requeued = [_at(at) for (at,) in r.query("SELECT at FROM events WHERE kind = 'page_queued' ORDER BY at")]
     assert len(claims) == 2 and len(requeued) == 1
     assert claims[1] - requeued[0] >= 1.5, "the retry waited for its backoff (1 s x 2^1, +-20%)"
+    assert r.stop() < 10
+
+
+def test_a_worker_that_loads_then_dies_waits_longer_before_each_restart(running) -> None:
+    # A worker that loads and then dies every time (a native crash) must not be restarted every
+    # 2 s for ever, loading the model each time: only a stored page ends a run of crashes.
+    r = running("engines:DyingEngine")
+    with capture_logs() as logs:
+        samples.write_image(r.config.inboxes[0].path / "page.png", "PNG")
+        wait_for(lambda: r.query("SELECT state FROM jobs") == [("failed",)], 60, 0.2, "job failed")
+        died = wait_for(lambda: (d := [e for e in logs if e["event"] == "worker_died"]) and len(d) >= 2 and d,
+                        30, 0.1, "two crashes logged")
+    assert [e["restart_in_s"] for e in died] == [2.0, 4.0]
+    assert r.query("SELECT state, attempts FROM pages") == [("failed", 2)]
     assert r.stop() < 10
 
 
