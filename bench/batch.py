@@ -220,7 +220,7 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
             shutil.copyfile(png, staged)
             os.replace(staged, root / "inbox" / png.name)
         outbox = root / "outbox"
-        _wait(lambda: outbox.exists() and len(list(outbox.glob("*.md"))) == len(pngs), 1800, "outbox", proc)
+        _wait(lambda: outbox.exists() and len(list(outbox.glob("*.md"))) == len(pngs), 1800, "outbox", proc, ledger)
         ended = time.perf_counter()
         seconds = ended - started
         con = sqlite3.connect(ledger)
@@ -293,12 +293,22 @@ def _meta(ledger: Path, key: str) -> str | None:
     return str(ModelStatus.loads(row[0]).state)
 
 
-def _wait(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Until condition() holds; a daemon `proc` that exits meanwhile fails the wait at once."""
+def _wait(condition, timeout: float, what: str, proc: subprocess.Popen | None = None,
+          ledger: Path | None = None) -> None:
+    """Until condition() holds; a daemon `proc` that exits meanwhile, or a worker of its `ledger`
+    that died (checked every second: a bench measures a daemon that works), fails the wait."""
     deadline = time.monotonic() + timeout
+    checked = time.monotonic()
     while not condition():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the daemon exited ({proc.returncode}) while waiting for {what}")
+        if ledger is not None and time.monotonic() - checked >= 1.0:
+            checked = time.monotonic()
+            con = sqlite3.connect(ledger, timeout=30)
+            dead = con.execute("SELECT COUNT(*) FROM workers WHERE state = 'dead'").fetchone()[0]
+            con.close()
+            if dead:
+                raise RuntimeError(f"a worker died while waiting for {what} (see its daemon.log)")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
