@@ -3,7 +3,7 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--mixed] [--compare-plain] [--compare-uncompiled] [--compare-quantized] [--label NAME]
+        [--mixed] [--compare-plain] [--compare-uncompiled] [--compare-quantized] [--compare-fixed] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
           (MlxVlmEngine.preprocess) on a thread pool, ahead of the decoder, while the decode thread
@@ -16,7 +16,9 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
   daemon: the whole daemon (bench/batch.py: files dropped into the inbox once the model is loaded,
           timed until every outbox file exists), `[workers] batch = --batch`. With --mixed the same
           pages are dropped as a mix of PNGs and 2-5 page PDFs (a realistic drop). Its row also
-          says when, from the drop, the first page began decoding and the last was stored.
+          says when, from the drop, the first page began decoding and the last was stored, and
+          where its decode thread's time went (add, step). --compare-fixed adds, each round, the
+          daemon at --bare-batch fixed: does `auto` lose to it, and is a gap the feed or the tuner?
 On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
 each run (the daemon's from the drop to its last outbox file, not its model load). Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
 (../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
@@ -170,6 +172,8 @@ def main() -> int:
                         help="each round also runs the bare loop without pages encoded ahead")
     parser.add_argument("--compare-uncompiled", action="store_true",
                         help="each round also runs the bare loop with the image encoders uncompiled")
+    parser.add_argument("--compare-fixed", action="store_true",
+                        help="each round also runs the daemon at --bare-batch, fixed (does `auto` lose?)")
     parser.add_argument("--compare-quantized", action="store_true",
                         help="each round also runs the bare loop with a quantized model kept quantized "
                              "(on CUDA the engine runs it dense)")
@@ -208,11 +212,18 @@ def main() -> int:
                 quantized = quantized or kept_quantized(type(engine), model)
                 rows.append(_show(bare_pipelined(quantized, pngs, args.bare_batch, args.mode, args.max_tokens,
                                                  name="bare loop, kept quantized")))
-            row = daemon_batch(config, drop, batch, factory, root / f"daemon-{n}", gpu=GpuBusy())
-            pages_per_s = round(len(pngs) / row["seconds"], 3)   # the row counted files
-            rows.append(_show({**row, "pages": len(pngs), "files": len(drop), "pages_per_s": pages_per_s}))
+            rows.append(_show(daemon_row(config, drop, len(pngs), batch, factory, root / f"daemon-{n}")))
+            if args.compare_fixed and batch != args.bare_batch:
+                rows.append(_show(daemon_row(config, drop, len(pngs), args.bare_batch, factory,
+                                             root / f"daemon-fixed-{n}")))
             _write(args, rows)   # after every round: a run cut off by a time limit keeps what it measured
     return 0
+
+
+def daemon_row(config: dict, drop: list[Path], pages: int, batch, factory: str, root: Path) -> dict:
+    """bench/batch.py's whole-daemon row, in pages (a mixed drop's row counted files)."""
+    row = daemon_batch(config, drop, batch, factory, root, gpu=GpuBusy())
+    return {**row, "pages": pages, "files": len(drop), "pages_per_s": round(pages / row["seconds"], 3)}
 
 
 def kept_quantized(engine_class: type, model: ModelConfig):
@@ -246,7 +257,8 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     plain = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoded")]
     uncompiled = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, encoders")]
     quantized = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, kept")]
-    daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole")]
+    daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole") and str(r["batch"]) == args.batch]
+    fixed = [r["pages_per_s"] for r in rows if r["name"].startswith("whole") and str(r["batch"]) != args.batch]
     pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
     summary = {"bare_median_pages_per_s": statistics.median(bare),
                "daemon_median_pages_per_s": statistics.median(daemon),
@@ -255,6 +267,8 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
         summary["ahead_over_plain_per_round"] = [round(b / p, 3) for b, p in zip(bare, plain)]
     if uncompiled:
         summary["compiled_over_uncompiled_per_round"] = [round(b / u, 3) for b, u in zip(bare, uncompiled)]
+    if fixed:
+        summary["daemon_over_fixed_per_round"] = [round(d / f, 3) for d, f in zip(daemon, fixed)]
     if quantized:
         summary["engine_over_kept_quantized_per_round"] = [round(b / q, 3) for b, q in zip(bare, quantized)]
     print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "
