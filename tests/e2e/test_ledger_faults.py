@@ -72,8 +72,10 @@ def test_a_server_stopped_mid_run_strands_nothing_and_charges_no_attempt(own_pg,
     wait_for(lambda: any(e.get("event") == "ingest_failed_will_retry" and "/b" in e.get("path", "")
                          for e in d.events()), 90, interval=0.5,
              message=f"ingest to meet the outage ({d.log})")
-    # and the worker: a transaction that began late in the outage may still be retrying
-    wait_for(lambda: any(e.get("event") == "ledger_unreachable" for e in d.events()), 60, interval=0.5,
+    # and the worker (its lines carry its id; the supervisor's do not): a transaction that began
+    # late in the outage may still be retrying
+    wait_for(lambda: any(e.get("event") == "ledger_unreachable" and "worker_id" in e for e in d.events()),
+             60, interval=0.5,
              message=f"the worker to meet the outage ({d.log})")
     spooled = {p.name.split("-", 1)[1] for p in d.spool_files()}
     inbox = {p.name for p in d.inbox.iterdir()}
