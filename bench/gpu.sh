@@ -14,6 +14,10 @@ set -uo pipefail
 source /tmp/stage/device.sh env
 mkdir -p /tmp/src && ln -sfn "$PWD" /tmp/src/ocrd
 export PYTHONPATH=/tmp/src:$PYTHONPATH PYTHONUNBUFFERED=1
+# One kernel cache for every row: each daemon row has a fresh state_dir, whose own cache
+# (device.keep_compiled_kernels) would start cold and spend its first ~2 minutes compiling (seen:
+# the first decode 118 s after the drop). A user's daemon pays that once; a bench row must not.
+export MLX_PTX_CACHE_DIR=${MLX_PTX_CACHE_DIR:-/tmp/mlx-ptx-bench}
 # fail here, not after a bench has waited out its timeouts on a daemon that could not start
 python3 -c "import ocrd.daemon.supervisor, ocrd.daemon.api.server, ocrd.daemon.output.pdf" || exit 1
 MODEL=${MODEL:-/tmp/model}
