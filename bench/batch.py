@@ -193,10 +193,9 @@ sys.exit(run_daemon(load_config(sys.argv[1]), settings=Settings(engine_factory=s
 """
 
 
-def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str, root: Path,
-                 gpu=None) -> dict:
-    """The whole daemon on `pngs` (any files it takes), from the drop to the last outbox file;
-    `gpu` (bench/pipelined.py's GpuBusy) adds the GPU's busy % over that window."""
+def start_daemon(config_dict: dict, batch: object, engine: str, root: Path) -> subprocess.Popen:
+    """The whole daemon on one inbox, root/inbox (outbox root/outbox), in its own process, with
+    `[workers] batch = batch`; returns once its model is loaded (its log: root/daemon.log)."""
     from configs import to_toml
 
     raw = _with_batch(config_dict, batch)
@@ -208,12 +207,30 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
     toml.write_text(to_toml(raw))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT / "tests"),
                                                         os.environ.get("PYTHONPATH", "")])}
-    log = open(root / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", _DAEMON, str(toml), engine], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    with open(root / "daemon.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", _DAEMON, str(toml), engine], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     ledger = root / "state" / "ledger.db"
     try:
         _wait(lambda: ledger.exists() and _meta(ledger, "model_status") == "ok", 900, "model loaded", proc)
+    except BaseException:
+        stop_daemon(proc)
+        raise
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+
+
+def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str, root: Path,
+                 gpu=None) -> dict:
+    """The whole daemon on `pngs` (any files it takes), from the drop to the last outbox file;
+    `gpu` (bench/pipelined.py's GpuBusy) adds the GPU's busy % over that window."""
+    proc = start_daemon(config_dict, batch, engine, root)
+    ledger = root / "state" / "ledger.db"
+    try:
         started, dropped_at = time.perf_counter(), time.time()
         for png in pngs:   # written elsewhere, moved in: a finished file appears at once
             staged = root / png.name
@@ -231,13 +248,12 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
         con.close()
         peak = _peak_heartbeat(ledger)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
-        log.close()
+        stop_daemon(proc)
     return _row("whole daemon (drop -> outbox)", batch, len(pngs), seconds, tokens,
                 peak_memory_bytes=peak, limits=limits, mean_in_flight=in_flight,
                 first_decode_s=first, last_stored_s=last, **_decode_time(root / "state" / "logs" / "ocrd.log"),
-                **({"gpu_busy": gpu.mean((started, ended))} if gpu else {}))
+                **({"gpu_busy": gpu.mean((started, ended)),   # and while pages decoded (steady state)
+                    "gpu_busy_decoding": gpu.mean((started + first, started + last))} if gpu else {}))
 
 
 def _decode_time(log_file: Path) -> dict:

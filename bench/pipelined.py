@@ -239,8 +239,9 @@ def kept_quantized(engine_class: type, model: ModelConfig):
 
 def _show(row: dict) -> dict:
     print(f"{row['name']:32} {str(row['batch']):>5} {row['pages']:>5} {row['seconds']:>8.2f} s "
-          f"{row['pages_per_s']:>7.2f} p/s {row['tokens_per_s']:>9.1f} tok/s  busy {row.get('gpu_busy')} %  "
-          f"in flight {row.get('mean_in_flight', '')} {row.get('limits') or ''}"
+          f"{row['pages_per_s']:>7.2f} p/s {row['tokens_per_s']:>9.1f} tok/s  busy {row.get('gpu_busy')} %"
+          + (f" ({row['gpu_busy_decoding']} % decoding)" if row.get("gpu_busy_decoding") is not None else "")
+          + f"  in flight {row.get('mean_in_flight', '')} {row.get('limits') or ''}"
           + (f"  decode {row.get('first_decode_s')}..{row.get('last_stored_s')} s" if "first_decode_s" in row else "")
           + (f"  add {row['add_s']} s, step {row['steps']} x {row['step_s'] / max(row['steps'], 1) * 1e3:.1f} ms"
              if "steps" in row else ""),

@@ -2,8 +2,8 @@
 
 The pool knows processes, not pages: `reap()` returns `Exit` records and the supervisor decides
 what an exit means for the ledger (rq's worker_pool / StartedJobRegistry split). Each worker has
-three pipes: its context goes down stdin; its `Message`s and its log lines come back on two
-pipes of their own; stdout/stderr carry whatever libraries print. Reader threads only enqueue
+three pipes: its context, then nudges, go down stdin; its `Message`s and its log lines come back on
+two pipes of their own; stdout/stderr carry whatever libraries print. Reader threads only enqueue
 (or log); the supervisor's tick drains the queue, so pool state changes happen on one thread.
 """
 
@@ -24,7 +24,7 @@ from typing import IO, Callable
 import structlog
 
 from .lifeline import child_argv
-from .protocol import Message, WorkerContext, WorkerEvent, send_context
+from .protocol import Message, WorkerContext, WorkerEvent, nudge, send_context
 
 log = structlog.get_logger()
 
@@ -154,6 +154,11 @@ class WorkerPool:
         self.slots.append(slot)
         return proc.pid
 
+    def nudge(self) -> None:
+        """A document was queued: idle workers ask for pages now, not at their next poll."""
+        for slot in self.slots:
+            nudge(slot.proc.stdin)
+
     def _pump_messages(self, stream: IO[str], worker_id: str) -> None:
         with stream:
             for line in stream:
@@ -195,6 +200,10 @@ class WorkerPool:
             for pump in slot.pumps:   # its last messages (a load failure's reason) first
                 pump.join(PUMP_JOIN_S)
             self._collect()
+            try:
+                slot.proc.stdin.close()
+            except OSError:   # the context never reached it (it died at once)
+                pass
             self.slots.remove(slot)
             exits.append(Exit(slot.worker_id, slot.proc.returncode, slot.timed_out, slot.load_error))
         return exits

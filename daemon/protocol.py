@@ -1,7 +1,9 @@
 """What a worker process and the supervisor say to each other.
 
 Parent -> child: a `WorkerContext`, pickled onto the child's stdin once at start (never on its
-command line: it carries the ledger URL, which may hold a password, and `ps` shows argv to all).
+command line: it carries the ledger URL, which may hold a password, and `ps` shows argv to all);
+then, on the same pipe, a byte (`NUDGE`) each time a document was queued here, so that an idle
+worker asks for pages now instead of at its next poll (up to a second later).
 Child -> parent: `Message`s, one JSON line each, on a pipe of their own. The supervisor's page
 timeout, model backoff and footprint measurement act on these and nothing else; the worker's log
 lines travel on a second pipe and are only ever logged, so renaming a log event changes no logic.
@@ -10,6 +12,7 @@ lines travel on a second pipe and are only ever logged, so renaming a log event 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import threading
 from dataclasses import asdict, dataclass
@@ -23,6 +26,7 @@ from .engines.base import DEFAULT_ENGINE
 
 EXIT_MODEL_UNAVAILABLE = 3     # the worker's exit status when the model could not be loaded
 EXIT_LEDGER_CORRUPT = 78       # ... when it found the ledger damaged (it wrote nothing more)
+IDLE_WAIT_S = (0.1, 1.0)       # an idle worker polls an empty queue after 0.1 s, backing off to 1 s
 
 
 @dataclass(frozen=True)
@@ -39,20 +43,46 @@ class WorkerContext:
     heartbeat_s: float = 5.0
     recycle_memory_bytes: int = 0     # exit (and be replaced) once active memory passes this; 0: never
     backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base (a seam for tests)
+    idle_wait_s: tuple[float, float] = IDLE_WAIT_S   # an idle worker's polls of the queue: first
+                                      # wait, longest (worker/feeder.py; a seam for tests)
     gpu: int | None = None            # on a host of several CUDA GPUs: the one this worker uses
     sys_path: tuple[str, ...] = ()    # the parent's sys.path, so test engines import in the child
 
 
+NUDGE = b"!"
+
+
 def send_context(ctx: WorkerContext, stream: IO[bytes]) -> None:
-    with stream:
-        stream.write(pickle.dumps(ctx))
+    """The context, then the pipe stays open for nudges (`nudge`), written without blocking."""
+    stream.write(pickle.dumps(ctx))
+    stream.flush()
+    os.set_blocking(stream.fileno(), False)
+
+
+def nudge(stream: IO[bytes]) -> None:
+    """One nudge; none where the pipe is full (the worker has nudges unread) or closed (it exited)."""
+    try:
+        os.write(stream.fileno(), NUDGE)
+    except (OSError, ValueError):
+        pass
 
 
 def read_context(stream: IO[bytes]) -> WorkerContext:
-    ctx = pickle.loads(stream.read())
+    ctx = pickle.load(stream)   # exactly the pickle: the nudges after it stay in the stream
     if not isinstance(ctx, WorkerContext):
         raise TypeError(f"expected a WorkerContext on stdin, got {type(ctx).__name__}")
     return ctx
+
+
+def read_nudges(fd: int, wake: Callable[[], None]) -> None:
+    """The worker's side (a thread of its own): `wake()` per read of nudges, until the pipe ends.
+    It reads the file descriptor itself: a thread blocked in a read of sys.stdin holds its buffer's
+    lock, which the interpreter then can't take as it exits (a fatal error instead of the exit code)."""
+    try:
+        while os.read(fd, 4096):
+            wake()
+    except OSError:
+        pass
 
 
 class WorkerEvent(StrEnum):

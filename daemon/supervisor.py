@@ -43,7 +43,7 @@ from .output.delivery import Delivery, instance_id
 from .output.outbox import job_formats
 from .output.writers import output_path, stem_of
 from .pool import Exit, WorkerPool
-from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext,
+from .protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, IDLE_WAIT_S, Message, WorkerContext,
                        WorkerEvent)
 from .search_index import index_backlog
 
@@ -65,6 +65,7 @@ class Settings:
     lease_s: float = _TEST_LEASE_S or 60.0
     heartbeat_s: float = _TEST_LEASE_S / 4 if _TEST_LEASE_S else 5.0
     backoff_base_s: float = BACKOFF_BASE_S   # a failed page's retry delay base
+    idle_wait_s: tuple[float, float] = IDLE_WAIT_S   # an idle worker's polls: first wait, longest
 
 
 class Supervisor:
@@ -99,7 +100,8 @@ class Supervisor:
         self.metrics = None              # a MetricsServer while [metrics] listen is set
         self.backups: BackupService | None = None
         self.corrupt: LedgerCorrupt | None = None   # the ledger is damaged: stop, writing nothing
-        self.wake = threading.Event()    # run_daemon's loop: a signal, or the ledger found damaged
+        self.wake = threading.Event()    # run_daemon's loop: a signal, the ledger found damaged, a job
+        self.queued = threading.Event()  # a job was queued since the last tick: nudge idle workers
         self.api = None                  # an ApiServer while [api] listen is set
         self._unindexed_after: int | None = 0   # pages done before the search index: from this id
 
@@ -148,11 +150,12 @@ class Supervisor:
         self.metrics = MetricsServer(self.config.metrics, self.ledger)
         self.metrics.start()
         self.ingest = IngestService(self.config, rescan_s=self.settings.rescan_s,
-                                    empty_grace_s=self.settings.empty_grace_s, on_corrupt=self._on_corrupt)
+                                    empty_grace_s=self.settings.empty_grace_s, on_corrupt=self._on_corrupt,
+                                    on_queued=self._job_queued)
         self.ingest.start()
         self.backups.start()
         from .api.server import ApiServer   # FastAPI and uvicorn: only the daemon needs them
-        self.api = ApiServer(self.config, self.ledger)
+        self.api = ApiServer(self.config, self.ledger, on_queued=self._job_queued)
         self.api.start()
 
     def tick(self, now: float | None = None) -> None:
@@ -160,6 +163,9 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         if self.corrupt is not None:
             return
+        if self.queued.is_set():         # first: a drop's first page should not wait on the rest
+            self.queued.clear()
+            self.pool.nudge()
         exits = self.pool.reap()
         for worker_id, message in self.pool.drain_events():
             self._on_message(worker_id, message)
@@ -223,6 +229,12 @@ class Supervisor:
         except Exception:  # an unreachable ledger: other hosts see this one go dead instead
             log.exception("host_stop_failed")
         self.ledger.close()
+
+    def _job_queued(self) -> None:
+        """Ingest or the API queued a job (on their threads): the next tick, at once, nudges the
+        workers (pool.nudge), so an idle one claims it now rather than at its next poll."""
+        self.queued.set()
+        self.wake.set()
 
     def _on_corrupt(self, exc: LedgerCorrupt) -> None:
         """The ledger is damaged (found by any thread here, a worker, or the backup thread's
@@ -432,7 +444,8 @@ class Supervisor:
                 batch_size=self.plan.batch, tune_batch=self.plan.tune_batch,
                 batch_start=self.plan.batch_start, lease_s=self.settings.lease_s,
                 heartbeat_s=self.settings.heartbeat_s, recycle_memory_bytes=self.recycle_bytes,
-                backoff_base_s=self.settings.backoff_base_s, sys_path=tuple(sys.path),
+                backoff_base_s=self.settings.backoff_base_s, idle_wait_s=self.settings.idle_wait_s,
+                sys_path=tuple(sys.path),
                 gpu=self.pool.free_gpu(self.device.gpus if self.device.backend == "cuda" else 0))
             pid = self.pool.start_worker(ctx)
             log.info("worker_started", worker_id=ctx.worker_id, pid=pid)

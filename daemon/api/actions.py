@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ocrd.ledger import JobOptions, JobState, Ledger
 
@@ -67,15 +67,15 @@ def parse_since(since: str | None) -> datetime | None:
 class Actions:
     """The API's calls, over a Ledger of its own (each call one or a few short transactions)."""
 
-    def __init__(self, config: Config, ledger: Ledger) -> None:
+    def __init__(self, config: Config, ledger: Ledger, *, on_queued: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.ledger = ledger
-        self.ingestor = Ingestor(config, ledger)
+        self.ingestor = Ingestor(config, ledger, on_queued=on_queued)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: the new inboxes and [api] inbox apply to the next upload."""
         self.config = config
-        self.ingestor = Ingestor(config, self.ledger)
+        self.ingestor = Ingestor(config, self.ledger, on_queued=self.ingestor.on_queued)
 
     # -- uploads --------------------------------------------------------------------------------
     def submit(self, path: Path, *, force: bool, options: JobOptions) -> Submitted:

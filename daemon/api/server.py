@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 import structlog
 
@@ -31,9 +32,10 @@ class ApiServer:
     """start() serves [api] listen on its own thread; stop() shuts it down. `ledger` is the
     supervisor's, for the URL in meta; requests use a Ledger of the server's own."""
 
-    def __init__(self, config: Config, ledger: Ledger) -> None:
+    def __init__(self, config: Config, ledger: Ledger, *, on_queued: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.meta = ledger
+        self.on_queued = on_queued    # an upload was queued (the daemon nudges idle workers)
         self.url: str | None = None
         self._ledger: Ledger | None = None
         self._actions: Actions | None = None
@@ -60,7 +62,7 @@ class ApiServer:
             self.meta.set_meta(URL_KEY, None)
             return None
         self._ledger = Ledger(self.config.db_url, host=self.config.host_name, pool_size=4)
-        self._actions = Actions(self.config, self._ledger)
+        self._actions = Actions(self.config, self._ledger, on_queued=self.on_queued)
         self._api = Api(self._actions, token=token, max_upload=self.config.api.max_upload)
         self._server = uvicorn.Server(uvicorn.Config(
             self._api.app, log_config=None, access_log=False, lifespan="off", ws="none",

@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -145,9 +145,10 @@ def _submittable(top: Path, f: Path) -> bool:
 class Ingestor:
     """Moves files into the spool and records them; one per thread (it uses the given Ledger)."""
 
-    def __init__(self, config: Config, ledger: Ledger) -> None:
+    def __init__(self, config: Config, ledger: Ledger, *, on_queued: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.ledger = ledger
+        self.on_queued = on_queued    # a job was queued: the daemon nudges its idle workers
         self.spool = config.spool_dir
         self.intents = self.spool / _INTENTS
         self.intents.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,7 @@ class Ingestor:
         elif result.state == JobState.QUEUED:
             log.info("job_queued", job_id=result.job_id, pages=pages, path=intent.source_path,
                      **({"forced": True} if intent.force else {}))
+            self.on_queued()
         drop_intent(self.intents, intent)
         return Taken(result, pages=pages)
 

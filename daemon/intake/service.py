@@ -40,9 +40,11 @@ class IngestService:
     """A thread that owns a Watcher and an Ingestor: reconcile once, then watch and ingest."""
 
     def __init__(self, config: Config, *, rescan_s: float = 60.0, empty_grace_s: float = 60.0,
-                 tick_s: float = 0.1, on_corrupt: Callable[[LedgerCorrupt], None] | None = None) -> None:
+                 tick_s: float = 0.1, on_corrupt: Callable[[LedgerCorrupt], None] | None = None,
+                 on_queued: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.on_corrupt = on_corrupt       # the ledger is damaged: whoever must stop the daemon
+        self.on_queued = on_queued         # a job was queued (the daemon nudges idle workers)
         self.room = RoomWatch(config.state_dir)
         self.ledger: Ledger | None = None    # the thread's own, while it runs
         self.rescan_s, self.empty_grace_s, self.tick_s = rescan_s, empty_grace_s, tick_s
@@ -79,7 +81,7 @@ class IngestService:
             return
         watcher = Watcher(self.config.inboxes, rescan_s=self.rescan_s, empty_grace_s=self.empty_grace_s)
         try:
-            ingestor = Ingestor(self.config, ledger)
+            ingestor = Ingestor(self.config, ledger, on_queued=self.on_queued)
             try:
                 ingestor.reconcile()
             except Exception:

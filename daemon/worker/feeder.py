@@ -26,11 +26,11 @@ from ..engines.base import Engine, preprocess
 from ..errors import EngineError, InputError, OcrdError, first_line
 from ..logs import Outage
 from ..output.delivery import fetched_dir
+from ..protocol import IDLE_WAIT_S
 from ..render import render_page
 
 from .recorder import LEDGER_RETRY_S, Recorder
 
-IDLE_WAIT_S = (0.1, 1.0)   # an empty queue is polled at 0.1 s, backing off to 1 s
 AHEAD = 8                  # pages prepared beyond the session's free slots (a prefill group's worth)
 CLAIM_MAX = 16             # pages claimed at once; each is prepared on its own, so the first joins
                            # the batch while the others are still in the pool
@@ -62,7 +62,8 @@ class Feeder:
 
     def __init__(self, *, worker_id: str, ledger: Ledger, engine: Engine, recorder: Recorder,
                  config: Callable[[], Config], prompt_and_mode: Callable[[ClaimedPage], tuple[str, str]],
-                 lease_s: float, threads: int, outage: Outage, log: Any) -> None:
+                 lease_s: float, threads: int, outage: Outage, log: Any,
+                 idle_wait_s: tuple[float, float] = IDLE_WAIT_S) -> None:
         self.worker_id, self.ledger, self.engine, self.recorder = worker_id, ledger, engine, recorder
         self.config, self.prompt_and_mode, self.lease_s = config, prompt_and_mode, lease_s
         self.outage, self.log = outage, log
@@ -72,7 +73,8 @@ class Feeder:
         self._claim: Future[list[Preparing]] | None = None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="front")
         self._fetching = threading.Lock()
-        self._idle_s = IDLE_WAIT_S[0]
+        self.idle_wait_s = idle_wait_s   # (first, longest): a document queued here nudges at once
+        self._idle_s = idle_wait_s[0]
         self.claim_after = 0.0         # an empty queue is not asked again before this
         self._paused: tuple[float, bool] = (float("-inf"), False)   # (checked at, paused)
         self.room = RoomWatch(config().state_dir, log)               # no claims on a full disk
@@ -115,10 +117,16 @@ class Feeder:
         self.claim_lost = False
         self.ready.extend(got)
         if got:
-            self._idle_s, self.claim_after = IDLE_WAIT_S[0], 0.0
+            self.claim_soon()
         else:   # the queue is empty: ask again after 0.1 s, backing off to 1 s
             self.claim_after = time.monotonic() + self._idle_s
-            self._idle_s = min(self._idle_s * 2, IDLE_WAIT_S[1])
+            self._idle_s = min(self._idle_s * 2, self.idle_wait_s[1])
+
+    def claim_soon(self) -> None:
+        """Pages came, or a document was queued: the next fill() asks at once (not while a lost
+        connection's retry wait runs)."""
+        if not self.claim_lost:
+            self._idle_s, self.claim_after = self.idle_wait_s[0], 0.0
 
     def take(self, *, block: bool) -> Prepared | None:
         """The next page in claim order once it is prepared (waiting for it if `block`); pages

@@ -36,7 +36,7 @@ from ..engines.mlxvlm import memory_stats, take_peak_memory
 from ..errors import ModelUnavailable, OcrdError, first_line
 from ..logs import Outage, configure_worker_logging
 from ..protocol import (EXIT_LEDGER_CORRUPT, EXIT_MODEL_UNAVAILABLE, Message, WorkerContext, WorkerEvent,
-                        read_context, sender)
+                        read_context, read_nudges, sender)
 from .feeder import Feeder, front_threads
 from .heartbeat import Heartbeat, Snapshot
 from .recorder import Recorder
@@ -55,12 +55,14 @@ class Worker:
     nothing new is admitted, pages in flight may finish (up to WARM_FINISH_S), then tick() is False."""
 
     def __init__(self, ctx: WorkerContext, *, send: Callable[[Message], None] = lambda m: None,
-                 stop: threading.Event | None = None, reload: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, reload: threading.Event | None = None,
+                 wake: threading.Event | None = None) -> None:
         self.ctx = ctx
         self.config = ctx.config
         self.send = send
         self.stopping = stop or threading.Event()
         self.reload = reload or threading.Event()
+        self.wake = wake or threading.Event()   # ends an idle wait: a nudge (protocol.py) or a stop
         self.log = structlog.get_logger().bind(worker_id=ctx.worker_id)
         self.ledger: Ledger | None = None
         self.engine: Engine | None = None
@@ -131,7 +133,7 @@ class Worker:
                                  stopping=self.stopping, **common)
         self.feeder = Feeder(engine=self.engine, recorder=self.recorder, config=lambda: self.config,
                              prompt_and_mode=self._prompt_and_mode, lease_s=self.ctx.lease_s,
-                             threads=threads, **common)
+                             threads=threads, idle_wait_s=self.ctx.idle_wait_s, **common)
         self.heartbeat = Heartbeat(backend=device.backend, every_s=self.ctx.heartbeat_s,
                                    slow_on_cpu=warns_on_cpu(name_of(self.ctx.engine_factory)),
                                    lease_s=self.ctx.lease_s, snapshot=self._snapshot,
@@ -163,7 +165,9 @@ class Worker:
             if self._worked:           # just ran out of work: status says idle now, not a beat later
                 self._worked = False
                 self.heartbeat.wake()
-            self.stopping.wait(max(feeder.claim_after - time.monotonic(), 0.0))   # idle backoff
+            if self.wake.wait(max(feeder.claim_after - time.monotonic(), 0.0)):   # idle backoff
+                self.wake.clear()
+                feeder.claim_soon()    # a document was queued here: ask now
         return True
 
     def stop(self) -> None:
@@ -354,13 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     ctx = read_context(sys.stdin.buffer)
     sys.setswitchinterval(GIL_SWITCH_S)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # warm stop: finish the page in hand
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def warm_stop(*_: object) -> None:   # SIGTERM: finish the pages in hand
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, warm_stop)
     signal.signal(signal.SIGHUP, lambda *_: reload.set())  # re-read the config between pages
     sys.path.extend(p for p in ctx.sys_path if p not in sys.path)
     log, control = (os.fdopen(int(fd), "w", buffering=1, encoding="utf-8") for fd in (log_fd, control_fd))
     configure_worker_logging(log)
-    worker = Worker(ctx, send=sender(control), stop=stop, reload=reload)
+    worker = Worker(ctx, send=sender(control), stop=stop, reload=reload, wake=wake)
+    threading.Thread(target=read_nudges, args=(sys.stdin.fileno(), wake.set), name="nudges", daemon=True).start()
     try:
         if not worker.start():
             return EXIT_MODEL_UNAVAILABLE

@@ -34,12 +34,12 @@ def make_config(root: Path, model: str, **workers: object) -> Config:
 class Running:
     """A Supervisor ticking on a thread, as `run_daemon` would tick it."""
 
-    def __init__(self, config: Config, engine: str, device: DeviceInfo | None = None) -> None:
+    def __init__(self, config: Config, engine: str, device: DeviceInfo | None = None, **settings: object) -> None:
         self.config = config
         (config.inboxes[0].path).mkdir(parents=True, exist_ok=True)
         # a page's retry backoff is 1 s x 2^attempts (the ledger's default base is 10 s)
         self.sup = Supervisor(config, Settings(engine_factory=engine, rescan_s=1.0, empty_grace_s=1.0,
-                                               backoff_base_s=1.0), device=device)
+                                               backoff_base_s=1.0, **settings), device=device)
         self._halt = threading.Event()
         self._reloads: list[Config] = []
         self.sup.start()
@@ -80,8 +80,9 @@ class Running:
 def running(tmp_path: Path) -> Iterator:
     made: list[Running] = []
 
-    def make(engine: str, model: str = "fake", device: DeviceInfo | None = None, **workers: object) -> Running:
-        r = Running(make_config(tmp_path, model, **workers), engine, device)
+    def make(engine: str, model: str = "fake", device: DeviceInfo | None = None,
+             settings: dict | None = None, **workers: object) -> Running:
+        r = Running(make_config(tmp_path, model, **workers), engine, device, **(settings or {}))
         made.append(r)
         return r
 
@@ -124,6 +125,20 @@ def test_a_worker_that_loads_then_dies_waits_longer_before_each_restart(running)
         wait_for(lambda: sum(e["event"] == "worker_died" for e in logs) >= 2, 30, 0.1, "two crashes logged")
     assert [e["restart_in_s"] for e in logs if e["event"] == "worker_died"] == [2.0, 4.0]
     assert r.query("SELECT state, attempts FROM pages") == [("failed", 2)]
+    assert r.stop() < 10
+
+
+def test_a_document_queued_here_wakes_an_idle_worker_at_once(running) -> None:
+    # An idle worker polls the queue backing off to 1 s; here (the seam) every 120 s. A document
+    # queued on this host nudges it (a byte down its stdin), so a drop never waits for that poll.
+    r = running("engines:FakeEngine", settings={"idle_wait_s": (120.0, 120.0)})
+    inbox = r.config.inboxes[0].path
+    wait_for(lambda: r.query("SELECT state FROM workers") == [("idle",)], 60, 0.1, "the model loaded")
+    for n, name in enumerate(("first.png", "second.png"), 1):
+        # the second drop meets a worker that found the queue empty after the first: 120 s to its poll
+        samples.write_image(inbox / name, "PNG", n=n)
+        wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(n,)], 30, 0.1,
+                 f"{name} read without waiting for the next poll")
     assert r.stop() < 10
 
 
