@@ -87,8 +87,9 @@ class _Slot:
 class WorkerPool:
     """Worker processes and the two backoffs that hold off starting new ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: threading.Event | None = None) -> None:
         self.slots: list[_Slot] = []
+        self.wake = wake    # set when a message can't wait for the next tick (a document ended)
         self.model_backoff = Backoff(base_s=5.0, max_s=300.0)   # the model would not load
         self.crash_backoff = Backoff()                           # a worker died
         self._replacements: list[float] = []                     # when each may start
@@ -163,9 +164,13 @@ class WorkerPool:
         with stream:
             for line in stream:
                 try:
-                    self._messages.put((worker_id, time.monotonic(), Message.decode(line)))
+                    message = Message.decode(line)
                 except ValueError:
                     log.warning("worker_message_unreadable", worker_id=worker_id, line=line[:200])
+                    continue
+                self._messages.put((worker_id, time.monotonic(), message))
+                if message.event == WorkerEvent.DOCUMENT_ENDED and self.wake is not None:
+                    self.wake.set()   # its outputs are written on the tick: now, not in up to 0.5 s
 
     # -- what the workers said ------------------------------------------------------------------
     def _collect(self) -> None:

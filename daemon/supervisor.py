@@ -78,7 +78,9 @@ class Supervisor:
         self.settings = settings
         self.device = device             # None: detect through MLX at start
         self.host = config.host_name
-        self.pool = WorkerPool()
+        self.wake = threading.Event()    # run_daemon's loop: a signal, the ledger found damaged, a job
+                                         # queued, a document ended (its outputs are due)
+        self.pool = WorkerPool(wake=self.wake)
         self.ledger: Ledger | None = None
         self.delivery: Delivery | None = None
         self.ingest: IngestService | None = None
@@ -100,7 +102,6 @@ class Supervisor:
         self.metrics = None              # a MetricsServer while [metrics] listen is set
         self.backups: BackupService | None = None
         self.corrupt: LedgerCorrupt | None = None   # the ledger is damaged: stop, writing nothing
-        self.wake = threading.Event()    # run_daemon's loop: a signal, the ledger found damaged, a job
         self.queued = threading.Event()  # a job was queued since the last tick: nudge idle workers
         self.api = None                  # an ApiServer while [api] listen is set
         self._unindexed_after: int | None = 0   # pages done before the search index: from this id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sqlite3
@@ -19,6 +20,8 @@ import samples
 from helpers import wait_for
 from ocrd.daemon.config import Config
 from ocrd.daemon.device import DeviceInfo
+from ocrd.daemon.pool import WorkerPool
+from ocrd.daemon.protocol import Message, WorkerEvent
 from ocrd.daemon.supervisor import Settings, Supervisor
 
 
@@ -140,6 +143,19 @@ def test_a_document_queued_here_wakes_an_idle_worker_at_once(running) -> None:
         wait_for(lambda: r.query("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == [(n,)], 30, 0.1,
                  f"{name} read without waiting for the next poll")
     assert r.stop() < 10
+
+
+def test_a_document_that_ends_wakes_the_supervisor_before_its_next_tick() -> None:
+    # Its outputs are written once the supervisor's tick takes the message (up to 0.5 s later
+    # otherwise); other messages wait for the tick.
+    wake = threading.Event()
+    pool = WorkerPool(wake=wake)
+    pool._pump_messages(io.StringIO(Message(WorkerEvent.BUSY, pages=1).encode()
+                                    + Message(WorkerEvent.PAGE_STORED, pages=1, page="1:1").encode()), "w1")
+    assert not wake.is_set()
+    pool._pump_messages(io.StringIO(Message(WorkerEvent.DOCUMENT_ENDED, job=1).encode()), "w1")
+    assert wake.is_set()
+    assert [m.event for _, m in pool.drain_events()] == ["busy", "page_stored", "document_ended"]
 
 
 def test_hanging_engine_is_killed_replaced_and_page_retried(running) -> None:
