@@ -123,10 +123,15 @@ class Feeder:
             self._idle_s = min(self._idle_s * 2, self.idle_wait_s[1])
 
     def claim_soon(self) -> None:
-        """Pages came, or a document was queued: the next fill() asks at once (not while a lost
-        connection's retry wait runs)."""
+        """Pages came: the next fill() asks at once (not while a lost connection's retry wait runs)."""
         if not self.claim_lost:
             self._idle_s, self.claim_after = self.idle_wait_s[0], 0.0
+
+    def nudged(self) -> None:
+        """A document was queued here: ask at once, reading `ocrd pause` afresh (a drop just after
+        a pause must not be claimed on the last second's answer)."""
+        self._paused = (float("-inf"), self._paused[1])
+        self.claim_soon()
 
     def take(self, *, block: bool) -> Prepared | None:
         """The next page in claim order once it is prepared (waiting for it if `block`); pages

@@ -167,7 +167,7 @@ class Worker:
                 self.heartbeat.wake()
             if self.wake.wait(max(feeder.claim_after - time.monotonic(), 0.0)):   # idle backoff
                 self.wake.clear()
-                feeder.claim_soon()    # a document was queued here: ask now
+                feeder.nudged()        # a document was queued here: ask now
         return True
 
     def stop(self) -> None:

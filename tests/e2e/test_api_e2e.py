@@ -162,7 +162,8 @@ def test_ocr_waits_for_the_text_or_answers_with_the_job(serve) -> None:
     assert done.content == (d.outbox / "letter.md").read_bytes()
     job_id = int(done.headers["X-Ocrd-Job"])
     later = client.post("/v1/ocr?wait=0", files={"file": ("later.png", png_bytes(3), "image/png")})
-    assert later.status_code == 202 and later.json()["state"] == "queued", later.text
+    # answered at once: queued, or already claimed by the worker its queueing woke
+    assert later.status_code == 202 and later.json()["state"] in ("queued", "running"), later.text
     assert later.json()["id"] != job_id and later.headers["Location"] == later.json()["url"]
     assert finished(client, later.json()["id"])["state"] == "done"
     again = client.post("/v1/ocr?wait=0&filename=letter-again.png", content=png_bytes(2))
