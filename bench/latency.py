@@ -66,11 +66,12 @@ def drop_rounds(config: dict, pngs: list[Path], idle_s: float, root: Path, code:
                 decoded = max(_spans(con))[0]   # this round's page: the latest to start
             finally:
                 con.close()
-            rounds.append({"queued_s": round(datetime.fromisoformat(created).timestamp() - dropped_at, 3),
-                           "decode_start_s": round(decoded - dropped_at, 3),
-                           "outbox_s": round(out.stat().st_mtime - dropped_at, 3)})
-            print(f"{'before' if code else 'this'} drop {n:>2}: queued {rounds[-1]['queued_s']:6.3f} s  decoding {rounds[-1]['decode_start_s']:6.3f} s"
-                  f"  outbox {rounds[-1]['outbox_s']:6.3f} s", flush=True)
+            row = {"queued_s": round(datetime.fromisoformat(created).timestamp() - dropped_at, 3),
+                   "decode_start_s": round(decoded - dropped_at, 3),
+                   "outbox_s": round(out.stat().st_mtime - dropped_at, 3)}
+            rounds.append(row)
+            print(f"{'before' if code else 'this'} drop {n:>2}: queued {row['queued_s']:6.3f} s  "
+                  f"decoding {row['decode_start_s']:6.3f} s  outbox {row['outbox_s']:6.3f} s", flush=True)
     finally:
         stop_daemon(proc)
     return rounds
