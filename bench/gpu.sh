@@ -5,10 +5,10 @@
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
 # ctx (which processes hold GPU memory while the daemon runs); pipe-small, pipe-gundam, pipe-q8 (bench/pipelined.py:
 # the pipelined bare loop against the daemon, 256 pages, interleaved pairs; pipe-gundam also runs the daemon at 64 fixed
-# beside `auto`; pipe-q8 also runs the bare loop with the 8-bit model kept quantized, which on CUDA the engine runs dense) and realistic (the default
+# beside `auto`; pairs-gundam: the bare loop and the daemon alone, more pairs in the same minutes; pipe-q8 also runs the bare loop with the 8-bit model kept quantized, which on CUDA the engine runs dense) and realistic (the default
 # config: gundam, 8-bit, guard on, a mixed drop of PNGs and multi-page PDFs). Pages are 1700x2200, 512 tokens, the
 # repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard). openai: bench/openai_server.py,
-# mlx-vlm's server (CUDA) at concurrency 16 and 64 on 64 pages and at 1 on 8, against ocrd in-process on the same pages.
+# mlx-vlm's server (CUDA) at concurrency 16 and 64 on 64 pages and at 1 on 8 (openai-c1: that alone), against ocrd in-process on the same pages.
 # GPU=h100 labels the results for the card the device lent (default h200); the JSONs this run wrote land in $OUT/r/.
 set -uo pipefail
 source /tmp/stage/device.sh env
@@ -25,6 +25,7 @@ GPU=${GPU:-h200}
 touch /tmp/gpu-sh-started
 bench() { python3 bench/batch.py --model "$1" --max-tokens 512 --page-size 1700x2200 --no-guard "${@:2}"; }
 pipe() { python3 bench/pipelined.py --model "$1" --pages 256 --max-tokens 512 --page-size 1700x2200 "${@:2}"; }
+served() { python3 bench/openai_server.py --model "$MODEL" --mode gundam --max-tokens 512 --page-size 1700x2200 --no-guard --pairs 1 "$@"; }
 q8() { [ -d /tmp/model8 ] || python3 -m mlx_vlm.convert --hf-path "$MODEL" --mlx-path /tmp/model8 -q --q-bits 8 2>&1 | tail -1; }
 for step in "$@"; do
   case "$step" in
@@ -36,11 +37,12 @@ for step in "$@"; do
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
     pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label $GPU-small ;;
     pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --compare-fixed --label $GPU-gundam ;;
+    pairs-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --label $GPU-gundam-pairs ;;
     pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs ${PAIRS:-2} --no-guard --compare-quantized --label $GPU-gundam-q8 ;;
     realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label $GPU-realistic ;;
-    openai) served() { python3 bench/openai_server.py --model "$MODEL" --mode gundam --max-tokens 512 --page-size 1700x2200 --no-guard --pairs 1 "$@"; }
-            served --pages 64 --concurrency 16,64 --label $GPU-gundam
+    openai) served --pages 64 --concurrency 16,64 --label $GPU-gundam
             served --pages 8 --concurrency 1 --label $GPU-gundam-c1 ;;
+    openai-c1) served --pages 8 --concurrency 1 --label $GPU-gundam-c1 ;;
     ctx)   python3 bench/gpu_contexts.py "$MODEL" ;;
   esac
 done
