@@ -225,26 +225,33 @@ def stop_daemon(proc: subprocess.Popen) -> None:
 
 
 def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str, root: Path,
-                 gpu=None) -> dict:
+                 gpu=None, warm: Path | None = None) -> dict:
     """The whole daemon on `pngs` (any files it takes), from the drop to the last outbox file;
-    `gpu` (bench/pipelined.py's GpuBusy) adds the GPU's busy % over that window."""
+    `gpu` (bench/pipelined.py's GpuBusy) adds the GPU's busy % over that window. With `warm`, that
+    page is read first, untimed: the worker's first page after its start (its encoders traced, its
+    kernels loaded) is then not in the drop, as in a daemon that has run a while."""
     proc = start_daemon(config_dict, batch, engine, root)
     ledger = root / "state" / "ledger.db"
+    outbox = root / "outbox"
+    delivered = lambda n: outbox.exists() and len(list(outbox.glob("*.md"))) == n  # noqa: E731
     try:
+        if warm is not None:
+            _drop([warm], root, name=lambda p: f"0-warm-up{p.suffix}")
+            _wait(lambda: delivered(1), 1800, "the warm-up page", proc, ledger)
+        con = sqlite3.connect(ledger)
+        (first_job,) = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()
+        con.close()
         started, dropped_at = time.perf_counter(), time.time()
-        for png in pngs:   # written elsewhere, moved in: a finished file appears at once
-            staged = root / png.name
-            shutil.copyfile(png, staged)
-            os.replace(staged, root / "inbox" / png.name)
-        outbox = root / "outbox"
-        _wait(lambda: outbox.exists() and len(list(outbox.glob("*.md"))) == len(pngs), 1800, "outbox", proc, ledger)
+        _drop(pngs, root)
+        _wait(lambda: delivered(len(pngs) + (warm is not None)), 1800, "outbox", proc, ledger)
         ended = time.perf_counter()
         seconds = ended - started
         con = sqlite3.connect(ledger)
-        tokens = con.execute("SELECT SUM(generation_tokens) FROM pages").fetchone()[0] or 0
+        tokens = con.execute("SELECT SUM(generation_tokens) FROM pages WHERE job_id >= ?",
+                             (first_job,)).fetchone()[0] or 0
         limits = sorted({b for (b,) in con.execute("SELECT DISTINCT batch FROM heartbeats") if b})
-        in_flight = _mean_in_flight(con)
-        first, last = _decode_window(con, dropped_at)
+        in_flight = _mean_in_flight(con, first_job)
+        first, last = _decode_window(con, dropped_at, first_job)
         con.close()
         peak = _peak_heartbeat(ledger)
     finally:
@@ -254,6 +261,14 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
                 first_decode_s=first, last_stored_s=last, **_decode_time(root / "state" / "logs" / "ocrd.log"),
                 **({"gpu_busy": gpu.mean((started, ended)),   # and while pages decoded (steady state)
                     "gpu_busy_decoding": gpu.mean((started + first, started + last))} if gpu else {}))
+
+
+def _drop(files: list[Path], root: Path, name=lambda p: p.name) -> None:
+    """`files` into root/inbox, each written elsewhere and moved in: a finished file appears at once."""
+    for f in files:
+        staged = root / name(f)
+        shutil.copyfile(f, staged)
+        os.replace(staged, root / "inbox" / staged.name)
 
 
 def _decode_time(log_file: Path) -> dict:
@@ -267,26 +282,27 @@ def _decode_time(log_file: Path) -> dict:
     return total
 
 
-def _spans(con: sqlite3.Connection) -> list[tuple[float, float]]:
-    """Each done page's decode (start, end) in epoch seconds: its store time less its decode seconds."""
-    ends = [(datetime.fromisoformat(f).timestamp(), s)
-            for f, s in con.execute("SELECT finished_at, seconds FROM pages WHERE state = 'done'")]
+def _spans(con: sqlite3.Connection, first_job: int = 0) -> list[tuple[float, float]]:
+    """Each done page's decode (start, end) in epoch seconds: its store time less its decode seconds
+    (the pages of jobs from `first_job` on)."""
+    ends = [(datetime.fromisoformat(f).timestamp(), s) for f, s in con.execute(
+        "SELECT finished_at, seconds FROM pages WHERE state = 'done' AND job_id >= ?", (first_job,))]
     return [(end - seconds, end) for end, seconds in ends]
 
 
-def _decode_window(con: sqlite3.Connection, dropped_at: float) -> tuple[float, float]:
+def _decode_window(con: sqlite3.Connection, dropped_at: float, first_job: int = 0) -> tuple[float, float]:
     """Seconds from the drop to the first page's decode start and to the last page's store:
     what the daemon's run spent before decoding and after it (delivery) shows beside `seconds`."""
-    spans = _spans(con)
+    spans = _spans(con, first_job)
     if not spans:
         return 0.0, 0.0
     return round(min(a for a, _ in spans) - dropped_at, 2), round(max(b for _, b in spans) - dropped_at, 2)
 
 
-def _mean_in_flight(con: sqlite3.Connection) -> float:
+def _mean_in_flight(con: sqlite3.Connection, first_job: int = 0) -> float:
     """Pages decoding at once, on average from the first page's start to the last page's end:
     how full the batch was kept."""
-    spans = _spans(con)
+    spans = _spans(con, first_job)
     if not spans:
         return 0.0
     wall = max(end for _, end in spans) - min(start for start, _ in spans)

@@ -5,7 +5,7 @@
 # Steps: small (64 and 256 pages, small mode), modes (gundam, base), q8 (the model quantized to 8 bits),
 # ctx (which processes hold GPU memory while the daemon runs); pipe-small, pipe-gundam, pipe-q8 (bench/pipelined.py:
 # the pipelined bare loop against the daemon, 256 pages, interleaved pairs; pipe-gundam also runs the daemon at 64 fixed
-# beside `auto`; pairs-gundam: the bare loop and the daemon alone, more pairs in the same minutes; pipe-q8 also runs the bare loop with the 8-bit model kept quantized, which on CUDA the engine runs dense) and realistic (the default
+# beside `auto`; pairs-gundam: the bare loop, the daemon and the daemon warmed by one page read first (--compare-warm), no fixed row; pipe-q8 also runs the bare loop with the 8-bit model kept quantized, which on CUDA the engine runs dense) and realistic (the default
 # config: gundam, 8-bit, guard on, a mixed drop of PNGs and multi-page PDFs). Pages are 1700x2200, 512 tokens, the
 # repetition guard off for ocrd (random weights loop from the start; the bare loop has no guard). openai: bench/openai_server.py,
 # mlx-vlm's server (CUDA) at concurrency 16 and 64 on 64 pages and at 1 on 8 (openai-c1: that alone), against ocrd in-process on the same pages.
@@ -37,7 +37,7 @@ for step in "$@"; do
            bench /tmp/model8 --mode small --pages 64 --batches 8,32,64,auto --skip-worker --label gpu-small-64-q8 ;;
     pipe-small)  pipe "$MODEL" --mode small --pairs ${PAIRS:-3} --no-guard --compare-plain --label $GPU-small ;;
     pipe-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --compare-fixed --label $GPU-gundam ;;
-    pairs-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --label $GPU-gundam-pairs ;;
+    pairs-gundam) pipe "$MODEL" --mode gundam --pairs ${PAIRS:-3} --no-guard --compare-warm --label $GPU-gundam-pairs ;;
     pipe-q8)     q8; pipe /tmp/model8 --mode gundam --pairs ${PAIRS:-2} --no-guard --compare-quantized --label $GPU-gundam-q8 ;;
     realistic)   q8; pipe /tmp/model8 --mode gundam --pairs 1 --mixed --label $GPU-realistic ;;
     openai) served --pages 64 --concurrency 16,64 --label $GPU-gundam

@@ -3,7 +3,8 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
 
     .venv/bin/python bench/pipelined.py [--model DIR] [--mode small] [--pages 256] [--pairs 3]
         [--batch auto] [--bare-batch 64] [--max-tokens 512] [--page-size 1700x2200] [--no-guard]
-        [--mixed] [--compare-plain] [--compare-uncompiled] [--compare-quantized] [--compare-fixed] [--label NAME]
+        [--mixed] [--compare-plain] [--compare-uncompiled] [--compare-quantized] [--compare-fixed]
+        [--compare-warm] [--label NAME]
 
   bare:   the pipelined bare loop: PNGs opened and run through the engine's CPU preprocessing
           (MlxVlmEngine.preprocess) on a thread pool, ahead of the decoder, while the decode thread
@@ -19,6 +20,9 @@ in interleaved pairs (bare, daemon, bare, daemon, ...; medians).
           says when, from the drop, the first page began decoding and the last was stored, and
           where its decode thread's time went (add, step). --compare-fixed adds, each round, the
           daemon at --bare-batch fixed: does `auto` lose to it, and is a gap the feed or the tuner?
+          --compare-warm adds, each round, the daemon that has read one other page first, untimed
+          (its worker's first page: encoders traced, kernels loaded), as the bare loop is warmed up:
+          how much of the time before the daemon's first decode is that first page?
 On a machine with `nvidia-smi`, GPU busy % (its utilization, sampled every 200 ms) is the mean over
 each run (the daemon's from the drop to its last outbox file, not its model load). Without --model it builds the tiny random-weight model and runs on this CPU. On the H200
 (../shared/gpu/): --model /tmp/model --mode small --max-tokens 512 --page-size 1700x2200 --no-guard.
@@ -172,6 +176,8 @@ def main() -> int:
                         help="each round also runs the bare loop without pages encoded ahead")
     parser.add_argument("--compare-uncompiled", action="store_true",
                         help="each round also runs the bare loop with the image encoders uncompiled")
+    parser.add_argument("--compare-warm", action="store_true",
+                        help="also the daemon with one page read before the drop, untimed")
     parser.add_argument("--compare-fixed", action="store_true",
                         help="each round also runs the daemon at --bare-batch, fixed (does `auto` lose?)")
     parser.add_argument("--compare-quantized", action="store_true",
@@ -213,6 +219,9 @@ def main() -> int:
                 rows.append(_show(bare_pipelined(quantized, pngs, args.bare_batch, args.mode, args.max_tokens,
                                                  name="bare loop, kept quantized")))
             rows.append(_show(daemon_row(config, drop, len(pngs), batch, factory, root / f"daemon-{n}")))
+            if args.compare_warm:
+                rows.append(_show(daemon_row(config, drop, len(pngs), batch, factory, root / f"daemon-warm-{n}",
+                                             warm=warm_page(pngs[0], root))))
             if args.compare_fixed and batch != args.bare_batch:
                 rows.append(_show(daemon_row(config, drop, len(pngs), args.bare_batch, factory,
                                              root / f"daemon-fixed-{n}")))
@@ -220,10 +229,23 @@ def main() -> int:
     return 0
 
 
-def daemon_row(config: dict, drop: list[Path], pages: int, batch, factory: str, root: Path) -> dict:
-    """bench/batch.py's whole-daemon row, in pages (a mixed drop's row counted files)."""
-    row = daemon_batch(config, drop, batch, factory, root, gpu=GpuBusy())
+def daemon_row(config: dict, drop: list[Path], pages: int, batch, factory: str, root: Path,
+               warm: Path | None = None) -> dict:
+    """bench/batch.py's whole-daemon row, in pages (a mixed drop's row counted files); `warm`: read
+    that page first, untimed."""
+    row = daemon_batch(config, drop, batch, factory, root, gpu=GpuBusy(), warm=warm)
+    if warm is not None:
+        row["name"] = "warmed daemon (drop -> outbox)"
     return {**row, "pages": pages, "files": len(drop), "pages_per_s": round(pages / row["seconds"], 3)}
+
+
+def warm_page(page: Path, root: Path) -> Path:
+    """A page like `page` but not the same file (the daemon would take the same bytes as a duplicate)."""
+    out = root / "warm-up.png"
+    if not out.exists():
+        with Image.open(page) as im:
+            im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(out)
+    return out
 
 
 def kept_quantized(engine_class: type, model: ModelConfig):
@@ -260,6 +282,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     quantized = [r["pages_per_s"] for r in rows if r["name"].startswith("bare loop, kept")]
     daemon = [r["pages_per_s"] for r in rows if r["name"].startswith("whole") and str(r["batch"]) == args.batch]
     fixed = [r["pages_per_s"] for r in rows if r["name"].startswith("whole") and str(r["batch"]) != args.batch]
+    warmed = [r["pages_per_s"] for r in rows if r["name"].startswith("warmed")]
     pairs = [round(d / b, 3) for b, d in zip(bare, daemon)]
     summary = {"bare_median_pages_per_s": statistics.median(bare),
                "daemon_median_pages_per_s": statistics.median(daemon),
@@ -270,6 +293,9 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
         summary["compiled_over_uncompiled_per_round"] = [round(b / u, 3) for b, u in zip(bare, uncompiled)]
     if fixed:
         summary["daemon_over_fixed_per_round"] = [round(d / f, 3) for d, f in zip(daemon, fixed)]
+    if warmed:
+        summary["warmed_over_bare_per_pair"] = [round(w / b, 3) for b, w in zip(bare, warmed)]
+        summary["warmed_over_daemon_per_round"] = [round(w / d, 3) for d, w in zip(daemon, warmed)]
     if quantized:
         summary["engine_over_kept_quantized_per_round"] = [round(b / q, 3) for b, q in zip(bare, quantized)]
     print("medians: bare {bare_median_pages_per_s} p/s, daemon {daemon_median_pages_per_s} p/s, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ log = structlog.get_logger()
 
 # macOS: the file's content lives only in iCloud; reading it would block on a download.
 SF_DATALESS = 0x40000000
+# watchdog's inotify backend holds each move out of a folder 0.5 s, to pair it with a move in, and
+# every event behind it waits as long (github.com/gorakhargosh/watchdog/issues/649). Ingest moves
+# each file out of its inbox, so a file dropped just after one was ingested was noticed 0.5 s late.
+# An event here only names paths to look at, so pairing buys nothing: moves are held this long.
+MOVE_PAIRING_S = 0.02
 WATCH_CHECK_S = 1.0      # how often each native watch is checked against its folder
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
            DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
@@ -91,6 +97,7 @@ class Watcher:
     def start(self) -> None:
         """Create missing inbox folders and start one observer per inbox; the first tick scans."""
         self._started = True
+        _shorten_move_pairing()
         for inbox in self._inboxes.values():
             self._start_observer(inbox)
 
@@ -355,3 +362,20 @@ class Watcher:
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+
+def _shorten_move_pairing() -> None:
+    """MOVE_PAIRING_S for watchdog's inotify move pairing (its class in recent watchdog, or the
+    older InotifyBuffer); nothing elsewhere (FSEvents and polling hold nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import importlib
+
+    for module, name in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
+                         ("watchdog.observers.inotify_buffer", "InotifyBuffer")):
+        try:
+            holder = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        holder.delay = MOVE_PAIRING_S
+        return

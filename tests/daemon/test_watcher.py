@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,28 @@ def test_a_held_file_comes_back_once_it_rested_or_changed(inbox: InboxConfig, wa
     w._note(inbox.key, [str(f)])
     assert w.tick(now=62.0) == []
     assert w.tick(now=62.4) == [(inbox, f)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify's move pairing")
+def test_a_file_moved_in_just_after_one_moved_out_is_seen_at_once(tmp_path: Path, watcher_factory) -> None:
+    """Ingest moves each file out of its inbox; watchdog held a move out 0.5 s to pair it, and every
+    event behind it waited, so the next file dropped was noticed 0.5 s late."""
+    box = make_inbox(tmp_path, stable_for_s=0.0)
+    box.path.mkdir()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    w = watcher_factory(box, rescan_s=1000)
+    w.start()
+    w.tick()
+    seen_after = []
+    for n in range(3):
+        (box.path / f"taken-{n}.pdf").write_bytes(b"t")
+        assert collect(w, 1) == [box.path / f"taken-{n}.pdf"]
+        dropped = tmp_path / f"dropped-{n}.pdf"
+        dropped.write_bytes(b"d")
+        os.rename(box.path / f"taken-{n}.pdf", spool / f"taken-{n}.pdf")   # as ingest does
+        start = time.monotonic()
+        os.rename(dropped, box.path / dropped.name)
+        assert collect(w, 1, timeout=5) == [box.path / dropped.name]
+        seen_after.append(time.monotonic() - start)
+    assert min(seen_after) < 0.3, f"noticed {seen_after} s after the drop (watchdog holds a move 0.5 s)"
