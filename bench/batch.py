@@ -233,7 +233,10 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
     proc = start_daemon(config_dict, batch, engine, root)
     ledger = root / "state" / "ledger.db"
     outbox = root / "outbox"
-    delivered = lambda n: outbox.exists() and len(list(outbox.glob("*.md"))) == n  # noqa: E731
+
+    def delivered(files: int) -> bool:
+        return outbox.exists() and len(list(outbox.glob("*.md"))) == files
+
     try:
         if warm is not None:
             _drop([warm], root, name=lambda p: f"0-warm-up{p.suffix}")
