@@ -239,7 +239,7 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
 
     try:
         if warm is not None:
-            _drop([warm], root, name=lambda p: f"0-warm-up{p.suffix}")
+            _drop([warm], root)
             _wait(lambda: delivered(1), 1800, "the warm-up page", proc, ledger)
         con = sqlite3.connect(ledger)
         (first_job,) = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()
@@ -266,12 +266,12 @@ def daemon_batch(config_dict: dict, pngs: list[Path], batch: object, engine: str
                     "gpu_busy_decoding": gpu.mean((started + first, started + last))} if gpu else {}))
 
 
-def _drop(files: list[Path], root: Path, name=lambda p: p.name) -> None:
+def _drop(files: list[Path], root: Path) -> None:
     """`files` into root/inbox, each written elsewhere and moved in: a finished file appears at once."""
     for f in files:
-        staged = root / name(f)
+        staged = root / f.name
         shutil.copyfile(f, staged)
-        os.replace(staged, root / "inbox" / staged.name)
+        os.replace(staged, root / "inbox" / f.name)
 
 
 def _decode_time(log_file: Path) -> dict:
