@@ -61,6 +61,8 @@ def configure_logging(log_dir: Path | None, *, stream: IO[str] | None = None,
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_noise)  # added once
+    # fontTools' subsetter (each searchable PDF's font) says ~25 things at INFO per document
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -5,7 +5,8 @@ Order matters (DESIGN.md invariants 1 and 2); each step is idempotent so the del
   reserve the output stem in the ledger -> write each format atomically (writers.py) -> move the
   original to archive -> record its new place -> job running -> done.
 A crash before the last step leaves a running job with every page done; the supervisor notices
-such jobs (at start and every few seconds) and finishes them.
+such jobs (at start and every few seconds) and finishes them. Once the original has left the spool
+every format is written, so such a second run writes nothing again.
 
 `place_original` is the one place that moves an original out of the spool (to archive/, to
 failed/ with its `.error.txt`, or deletes it when the inbox keeps no archive); finishing, failing,
@@ -132,8 +133,11 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
         ledger.set_job_paths(job_id, output_path=str(out))
         original = _in_spool(config, job)
         pages = ledger.done_pages(job_id)
+        # The original leaves the spool only after every format is written: a finish cut short
+        # after that move has nothing left to write (and the searchable PDF could not be redone).
+        written = original is None and all(output_path(stem, f).exists() for f in formats)
         doc = Document(pages, original, mode=job.mode or config.mode_for(inbox))
-        if not _write(config, ledger, job_id, doc, stem, formats):
+        if not written and not _write(config, ledger, job_id, doc, stem, formats):
             return None
         if original is not None:   # the output is written; if archive/ refuses, it waits in the spool
             place_original(ledger, original, plan_destination(inbox, Place.ARCHIVE, rel),
@@ -161,7 +165,8 @@ def _write(config: Config, ledger: Ledger, job_id: int, doc: Document, stem: Pat
     except FormatFailed as exc:
         reason = str(exc)
     ledger.fail_job(job_id, reason)
-    _move_failed(config, ledger, job_id, reason, "")
+    if not _move_failed(config, ledger, job_id, reason, ""):
+        log.warning("job_failed", job_id=job_id, reason=reason, moved_to=None)
     return False
 
 
@@ -179,16 +184,18 @@ def fail_document(config: Config, ledger: Ledger, job_id: int, reason: str, deta
         _move_failed(config, ledger, job_id, reason, details)
 
 
-def _move_failed(config: Config, ledger: Ledger, job_id: int, reason: str, details: str) -> None:
+def _move_failed(config: Config, ledger: Ledger, job_id: int, reason: str, details: str) -> bool:
+    """Whether there was an original to move (and job_failed was logged)."""
     job = ledger.job(job_id)
     if job is None or job.state != JobState.FAILED or not ledger.delivers(job.host):
-        return
+        return False
     original = _in_spool(config, job)
     inbox = config.home_inbox(job.inbox)
     if original is None or inbox is None:
-        return
+        return False
     dest = plan_destination(inbox, Place.FAILED, job_relative_path(config, job))
     moved = place_original(ledger, original, dest, job_id=job_id, error=job.error or reason,
                            details=details, event="failed_move_failed")
     log.warning("job_failed", job_id=job_id, source=job.source_path, reason=job.error or reason,
                 moved_to=str(moved) if moved is not None else None)
+    return True
