@@ -6,6 +6,7 @@ import contextlib
 import glob
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -74,17 +75,28 @@ def fsync_dir(path: Path) -> None:
 def unique_path(path: Path) -> Path:
     """`path` if free, else `name (2).ext`, `name (3).ext`, ... (a name too long for the OS is
     shortened, see fit_name)."""
+    return next(p for p in numbered(path) if not os.path.lexists(p))
+
+
+def numbered(path: Path) -> Iterator[Path]:
+    """`path`, then the numbered siblings unique_path would pick in turn."""
     path = path.with_name(fit_name(path.name))
-    if not os.path.lexists(path):
-        return path
+    yield path
     n = 2
     while True:
         tag = f" ({n})"
         short = Path(fit_name(path.name, NAME_MAX - len(tag)))
-        candidate = path.with_name(f"{short.stem}{tag}{short.suffix}")
-        if not os.path.lexists(candidate):
-            return candidate
+        yield path.with_name(f"{short.stem}{tag}{short.suffix}")
         n += 1
+
+
+def sha256_file(path: Path) -> str:
+    """Stream a file's sha256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def move_file(src: Path, dst: Path, *, overwrite: bool = False) -> Path:

@@ -13,7 +13,6 @@ taken, so reconcile.py at the next start can finish or undo whatever a kill -9 i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -40,7 +39,6 @@ from ..render import page_count, sniff_type
 log = structlog.get_logger()
 
 _INTENTS = ".intents"
-_CHUNK = 1024 * 1024
 STALL_GRACE_S = 60.0     # a file that won't parse is failed only once unchanged this long
 # What a file cut short fails as (render.py); an unsupported, encrypted or oversized file is
 # whole and fails at once.
@@ -92,15 +90,6 @@ class Submitted:
     result: AddResult | None     # None: not taken (`error` says why)
     error: str | None = None     # why it was not taken, or why its job failed at ingest
     pages: int = 0               # the job's pages, when it was queued
-
-
-def sha256_file(path: Path) -> str:
-    """Stream a file's sha256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def spool_name(source: Path) -> str:
@@ -275,7 +264,7 @@ class Ingestor:
         spool = self.spool / intent.spool_name
         inbox = self.home_inbox(intent.inbox)
         size = spool.stat().st_size
-        sha = sha256_file(spool)
+        sha = files.sha256_file(spool)
         try:
             if self.ledger.shares_files and size > SHARED_MAX_BYTES:
                 raise InputError(f"too large for a shared ledger: {size / 1e9:.2f} GB, the limit is "

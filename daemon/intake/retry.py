@@ -18,7 +18,7 @@ from ocrd.ledger import Job, JobState
 from .. import files
 from ..errors import InputError
 from ..output.outbox import Place, job_relative_path, place_original, plan_destination
-from .ingest import Ingestor, count_pages, sha256_file, spool_name
+from .ingest import Ingestor, count_pages, spool_name
 from .intents import Intent, Stage, drop_intent, write_intent
 
 log = structlog.get_logger()
@@ -126,7 +126,7 @@ def _back_to_spool(ing: Ingestor, job: Job, original: Path, *, copy: bool = Fals
 def _reingest(ing: Ingestor, job: Job, original: Path) -> Retried:
     """A job that failed at ingest, its original back in the spool: check it again."""
     size = original.stat().st_size
-    sha = sha256_file(original)
+    sha = files.sha256_file(original)
     try:
         pages = count_pages(original)
     except InputError as exc:

@@ -25,7 +25,8 @@ from ocrd.ledger import Job, JobOptions, JobState, Ledger
 from ocrd.ledger.clock import from_text, utc_now
 
 from ..config import Config, InboxConfig
-from ..files import flocked, move_file, unique_path, write_error_file
+from ..files import (error_file_for, flocked, move_file, numbered, sha256_file, unique_path,
+                     write_error_file)
 from .writers import Document, FormatFailed, free_stem, output_path, stem_of, write_outputs
 
 log = structlog.get_logger()
@@ -142,12 +143,31 @@ def finish_document(config: Config, ledger: Ledger, job_id: int) -> Path | None:
         if original is not None:   # the output is written; if archive/ refuses, it waits in the spool
             place_original(ledger, original, plan_destination(inbox, Place.ARCHIVE, rel),
                            job_id=job_id, event="archive_failed")
-        elif job.spool_path and inbox.archive and (inbox.archive / rel).exists():
-            ledger.set_job_paths(job_id, spool_path=str(inbox.archive / rel))  # moved, then a crash
+        else:
+            _record_moved(config, ledger, job, inbox.archive)
         ledger.finish_job(job_id, str(out))
     log.info("job_done", job_id=job_id, source=job.source_path, output=str(out), pages=len(pages),
              formats=list(formats), seconds=_seconds_since(ledger.job_started_at(job_id)))
     return out
+
+
+def _record_moved(config: Config, ledger: Ledger, job: Job, folder: Path | None,
+                  error: str | None = None) -> None:
+    """An original gone from the spool while the ledger still has it there: a move to `folder`
+    (archive/ or failed/) cut short before it recorded where. The ledger gets where it went
+    (`<rel>` or the numbered sibling plan_destination gave it, known by its bytes; "" when it is
+    not there: deleted), and a failed one its `.error.txt`."""
+    if not job.spool_path or not Path(job.spool_path).is_relative_to(config.spool_dir):
+        return
+    found = None
+    if folder is not None and job.sha256:
+        for path in numbered(folder / job_relative_path(config, job)):
+            if not path.exists() or sha256_file(path) == job.sha256:
+                found = path if path.exists() else None
+                break
+    ledger.set_job_paths(job.id, spool_path=str(found) if found else "")
+    if found is not None and error is not None and not error_file_for(found).exists():
+        write_error_file(found, error)
 
 
 def _write(config: Config, ledger: Ledger, job_id: int, doc: Document, stem: Path,
@@ -191,7 +211,10 @@ def _move_failed(config: Config, ledger: Ledger, job_id: int, reason: str, detai
         return False
     original = _in_spool(config, job)
     inbox = config.home_inbox(job.inbox)
-    if original is None or inbox is None:
+    if inbox is None:
+        return False
+    if original is None:
+        _record_moved(config, ledger, job, inbox.failed, error=job.error or reason)
         return False
     dest = plan_destination(inbox, Place.FAILED, job_relative_path(config, job))
     moved = place_original(ledger, original, dest, job_id=job_id, error=job.error or reason,
