@@ -15,6 +15,10 @@ gutter only through a gap between its words (detectors can join lines across a n
 split there. A region that can't be cut is one block: its boxes are grouped into lines by
 baseline, and a block whose lines hold several cells apart
 from one another is written as a markdown table. Blocks are separated by a blank line.
+
+A page scanned on its side (most lines run up or down it) is read again turned a quarter each way,
+and the reading the engine is surer of is laid out; its lines go back onto the page as scanned
+with the angle their text runs at (Block.angle), which the searchable PDF's layer follows.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ BAND_GAP = 0.5          # x the median line height: the narrowest gutter in a ba
 SKEW_MIN = 0.2          # degrees: a flatter page is laid out as it is
 SKEW_MAX = 10.0         # degrees: steeper lines are not text lines of a page scanned askew
 SLOPE_LINE = 4          # a line's width over its height: shorter boxes say too little of the slope
+SIDEWAYS_SHARE = 0.6    # of a page's lines (4+ characters) running up or down it: read it turned
+SIDEWAYS_KEEP = 0.95    # a turned reading is taken unless the engine was this much surer as scanned
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Box:
     text: str
     words: tuple[Box, ...] = ()     # the words' own boxes where the engine gives them (RapidOCR)
     quad: tuple[tuple[float, float], ...] = ()   # the detector's polygon, clockwise from top left
+    score: float = 1.0              # the recogniser's confidence, 0-1, where the engine gives it
 
     @property
     def height(self) -> float:
@@ -64,11 +71,37 @@ class Box:
         return (self.y0 + self.y1) / 2
 
 
-def box_from_quad(quad, text: str, words: tuple[Box, ...] = ()) -> Box:
+def box_from_quad(quad, text: str, words: tuple[Box, ...] = (), score: float = 1.0) -> Box:
     """A Box bounding a detector's four-point polygon (kept: its slope is the page's skew)."""
     points = tuple((float(p[0]), float(p[1])) for p in quad)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    return Box(min(xs), min(ys), max(xs), max(ys), text, words, points)
+    return Box(min(xs), min(ys), max(xs), max(ys), text, words, points, score)
+
+
+def sideways(boxes: list[Box]) -> bool:
+    """Most of the page's lines run up or down it: a page scanned (or photographed) on its side."""
+    lines = [b for b in boxes if len(b.text.strip()) >= 4]
+    tall = sum(1 for b in lines if b.y1 - b.y0 > 1.5 * (b.x1 - b.x0))
+    return bool(lines) and tall >= SIDEWAYS_SHARE * len(lines)
+
+
+def confidence(boxes: list[Box]) -> float:
+    """The engine's confidence in a reading: its boxes' scores, weighted by their characters."""
+    chars = sum(len(b.text) for b in boxes)
+    return sum(b.score * len(b.text) for b in boxes) / chars if chars else 0.0
+
+
+def onto_page(box: Box, turn: int, width: int, height: int) -> Block:
+    """A line read on the page turned `turn` degrees counter-clockwise (0, 90, 270; `width` x
+    `height`: the page as scanned) as a Block on the page as scanned; its text runs at
+    -turn degrees there."""
+    if turn == 90:     # turned (u, v) <- scanned (x, y) = (width - v, u)
+        x0, y0, x1, y1 = width - box.y1, box.x0, width - box.y0, box.x1
+    elif turn == 270:  # turned (u, v) <- scanned (x, y) = (v, height - u)
+        x0, y0, x1, y1 = box.y0, height - box.x1, box.y1, height - box.x0
+    else:
+        x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+    return Block(box.text, x0, y0, x1, y1, kind="line", angle=(360 - turn) % 360)
 
 
 def to_markdown(boxes: list[Box]) -> str:
@@ -128,7 +161,7 @@ def _turn(box: Box, angle: float) -> Box:
 
     words = tuple(_turn(w, angle) for w in box.words)
     if box.quad:
-        return box_from_quad([turn(x, y) for x, y in box.quad], box.text, words)
+        return box_from_quad([turn(x, y) for x, y in box.quad], box.text, words, box.score)
     cx, cy = turn((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
     w, h = (box.x1 - box.x0) / 2, (box.y1 - box.y0) / 2
     return Box(cx - w, cy - h, cx + w, cy + h, box.text, words)
@@ -325,12 +358,22 @@ class LineEngine:
     def _read(self, image: Image.Image, max_tokens: int) -> PageResult:
         started = time.perf_counter()
         try:
-            boxes = self.find_boxes(image)
+            boxes, turn = self._upright(image)
         except Exception as exc:
             raise EngineError(f"{self.name} failed: {first_line(exc, with_type=True)}") from exc
         result = finish_page(to_markdown(boxes), max_tokens, time.perf_counter() - started)
-        result.blocks = [Block(b.text, b.x0, b.y0, b.x1, b.y1, kind="line") for b in reading_order(boxes)]
+        result.blocks = [onto_page(b, turn, *image.size) for b in reading_order(boxes)]
         return result
+
+    def _upright(self, image: Image.Image) -> tuple[list[Box], int]:
+        """The page's lines and the turn (degrees counter-clockwise) they were read at: 0, or for
+        a page on its side the quarter turn that the engine reads with more confidence."""
+        boxes = self.find_boxes(image)
+        if not sideways(boxes):
+            return boxes, 0
+        turned = [(self.find_boxes(image.rotate(turn, expand=True)), turn) for turn in (90, 270)]
+        best = max(turned, key=lambda read: confidence(read[0]))
+        return best if confidence(best[0]) >= SIDEWAYS_KEEP * confidence(boxes) else (boxes, 0)
 
 
 def finish_page(text: str, max_tokens: int, seconds: float) -> PageResult:

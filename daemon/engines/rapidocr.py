@@ -79,8 +79,8 @@ class RapidOcrEngine(LineEngine):
         if found.boxes is None:
             return []
         words = found.word_results or [()] * len(found.boxes)
-        return [box_from_quad(quad, text, tuple(box_from_quad(q, t) for t, _, q in line if t.strip()))
-                for quad, text, line in zip(found.boxes, found.txts, words)]
+        return [box_from_quad(quad, text, tuple(box_from_quad(q, t) for t, _, q in line if t.strip()), score)
+                for quad, text, line, score in zip(found.boxes, found.txts, words, found.scores)]
 
 
 def _version() -> str:

@@ -65,5 +65,5 @@ class VisionEngine(LineEngine):
 
 def vision_box(observation: Observation, width: int, height: int) -> Box:
     """A Vision observation as a layout Box in pixels, origin top left."""
-    text, _, (x, y, w, h) = observation
-    return Box(x * width, (1 - y - h) * height, (x + w) * width, (1 - y) * height, text)
+    text, score, (x, y, w, h) = observation
+    return Box(x * width, (1 - y - h) * height, (x + w) * width, (1 - y) * height, text, score=score)

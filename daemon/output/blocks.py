@@ -39,6 +39,7 @@ class Block:
     y1: float
     kind: str = "line"   # "line" (line engines), "block" (DeepSeek grounding), "page" (no boxes)
     label: str = ""      # DeepSeek's block label (text, title, table, ...) where given
+    angle: int = 0       # degrees counter-clockwise its text runs at (90, 270: a page on its side)
 
 
 def parse_grounding(raw: str, width: int, height: int) -> tuple[list[Block], str]:
@@ -82,14 +83,15 @@ def to_dicts(blocks: list[Block], width: int, height: int) -> list[dict]:
     return [{"text": b.text, "kind": b.kind, "label": b.label,
              "box": [round(b.x0, 2), round(b.y0, 2), round(b.x1, 2), round(b.y1, 2)],
              "box_fraction": [round(b.x0 / w, 4), round(b.y0 / h, 4),
-                              round(b.x1 / w, 4), round(b.y1 / h, 4)]}
+                              round(b.x1 / w, 4), round(b.y1 / h, 4)],
+             **({"angle": b.angle} if b.angle else {})}
             for b in blocks]
 
 
 def from_dicts(items: list[dict]) -> list[Block]:
     """Blocks back from `to_dicts` (the pixel box is the truth; box_fraction is for readers)."""
     return [Block(str(d["text"]), *(float(v) for v in d["box"]), kind=d.get("kind", "line"),
-                  label=d.get("label", "")) for d in items]
+                  label=d.get("label", ""), angle=int(d.get("angle", 0))) for d in items]
 
 
 def plain_text(markdown: str) -> str:

@@ -117,9 +117,10 @@ def _graft(pdf: pikepdf.Pdf, page: pikepdf.Page, layer_page: pikepdf.Page,
 
 
 # -- the text layer --------------------------------------------------------------------------------
-def _layer_lines(layer: PageLayer, width: float, height: float) -> Iterator[tuple[str, _Box]]:
-    """Each text line of the layer and its box in points of the page as seen. A block's lines are
-    spread in the engine's pixels, where text has its own proportions (a fax's pixels are not)."""
+def _layer_lines(layer: PageLayer, width: float, height: float) -> Iterator[tuple[str, _Box, int]]:
+    """Each text line of the layer, its box in points of the page as seen and the angle its text
+    runs at. A block's lines are spread in the engine's pixels, where text has its own
+    proportions (a fax's pixels are not)."""
     if layer.width <= 0 or layer.height <= 0:
         return
     sx, sy = width / layer.width, height / layer.height
@@ -133,7 +134,7 @@ def _layer_lines(layer: PageLayer, width: float, height: float) -> Iterator[tupl
                             min_lines=PAGE_LINES if block.kind == "page" else 1)
         for text, (a, b, c, d) in lines:
             if text:
-                yield _visual_order(text), (a * sx, b * sy, c * sx, d * sy)
+                yield _visual_order(text), (a * sx, b * sy, c * sx, d * sy), block.angle
 
 
 def _spread(texts: list[str], box: _Box, min_lines: int = 1) -> list[tuple[str, _Box]]:
@@ -175,9 +176,9 @@ def _visual_order(text: str) -> str:
     return "".join(reversed(_RTL_TOKEN.findall(text)))
 
 
-def _render_layer(pages: list[list[tuple[str, _Box]]], sizes: list[tuple[float, float]]) -> bytes:
+def _render_layer(pages: list[list[tuple[str, _Box, int]]], sizes: list[tuple[float, float]]) -> bytes:
     """A PDF of the text layers, one page per source page (an empty one where there is no text)."""
-    chars = {c for lines in pages for text, _ in lines for c in text} | {" "}
+    chars = {c for lines in pages for text, _, _ in lines for c in text} | {" "}
     with tempfile.TemporaryDirectory(prefix="ocrd-layer-") as tmp:
         font = Path(tmp) / "glyphless.ttf"      # fpdf2 takes fonts by file name only
         font.write_bytes(_glyphless_font(chars))
@@ -187,14 +188,21 @@ def _render_layer(pages: list[list[tuple[str, _Box]]], sizes: list[tuple[float, 
         pdf.text_mode = TextMode.INVISIBLE
         for lines, size in zip(pages, sizes):
             pdf.add_page(format=size)
-            for text, box in lines:
-                _place(pdf, text, box)
+            for text, box, angle in lines:
+                _place(pdf, text, box, angle)
         return bytes(pdf.output())
 
 
-def _place(pdf: FPDF, text: str, box: _Box) -> None:
+def _place(pdf: FPDF, text: str, box: _Box, angle: int = 0) -> None:
     """`text` across `box`: font size = box height, Tz so that it spans the box width. A trailing
-    space keeps extractors from joining it to the next line (CJK text takes none)."""
+    space keeps extractors from joining it to the next line (CJK text takes none). Text running
+    up or down the page (`angle` 90 or 270) is set across the box turned upright, then turned."""
+    if angle % 180:
+        cx, cy, half_w, half_h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, \
+            (box[3] - box[1]) / 2, (box[2] - box[0]) / 2
+        with pdf.rotation(angle, x=cx, y=cy):
+            _place(pdf, text, (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
+        return
     x0, y0, x1, y1 = box
     size, width = y1 - y0, x1 - x0
     if size < MIN_PT or width < MIN_PT:
@@ -206,14 +214,20 @@ def _place(pdf: FPDF, text: str, box: _Box) -> None:
 
 
 def _glyphless_font(chars: set[str]) -> bytes:
-    """A TrueType font whose every character is an empty glyph ADVANCE em wide (a space: SPACE):
-    nothing to draw, but readers get a width per character and a ToUnicode map (fpdf2 writes it)."""
+    """A TrueType font whose every character is an all but empty glyph ADVANCE em wide (a space:
+    SPACE): nothing to see, but readers get a width per character and a ToUnicode map (fpdf2
+    writes it). The glyph is one line of no area across its box, corner to corner (nothing to
+    fill, and never painted: render mode 3): pdfium skips empty glyphs in text set at an angle (a
+    page on its side), and takes a character's box from its glyph's."""
     units = 1000
     builder = FontBuilder(units, isTTF=True)
     builder.setupGlyphOrder([".notdef", "blank", "space"])
     builder.setupCharacterMap({ord(c): "space" if c == " " else "blank" for c in chars})
-    empty = TTGlyphPen(None).glyph()
-    builder.setupGlyf({".notdef": empty, "blank": empty, "space": empty})
+    empty, pen = TTGlyphPen(None).glyph(), TTGlyphPen(None)
+    pen.moveTo((0, -int(DESCENT * units)))
+    pen.lineTo((int(ADVANCE * units), int(ASCENT * units)))
+    pen.closePath()
+    builder.setupGlyf({".notdef": empty, "blank": pen.glyph(), "space": empty})
     advance, space = int(ADVANCE * units), int(SPACE * units)
     builder.setupHorizontalMetrics({".notdef": (advance, 0), "blank": (advance, 0),
                                     "space": (space, 0)})

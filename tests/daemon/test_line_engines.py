@@ -156,6 +156,18 @@ def test_rapidocr_columns_and_table_layout(read):
     assert "| Copper wire | 120 | 45.00 |" in table.text
 
 
+@pytest.mark.parametrize("turned", [90, -90])
+def test_rapidocr_reads_a_page_on_its_side_upright_and_in_order(read, rapidocr: RapidOcrEngine, turned: int):
+    """Scanned a quarter turn either way: read turned upright (as scanned, text running up the
+    page came out as noise, and text running down it in reverse line order)."""
+    page, upright = read("clean-serif-12pt")
+    [result] = rapidocr.generate([page.image.rotate(turned, expand=True)], "", mode="gundam", max_tokens=8192)
+    assert jiwer.cer(plain(page.truth), plain(result.text)) <= 0.05, result.text
+    assert [b.text for b in result.blocks] == [b.text for b in upright.blocks]
+    first = result.blocks[0]       # on the page as scanned: tall, its text running up or down
+    assert first.angle == (90 if turned == 90 else 270) and first.y1 - first.y0 > 5 * (first.x1 - first.x0)
+
+
 def test_rapidocr_blank_page_and_bad_image(rapidocr: RapidOcrEngine):
     from PIL import Image
     [blank] = rapidocr.generate([Image.new("RGB", (400, 300), "white")], "", mode="tiny", max_tokens=10)

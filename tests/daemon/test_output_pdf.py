@@ -12,6 +12,7 @@ import pytest
 from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ocrd.daemon.engines.layout import Box, onto_page
 from ocrd.daemon.output.blocks import Block, parse_grounding, plain_text, whole_page
 from ocrd.daemon.output.pdf import PageLayer, write_searchable_pdf
 from ocrd.daemon.render import render_page
@@ -106,6 +107,29 @@ def test_exif_rotated_jpeg_gets_its_layer_on_the_upright_page(tmp_path: Path) ->
     with pdfium.PdfDocument(str(out)) as pdf:
         assert pdf[0].get_size() == pytest.approx((396, 540), abs=0.01)     # upright, at 200 dpi
         assert_words_in_boxes(pdf[0], layer, rotation=pdf[0].get_rotation())
+
+
+@pytest.mark.parametrize("turn", [90, 270])
+def test_a_page_on_its_side_gets_its_lines_running_along_the_text(tmp_path: Path, turn: int) -> None:
+    """A page scanned on its side, read turned upright (layout.onto_page): each line's words lie
+    along its tall box, in reading order, on the page as scanned."""
+    upright, blocks = draw_lines((1100, 1500), LINES)
+    scanned = upright.rotate(-turn, expand=True)       # what the engine turned `turn` to read
+    source = tmp_path / "sideways.png"
+    scanned.save(source, dpi=(200, 200))
+    layer = PageLayer([onto_page(Box(b.x0, b.y0, b.x1, b.y1, b.text), turn, *scanned.size)
+                       for b in blocks], *scanned.size)
+    assert all(b.y1 - b.y0 > 5 * (b.x1 - b.x0) for b in layer.blocks)     # tall: the text runs down
+    out = tmp_path / "sideways.pdf"
+    write_searchable_pdf(source, [layer], out)
+    with pdfium.PdfDocument(str(out)) as pdf:
+        assert pdf[0].get_size() == pytest.approx((540, 396), abs=0.01)
+        text = pdf[0].get_textpage().get_text_range()
+        # each line whole (pdfium orders lines set at an angle by their place on the page: those
+        # running down it come out last line first)
+        assert sorted(line.strip() for line in text.splitlines()) == sorted(LINES)
+        assert_words_in_boxes(pdf[0], layer)
+    assert_valid(out)
 
 
 def test_multi_frame_tiff_gives_one_page_per_frame(tmp_path: Path) -> None:
