@@ -162,8 +162,10 @@ def _record_moved(config: Config, ledger: Ledger, job: Job, folder: Path | None,
     found = None
     if folder is not None and job.sha256:
         for path in numbered(folder / job_relative_path(config, job)):
-            if not path.exists() or sha256_file(path) == job.sha256:
-                found = path if path.exists() else None
+            if not path.exists():
+                break
+            if sha256_file(path) == job.sha256:
+                found = path
                 break
     ledger.set_job_paths(job.id, spool_path=str(found) if found else "")
     if found is not None and error is not None and not error_file_for(found).exists():

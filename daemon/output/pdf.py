@@ -197,13 +197,13 @@ def _place(pdf: FPDF, text: str, box: _Box, angle: int = 0) -> None:
     """`text` across `box`: font size = box height, Tz so that it spans the box width. A trailing
     space keeps extractors from joining it to the next line (CJK text takes none). Text running
     up or down the page (`angle` 90 or 270) is set across the box turned upright, then turned."""
-    if angle % 180:
-        cx, cy, half_w, half_h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, \
-            (box[3] - box[1]) / 2, (box[2] - box[0]) / 2
-        with pdf.rotation(angle, x=cx, y=cy):
-            _place(pdf, text, (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
-        return
     x0, y0, x1, y1 = box
+    if angle % 180:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        along, across = (y1 - y0) / 2, (x1 - x0) / 2       # half the text's length and size
+        with pdf.rotation(angle, x=cx, y=cy):
+            _place(pdf, text, (cx - along, cy - across, cx + along, cy + across))
+        return
     size, width = y1 - y0, x1 - x0
     if size < MIN_PT or width < MIN_PT:
         return
