@@ -76,9 +76,10 @@ def real_pages(folder: Path | None) -> list[textpages.TextPage]:
             for png in sorted(folder.glob("*.png")) if png.with_suffix(".txt").exists()]
 
 
-def fetch_scans(cache: Path) -> dict[str, Path]:
-    """OCRmyPDF's test scans in `cache`, from its source package on PyPI the first time."""
-    wanted = set(SCANS) | {t for t in SCANS.values() if t}
+def fetch_scans(cache: Path, names: dict[str, str | None] = SCANS) -> dict[str, Path]:
+    """OCRmyPDF's test scans `names` (and their truth files) in `cache`, from its source package
+    on PyPI the first time."""
+    wanted = set(names) | {t for t in names.values() if t}
     if not all((cache / n).exists() for n in wanted):
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",

@@ -17,8 +17,9 @@ baseline, and a block whose lines hold several cells apart
 from one another is written as a markdown table. Blocks are separated by a blank line.
 
 A page scanned on its side (most lines run up or down it) is read again turned a quarter each way,
-and the reading the engine is surer of is laid out; its lines go back onto the page as scanned
-with the angle their text runs at (Block.angle), which the searchable PDF's layer follows.
+and one the engine reads with little confidence is read again upside down; the reading the engine
+is surer of is laid out, and its lines go back onto the page as scanned with the angle their text
+runs at (Block.angle), which the searchable PDF's layer follows.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ SKEW_MAX = 10.0         # degrees: steeper lines are not text lines of a page sc
 SLOPE_LINE = 4          # a line's width over its height: shorter boxes say too little of the slope
 SIDEWAYS_SHARE = 0.6    # of a page's lines (4+ characters) running up or down it: read it turned
 SIDEWAYS_KEEP = 0.95    # a turned reading is taken unless the engine was this much surer as scanned
+# RapidOCR's confidence in OCRmyPDF's real scans and tests/textpages read upright: 0.976-1.0;
+# upside down: 0.58-0.75. A page read with less is read upside down too, and taken so if surer by:
+UNSURE, UPSIDE_DOWN_MARGIN = 0.85, 0.1
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,13 @@ def confidence(boxes: list[Box]) -> float:
 
 
 def onto_page(box: Box, turn: int, width: int, height: int) -> Block:
-    """A line read on the page turned `turn` degrees counter-clockwise (0, 90, 270; `width` x
+    """A line read on the page turned `turn` degrees counter-clockwise (0, 90, 180, 270; `width` x
     `height`: the page as scanned) as a Block on the page as scanned; its text runs at
     -turn degrees there."""
     if turn == 90:     # turned (u, v) <- scanned (x, y) = (width - v, u)
         x0, y0, x1, y1 = width - box.y1, box.x0, width - box.y0, box.x1
+    elif turn == 180:  # turned (u, v) <- scanned (x, y) = (width - u, height - v)
+        x0, y0, x1, y1 = width - box.x1, height - box.y1, width - box.x0, height - box.y0
     elif turn == 270:  # turned (u, v) <- scanned (x, y) = (v, height - u)
         x0, y0, x1, y1 = box.y0, height - box.x1, box.y1, height - box.x0
     else:
@@ -366,14 +372,20 @@ class LineEngine:
         return result
 
     def _upright(self, image: Image.Image) -> tuple[list[Box], int]:
-        """The page's lines and the turn (degrees counter-clockwise) they were read at: 0, or for
-        a page on its side the quarter turn that the engine reads with more confidence."""
+        """The page's lines and the turn (degrees counter-clockwise) they were read at: 0; for a
+        page on its side the quarter turn that the engine reads with more confidence; for a page
+        read unsure, 180 where upside down it reads surer."""
         boxes = self.find_boxes(image)
-        if not sideways(boxes):
-            return boxes, 0
-        turned = [(self.find_boxes(image.rotate(turn, expand=True)), turn) for turn in (90, 270)]
-        best = max(turned, key=lambda read: confidence(read[0]))
-        return best if confidence(best[0]) >= SIDEWAYS_KEEP * confidence(boxes) else (boxes, 0)
+        sure = confidence(boxes)
+        if sideways(boxes):
+            turned = [(self.find_boxes(image.rotate(turn, expand=True)), turn) for turn in (90, 270)]
+            best = max(turned, key=lambda read: confidence(read[0]))
+            return best if confidence(best[0]) >= SIDEWAYS_KEEP * sure else (boxes, 0)
+        if boxes and sure < UNSURE:
+            flipped = self.find_boxes(image.rotate(180))
+            if confidence(flipped) > sure + UPSIDE_DOWN_MARGIN:
+                return flipped, 180
+        return boxes, 0
 
 
 def finish_page(text: str, max_tokens: int, seconds: float) -> PageResult:

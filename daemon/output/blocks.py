@@ -39,7 +39,7 @@ class Block:
     y1: float
     kind: str = "line"   # "line" (line engines), "block" (DeepSeek grounding), "page" (no boxes)
     label: str = ""      # DeepSeek's block label (text, title, table, ...) where given
-    angle: int = 0       # degrees counter-clockwise its text runs at (90, 270: a page on its side)
+    angle: int = 0       # degrees counter-clockwise its text runs at (90, 270: on its side; 180)
 
 
 def parse_grounding(raw: str, width: int, height: int) -> tuple[list[Block], str]:

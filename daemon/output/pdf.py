@@ -195,14 +195,15 @@ def _render_layer(pages: list[list[tuple[str, _Box, int]]], sizes: list[tuple[fl
 
 def _place(pdf: FPDF, text: str, box: _Box, angle: int = 0) -> None:
     """`text` across `box`: font size = box height, Tz so that it spans the box width. A trailing
-    space keeps extractors from joining it to the next line (CJK text takes none). Text running
-    up or down the page (`angle` 90 or 270) is set across the box turned upright, then turned."""
+    space keeps extractors from joining it to the next line (CJK text takes none). Text set at an
+    angle (a page on its side: 90, 270; upside down: 180) is set upright about the box's centre,
+    then turned."""
     x0, y0, x1, y1 = box
-    if angle % 180:
+    if angle:
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        along, across = (y1 - y0) / 2, (x1 - x0) / 2       # half the text's length and size
+        along, across = (y1 - y0, x1 - x0) if angle % 180 else (x1 - x0, y1 - y0)   # length, size
         with pdf.rotation(angle, x=cx, y=cy):
-            _place(pdf, text, (cx - along, cy - across, cx + along, cy + across))
+            _place(pdf, text, (cx - along / 2, cy - across / 2, cx + along / 2, cy + across / 2))
         return
     size, width = y1 - y0, x1 - x0
     if size < MIN_PT or width < MIN_PT:

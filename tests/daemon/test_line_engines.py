@@ -156,16 +156,21 @@ def test_rapidocr_columns_and_table_layout(read):
     assert "| Copper wire | 120 | 45.00 |" in table.text
 
 
-@pytest.mark.parametrize("turned", [90, -90])
-def test_rapidocr_reads_a_page_on_its_side_upright_and_in_order(read, rapidocr: RapidOcrEngine, turned: int):
-    """Scanned a quarter turn either way: read turned upright (as scanned, text running up the
-    page came out as noise, and text running down it in reverse line order)."""
+@pytest.mark.parametrize("turned", [90, -90, 180])
+def test_rapidocr_reads_a_page_on_its_side_or_upside_down_upright_and_in_order(
+        read, rapidocr: RapidOcrEngine, turned: int):
+    """Scanned a quarter turn either way or upside down: read turned upright (as scanned, text
+    running up the page or upside down came out as noise, and text running down it in reverse
+    line order)."""
     page, upright = read("clean-serif-12pt")
     [result] = rapidocr.generate([page.image.rotate(turned, expand=True)], "", mode="gundam", max_tokens=8192)
     assert jiwer.cer(plain(page.truth), plain(result.text)) <= 0.05, result.text
     assert [b.text for b in result.blocks] == [b.text for b in upright.blocks]
-    first = result.blocks[0]       # on the page as scanned: tall, its text running up or down
-    assert first.angle == (90 if turned == 90 else 270) and first.y1 - first.y0 > 5 * (first.x1 - first.x0)
+    first = result.blocks[0]       # on the page as scanned, its text running up, down or upside down
+    assert first.angle == turned % 360
+    assert (first.y1 - first.y0 > 5 * (first.x1 - first.x0)) == (turned != 180)
+    if turned == 180:              # the first line is at the bottom of the page as scanned
+        assert first.y0 > page.image.height / 2
 
 
 def test_rapidocr_blank_page_and_bad_image(rapidocr: RapidOcrEngine):

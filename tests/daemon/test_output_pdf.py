@@ -109,24 +109,25 @@ def test_exif_rotated_jpeg_gets_its_layer_on_the_upright_page(tmp_path: Path) ->
         assert_words_in_boxes(pdf[0], layer, rotation=pdf[0].get_rotation())
 
 
-@pytest.mark.parametrize("turn", [90, 270])
-def test_a_page_on_its_side_gets_its_lines_running_along_the_text(tmp_path: Path, turn: int) -> None:
-    """A page scanned on its side, read turned upright (layout.onto_page): each line's words lie
-    along its tall box, in reading order, on the page as scanned."""
+@pytest.mark.parametrize("turn", [90, 270, 180])
+def test_a_page_on_its_side_or_upside_down_gets_its_lines_along_the_text(tmp_path: Path, turn: int) -> None:
+    """A page scanned on its side or upside down, read turned upright (layout.onto_page): each
+    line's words lie along its box, on the page as scanned."""
     upright, blocks = draw_lines((1100, 1500), LINES)
     scanned = upright.rotate(-turn, expand=True)       # what the engine turned `turn` to read
-    source = tmp_path / "sideways.png"
+    source = tmp_path / "turned.png"
     scanned.save(source, dpi=(200, 200))
     layer = PageLayer([onto_page(Box(b.x0, b.y0, b.x1, b.y1, b.text), turn, *scanned.size)
                        for b in blocks], *scanned.size)
-    assert all(b.y1 - b.y0 > 5 * (b.x1 - b.x0) for b in layer.blocks)     # tall: the text runs down
-    out = tmp_path / "sideways.pdf"
+    # on its side the boxes are tall (the text runs up or down)
+    assert all((b.y1 - b.y0 > 5 * (b.x1 - b.x0)) == (turn != 180) for b in layer.blocks)
+    out = tmp_path / "turned.pdf"
     write_searchable_pdf(source, [layer], out)
     with pdfium.PdfDocument(str(out)) as pdf:
-        assert pdf[0].get_size() == pytest.approx((540, 396), abs=0.01)
+        assert pdf[0].get_size() == pytest.approx((396, 540) if turn == 180 else (540, 396), abs=0.01)
         text = pdf[0].get_textpage().get_text_range()
         # each line whole (pdfium orders lines set at an angle by their place on the page: those
-        # running down it come out last line first)
+        # running down it or upside down may come out last line first)
         assert sorted(line.strip() for line in text.splitlines()) == sorted(LINES)
         assert_words_in_boxes(pdf[0], layer)
     assert_valid(out)
