@@ -49,9 +49,7 @@ SKEW_MAX = 10.0         # degrees: steeper lines are not text lines of a page sc
 SLOPE_LINE = 4          # a line's width over its height: shorter boxes say too little of the slope
 SIDEWAYS_SHARE = 0.6    # of a page's lines (4+ characters) running up or down it: read it turned
 SIDEWAYS_KEEP = 0.95    # a turned reading is taken unless the engine was this much surer as scanned
-# RapidOCR's confidence in OCRmyPDF's real scans and tests/textpages read upright: 0.976-1.0;
-# upside down: 0.58-0.75. A page read with less is read upside down too, and taken so if surer by:
-UNSURE, UPSIDE_DOWN_MARGIN = 0.85, 0.1
+UPSIDE_DOWN_MARGIN = 0.1  # an upside-down reading is taken if the engine is this much surer of it
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,7 @@ def _turn(box: Box, angle: float) -> Box:
         return box_from_quad([turn(x, y) for x, y in box.quad], box.text, words, box.score)
     cx, cy = turn((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
     w, h = (box.x1 - box.x0) / 2, (box.y1 - box.y0) / 2
-    return Box(cx - w, cy - h, cx + w, cy + h, box.text, words)
+    return Box(cx - w, cy - h, cx + w, cy + h, box.text, words, score=box.score)
 
 
 def _cut(boxes: list[Box], unit: float) -> list[list[Box]]:
@@ -348,6 +346,9 @@ class LineEngine:
     marked "length"; generation_tokens counts the words written."""
 
     name = "line engine"
+    # A page read with less confidence is read upside down too (LineEngine._upright); each engine
+    # sets it from its own scores, None: never (not measured).
+    unsure: float | None = None
 
     def load(self) -> None:
         raise NotImplementedError
@@ -381,7 +382,7 @@ class LineEngine:
             turned = [(self.find_boxes(image.rotate(turn, expand=True)), turn) for turn in (90, 270)]
             best = max(turned, key=lambda read: confidence(read[0]))
             return best if confidence(best[0]) >= SIDEWAYS_KEEP * sure else (boxes, 0)
-        if boxes and sure < UNSURE:
+        if boxes and self.unsure is not None and sure < self.unsure:
             flipped = self.find_boxes(image.rotate(180))
             if confidence(flipped) > sure + UPSIDE_DOWN_MARGIN:
                 return flipped, 180
